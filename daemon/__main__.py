@@ -1,0 +1,54 @@
+"""``provisiond``: the daemon's command line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from daemon.config import DEFAULT_CONFIG, load_config
+from daemon.errors import ConfigError
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The daemon's options."""
+    parser = argparse.ArgumentParser(
+        prog="provisiond",
+        description="Self-service VM provisioning daemon for libvirt. With no options it "
+                    "serves the embedded default configuration (libvirt's test driver).")
+    parser.add_argument("--config", type=Path, default=None, metavar="FILE",
+                        help=f"main configuration file (default: {DEFAULT_CONFIG})")
+    parser.add_argument("--check-config", action="store_true",
+                        help="validate the configuration, print any problems, and exit "
+                             "(0: valid, 2: invalid)")
+    return parser.parse_args(argv)
+
+
+def check_config(path: Path | None) -> int:
+    """Validate the configuration; print every problem to stderr; return the exit code."""
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        print(f"provisiond: configuration invalid ({len(exc.problems)} problem"
+              f"{'s' if len(exc.problems) != 1 else ''})", file=sys.stderr)
+        return exc.exit_code
+    print(f"{config.source}: ok ({len(config.sizes)} sizes, {len(config.templates)} templates, "
+          f"{len(config.hardware_pools)} hardware pools, {len(config.resource_pools)} "
+          f"resource pools)")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``provisiond``."""
+    args = parse_args(argv)
+    if args.check_config:
+        return check_config(args.config)
+    print("provisiond: serving requests arrives with the daemon issue; use --check-config",
+          file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

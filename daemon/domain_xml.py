@@ -1,0 +1,160 @@
+"""Domain and volume XML, built with ElementTree: user strings are never pasted into text."""
+
+from __future__ import annotations
+
+import uuid
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+
+METADATA_NS = "urn:x-provisiond:request:1"
+METADATA_PREFIX = "provisiond"
+REQUEST_UUID_NAMESPACE = uuid.UUID("9b7f2c1e-5d0a-4c57-a6f3-0e2d8b41c9aa")
+VOLUME_PREFIX = "provisiond-"
+
+
+def domain_uuid_for(request_id: str) -> str:
+    """The domain UUID of a request: derived from its id, so a retried define finds it."""
+    return str(uuid.uuid5(REQUEST_UUID_NAMESPACE, request_id))
+
+
+def volume_name_for(request_id: str, volume_format: str | None) -> str:
+    """The name of the volume a request creates: derived from its id."""
+    suffix = f".{volume_format}" if volume_format else ""
+    return f"{VOLUME_PREFIX}{request_id}{suffix}"
+
+
+@dataclass(frozen=True)
+class DomainSpec:
+    """Everything a provisioned domain is made of."""
+
+    name: str
+    uuid: str
+    domain_type: str
+    arch: str
+    cpus: int
+    memory_kib: int
+    disk_pool: str
+    disk_volume: str
+    disk_format: str | None
+    cdrom_path: str | None
+    cdrom_pool: str | None
+    cdrom_volume: str | None
+    network: str | None
+    request_id: str
+    owner: str
+    template: str
+    size: str
+    resource_pool: str
+
+
+def build_domain_xml(spec: DomainSpec) -> str:
+    """The domain XML: disk from the volume, ISO as CD-ROM, boot CD then disk, metadata."""
+    ET.register_namespace(METADATA_PREFIX, METADATA_NS)
+    dom = ET.Element("domain", type=spec.domain_type)
+    ET.SubElement(dom, "name").text = spec.name
+    ET.SubElement(dom, "uuid").text = spec.uuid
+    meta = ET.SubElement(dom, "metadata")
+    req = ET.SubElement(meta, f"{{{METADATA_NS}}}request")
+    for key in ("request_id", "owner", "template", "size", "resource_pool"):
+        ET.SubElement(req, f"{{{METADATA_NS}}}{key.replace('_', '-')}").text = getattr(spec, key)
+    ET.SubElement(dom, "memory", unit="KiB").text = str(spec.memory_kib)
+    ET.SubElement(dom, "currentMemory", unit="KiB").text = str(spec.memory_kib)
+    ET.SubElement(dom, "vcpu", placement="static").text = str(spec.cpus)
+    os_el = ET.SubElement(dom, "os")
+    ET.SubElement(os_el, "type", arch=spec.arch).text = "hvm"
+    ET.SubElement(os_el, "boot", dev="cdrom")
+    ET.SubElement(os_el, "boot", dev="hd")
+    features = ET.SubElement(dom, "features")
+    ET.SubElement(features, "acpi")
+    ET.SubElement(features, "apic")
+    devices = ET.SubElement(dom, "devices")
+
+    disk = ET.SubElement(devices, "disk", type="volume", device="disk")
+    driver = {"name": "qemu", "type": spec.disk_format or "raw"}
+    ET.SubElement(disk, "driver", driver)
+    ET.SubElement(disk, "source", pool=spec.disk_pool, volume=spec.disk_volume)
+    ET.SubElement(disk, "target", dev="vda", bus="virtio")
+
+    if spec.cdrom_pool and spec.cdrom_volume:
+        cdrom = ET.SubElement(devices, "disk", type="volume", device="cdrom")
+        ET.SubElement(cdrom, "driver", name="qemu", type="raw")
+        ET.SubElement(cdrom, "source", pool=spec.cdrom_pool, volume=spec.cdrom_volume)
+    else:
+        cdrom = ET.SubElement(devices, "disk", type="file", device="cdrom")
+        ET.SubElement(cdrom, "driver", name="qemu", type="raw")
+        ET.SubElement(cdrom, "source", file=spec.cdrom_path or "")
+    ET.SubElement(cdrom, "target", dev="sda", bus="sata")
+    ET.SubElement(cdrom, "readonly")
+
+    if spec.network:
+        nic = ET.SubElement(devices, "interface", type="network")
+        ET.SubElement(nic, "source", network=spec.network)
+        ET.SubElement(nic, "model", type="virtio")
+    ET.SubElement(devices, "serial", type="pty")
+    ET.SubElement(devices, "console", type="pty")
+    return ET.tostring(dom, encoding="unicode")
+
+
+def build_volume_xml(name: str, capacity_bytes: int, volume_format: str | None) -> str:
+    """The XML of a new volume; thin (allocation 0) where the format allows it."""
+    vol = ET.Element("volume")
+    ET.SubElement(vol, "name").text = name
+    ET.SubElement(vol, "capacity", unit="bytes").text = str(capacity_bytes)
+    if volume_format:
+        ET.SubElement(vol, "allocation", unit="bytes").text = "0"
+        target = ET.SubElement(vol, "target")
+        ET.SubElement(target, "format", type=volume_format)
+    return ET.tostring(vol, encoding="unicode")
+
+
+def parse_request_metadata(xml: str) -> dict[str, str]:
+    """The provisiond fields from a domain's ``<metadata>`` element XML (as libvirt returns)."""
+    try:
+        root = ET.fromstring(xml)
+    except ET.ParseError:
+        return {}
+    out = {}
+    for child in root:
+        tag = child.tag.split("}", 1)[-1]
+        out[tag.replace("-", "_")] = child.text or ""
+    return out
+
+
+def disks_of(domain_xml: str) -> list[tuple[str | None, str | None, str | None]]:
+    """(path, pool, volume) of each disk of a domain XML, whatever its type."""
+    root = ET.fromstring(domain_xml)
+    out = []
+    for disk in root.findall("./devices/disk"):
+        src = disk.find("source")
+        if src is None:
+            continue
+        path = src.get("file") or src.get("dev") or src.get("dir")
+        out.append((path, src.get("pool"), src.get("volume")))
+    return out
+
+
+def pool_type_of(pool_xml: str) -> str:
+    """The ``type`` attribute of a storage pool XML."""
+    return ET.fromstring(pool_xml).get("type", "")
+
+
+def volume_format_of(volume_xml: str) -> str | None:
+    """The target format of a storage volume XML, if any."""
+    fmt = ET.fromstring(volume_xml).find("./target/format")
+    return fmt.get("type") if fmt is not None else None
+
+
+def capabilities_summary(caps_xml: str) -> tuple[str, str]:
+    """(domain type, arch) for new domains: 'kvm' when the host offers it, else 'qemu'."""
+    root = ET.fromstring(caps_xml)
+    host_arch = root.findtext("./host/cpu/arch") or "x86_64"
+    for guest in root.findall("./guest"):
+        if guest.findtext("os_type") != "hvm":
+            continue
+        arch = guest.find("arch")
+        if arch is None:
+            continue
+        types = {d.get("type") for d in arch.findall("domain")}
+        if "kvm" in types:
+            return "kvm", arch.get("name") or host_arch
+    return "qemu", host_arch

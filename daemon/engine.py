@@ -1,0 +1,381 @@
+"""The engine: the only code that changes a request's state.
+
+One driver task per live request runs the step of the request's current state (see
+``daemon.steps``), one after the other, until the request is terminal; a request's state
+therefore changes in one place at a time, and ``set_state`` is the single choke point. It
+fires a trigger on the shared ``transitions`` machine, whose ``before_state_change`` hook
+persists the new state and its log row in one transaction before the model moves: the
+transition validates and records, the step then does the work.
+
+libvirt callbacks only put events into the inbox; one consumer task wakes the steps that
+wait for an event (``defining`` waits for DEFINED) and records events in request logs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import libvirt
+from transitions import MachineError
+
+from daemon import steps
+from daemon.auth import CLOUD_CREATE, Identity, holds
+from daemon.config import Config
+from daemon.domain_xml import domain_uuid_for
+from daemon.errors import (
+    HostUnreachable,
+    InvalidInput,
+    InvalidState,
+    PermissionDenied,
+    ProvisiondError,
+    UnknownName,
+)
+from daemon.placement import Decision, place_storage
+from daemon.store import RequestRecord, Store
+from daemon.virt import ConnectionClosed, DomainEvent, HostConnection, Opener
+from statemachines import TERMINAL, State, Trigger, build_machine
+
+log = logging.getLogger("provisiond.engine")
+
+VM_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+IDEMPOTENCY_KEY_RE = re.compile(r"^[\x21-\x7e]{1,200}$")
+
+
+class RequestModel:
+    """A live request's handle on the shared state machine (only its id and state)."""
+
+    def __init__(self, request_id: str) -> None:
+        self.id = request_id
+        self.state: State
+
+
+class RequestCancelled(Exception):
+    """Raised into a waiting step when its request is cancelled."""
+
+
+@dataclass(frozen=True)
+class ProvisioningRequest:
+    """What a caller asks for; validated by ``Engine.submit``."""
+
+    template: str
+    size: str
+    resource_pool: str | None = None
+    name: str | None = None
+    idempotency_key: str | None = None
+
+
+class Engine:
+    """Carries requests through the state table against libvirt hosts."""
+
+    def __init__(self, config: Config, store: Store, *, opener: Opener = libvirt.open,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.config = config
+        self.store = store
+        self.clock = clock
+        self.hosts: dict[str, HostConnection] = {}
+        for hw in config.hardware_pools.values():
+            for host in hw.hosts:
+                if host.name not in self.hosts:
+                    self.hosts[host.name] = HostConnection(
+                        host.name, host.uri, opener=opener,
+                        call_timeout=config.daemon.libvirt_call_timeout)
+        self.machine = build_machine(self._persist_transition)
+        self._models: dict[str, RequestModel] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._cancels: dict[str, str] = {}
+        self._define_waiters: dict[tuple[str, str], asyncio.Future[DomainEvent]] = {}
+        self._terminal_waiters: dict[str, list[asyncio.Future[None]]] = {}
+        self._inbox: asyncio.Queue[object] | None = None
+        self._consumer: asyncio.Task[None] | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        """Open every host (events first), then resume requests left in progress."""
+        self._inbox = asyncio.Queue()
+        self._consumer = asyncio.create_task(self._consume_events(), name="libvirt-events")
+        for host in self.hosts.values():
+            await host.open(self.enqueue_event)
+        self.resume()
+
+    def resume(self) -> None:
+        """Continue every live request from its last durable state; finish rollbacks."""
+        for record in self.store.live_requests():
+            if record.id not in self._tasks:
+                log.info("resuming request %s in state %s", record.id, record.state)
+                self._spawn(record)
+        for record in self.store.failed_needing_cleanup():
+            if record.id not in self._tasks:
+                self._tasks[record.id] = asyncio.create_task(self._rollback_task(record.id))
+
+    async def stop(self, timeout: float = 10.0) -> None:
+        """Stop driving requests (each stays in its last durable state) and close hosts."""
+        tasks = list(self._tasks.values())
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=timeout)
+        if self._consumer is not None:
+            self._consumer.cancel()
+            await asyncio.wait([self._consumer], timeout=timeout)
+        for host in self.hosts.values():
+            await host.close()
+
+    # ------------------------------------------------------------------ requests in
+
+    def validate(self, identity: Identity, req: ProvisioningRequest) -> str:
+        """Check names and the caller's right to create; return the resource pool."""
+        if req.template not in self.config.templates:
+            raise UnknownName(f"unknown template {req.template!r} (known: "
+                              f"{', '.join(sorted(self.config.templates))})", field="template")
+        if req.size not in self.config.sizes:
+            raise UnknownName(f"unknown size {req.size!r} (known: "
+                              f"{', '.join(sorted(self.config.sizes))})", field="size")
+        pool_name = req.resource_pool
+        if pool_name is None:
+            mine = self.pools_granting(identity, CLOUD_CREATE)
+            if len(mine) != 1:
+                raise InvalidInput(
+                    "name a resource pool: you may create in " +
+                    (", ".join(mine) if mine else "none"), field="resource_pool")
+            pool_name = mine[0]
+        pool = self.config.resource_pools.get(pool_name)
+        if pool is None:
+            raise UnknownName(f"unknown resource pool {pool_name!r}", field="resource_pool")
+        if not holds(identity, pool, CLOUD_CREATE):
+            raise PermissionDenied(
+                f"{identity.user} does not hold CLOUD_CREATE on resource pool {pool_name}")
+        if req.name is not None and not VM_NAME_RE.match(req.name):
+            raise InvalidInput("name must be 1-63 letters, digits, '.', '_' or '-', starting "
+                               "with a letter or digit", field="name")
+        if req.idempotency_key is not None and not IDEMPOTENCY_KEY_RE.match(req.idempotency_key):
+            raise InvalidInput("idempotency key must be 1-200 printable ASCII characters",
+                               field="idempotency_key")
+        return pool_name
+
+    def pools_granting(self, identity: Identity, privilege: str) -> list[str]:
+        """Names of the resource pools on which the caller holds ``privilege``."""
+        return sorted(name for name, pool in self.config.resource_pools.items()
+                      if holds(identity, pool, privilege))
+
+    def submit(self, identity: Identity, req: ProvisioningRequest) -> RequestRecord:
+        """Store a new request as ``requested`` and start driving it; return it.
+
+        Unknown template, size or pool is refused before anything is stored. With an
+        idempotency key the caller used before, the original request is returned.
+        """
+        pool_name = self.validate(identity, req)
+        if req.idempotency_key is not None:
+            earlier = self.store.find_by_idempotency_key(identity.user, req.idempotency_key)
+            if earlier is not None:
+                same = (earlier.template, earlier.size, earlier.resource_pool) == (
+                    req.template, req.size, pool_name) and req.name in (None, earlier.name)
+                if not same:
+                    raise InvalidInput("this idempotency key was used for a different request "
+                                       f"({earlier.id})", field="idempotency_key")
+                return earlier
+        size = self.config.sizes[req.size]
+        request_id = uuid.uuid4().hex
+        record = self.store.insert_request({
+            "id": request_id,
+            "name": req.name or f"{req.template}-{request_id[:8]}",
+            "owner": identity.user,
+            "owner_groups": sorted(identity.groups),
+            "template": req.template,
+            "size": req.size,
+            "resource_pool": pool_name,
+            "hardware_pool": self.config.resource_pools[pool_name].hardware_pool,
+            "cpus": size.cpus,
+            "memory_kib": size.memory,
+            "storage_gb": size.storage_size_in_gb,
+            "network": size.network,
+            "idempotency_key": req.idempotency_key,
+        }, detail=f"{identity.user} asked for {req.template} / {req.size} in {pool_name}")
+        self._spawn(record)
+        return record
+
+    def cancel(self, request_id: str, by_user: str) -> RequestRecord:
+        """Ask a live request to stop; it fails with 'cancelled by USER' and rolls back."""
+        record = self.store.get_request(request_id)
+        if record is None:
+            raise UnknownName(f"no request {request_id}")
+        if record.state in TERMINAL:
+            raise InvalidState(f"request {request_id} is already {record.state}; "
+                               "only a request in progress can be cancelled")
+        self._cancels.setdefault(request_id, by_user)
+        for (host, dom_uuid), waiter in list(self._define_waiters.items()):
+            if dom_uuid == domain_uuid_for(request_id) and not waiter.done():
+                waiter.set_exception(RequestCancelled())
+        return record
+
+    async def explain(self, identity: Identity, req: ProvisioningRequest) -> Decision:
+        """The placement dry run: what would happen now, with every candidate's verdict."""
+        pool_name = self.validate(identity, req)
+        size = self.config.sizes[req.size]
+        hardware = self.config.hardware_pool_of(pool_name)
+        host = self.hosts[hardware.hosts[0].name]
+        inventory = await host.inventory([p.name for p in hardware.storage_pools])
+        return self.decide_placement(host.name, hardware.name, size.storage_bytes,
+                                     "(dry run)", inventory)
+
+    def decide_placement(self, host: str, hardware_pool: str, size_bytes: int,
+                         request_id: str, inventory: Any) -> Decision:
+        """Run placement against the store's current claims and reservations."""
+        hardware = self.config.hardware_pools[hardware_pool]
+        templates = self.config.templates.values()
+        return place_storage(
+            inventory, hardware.storage_pools,
+            size_bytes=size_bytes, request_id=request_id,
+            tolerance_bytes=hardware.reuse_tolerance_gb * 1024**3,
+            claims=self.store.claims_on(host),
+            reservations=self.store.reservations_on(host),
+            template_volumes=[(t.volume.pool, t.volume.name) for t in templates if t.volume],
+            template_paths=[t.path for t in templates if t.path],
+        )
+
+    async def wait_terminal(self, request_id: str, timeout: float | None = None) -> RequestRecord:
+        """Wait until the request is terminal (and rolled back if it failed); return it."""
+        record = self.store.get_request(request_id)
+        if record is None:
+            raise UnknownName(f"no request {request_id}")
+        if request_id in self._tasks:
+            waiter = asyncio.get_running_loop().create_future()
+            self._terminal_waiters.setdefault(request_id, []).append(waiter)
+            await asyncio.wait_for(waiter, timeout)
+            record = self.store.get_request(request_id)
+            assert record is not None
+        return record
+
+    # ------------------------------------------------------------------ the choke point
+
+    def set_state(self, request_id: str, trigger: Trigger, detail: str | None = None,
+                  **updates: Any) -> State:
+        """Move a live request along the table; persisted before this returns.
+
+        ``updates`` are request fields written in the same transaction.
+        """
+        model = self._models[request_id]
+        try:
+            model.trigger(str(trigger), detail=detail, updates=updates)
+        except MachineError:
+            raise InvalidState(f"request {request_id}: '{trigger}' is not allowed from "
+                               f"{model.state}") from None
+        log.info("request %s: %s", request_id, model.state,
+                 extra={"request_id": request_id, "state": str(model.state)})
+        return model.state
+
+    def _persist_transition(self, event: Any) -> None:
+        # transitions' before_state_change hook: raising here leaves the model unmoved.
+        source = State[event.transition.source]
+        dest = State[event.transition.dest]
+        self.store.record_transition(event.model.id, source, dest, event.event.name,
+                                     event.kwargs.get("detail"), event.kwargs.get("updates"))
+
+    def fail(self, request_id: str, reason: str) -> None:
+        """Move a live request to ``failed`` with ``reason`` (its rollback follows)."""
+        self.set_state(request_id, Trigger.FAIL, reason, reason=reason)
+
+    # ------------------------------------------------------------------ driving
+
+    def _spawn(self, record: RequestRecord) -> None:
+        model = RequestModel(record.id)
+        self.machine.add_model(model, initial=record.state)
+        self._models[record.id] = model
+        self._tasks[record.id] = asyncio.create_task(self._drive(record.id),
+                                                     name=f"request-{record.id}")
+
+    def host_of(self, record: RequestRecord) -> HostConnection:
+        """The host a request is placed on."""
+        if record.host is None or record.host not in self.hosts:
+            raise HostUnreachable(f"host {record.host!r} of request {record.id} is not "
+                                  "configured")
+        return self.hosts[record.host]
+
+    async def _drive(self, request_id: str) -> None:
+        model = self._models[request_id]
+        try:
+            while model.state not in TERMINAL:
+                by = self._cancels.get(request_id)
+                if by is not None:
+                    self.fail(request_id, f"cancelled by {by}")
+                    break
+                record = self.store.get_request(request_id)
+                assert record is not None
+                try:
+                    await steps.STEPS[model.state](self, record)
+                except RequestCancelled:
+                    continue
+                except ProvisiondError as exc:
+                    self.fail(request_id, exc.message)
+                except (asyncio.CancelledError, GeneratorExit):
+                    raise
+                except Exception as exc:  # a bug must fail one request, not the daemon
+                    log.exception("request %s: step for %s crashed", request_id, model.state)
+                    self.fail(request_id, f"internal error in {model.state}: "
+                                          f"{type(exc).__name__}: {exc}")
+            if model.state == State.FAILED:
+                await steps.rollback(self, request_id)
+        finally:
+            self.machine.remove_model(model)
+            self._models.pop(request_id, None)
+            self._tasks.pop(request_id, None)
+            self._cancels.pop(request_id, None)
+            for waiter in self._terminal_waiters.pop(request_id, []):
+                if not waiter.done():
+                    waiter.set_result(None)
+
+    async def _rollback_task(self, request_id: str) -> None:
+        try:
+            await steps.rollback(self, request_id)
+        finally:
+            self._tasks.pop(request_id, None)
+            for waiter in self._terminal_waiters.pop(request_id, []):
+                if not waiter.done():
+                    waiter.set_result(None)
+
+    # ------------------------------------------------------------------ events
+
+    def enqueue_event(self, event: object) -> None:
+        """libvirt's callbacks land here: enqueue and return at once."""
+        if self._inbox is not None:
+            self._inbox.put_nowait(event)
+
+    def expect_defined(self, host: str, domain_uuid: str) -> asyncio.Future[DomainEvent]:
+        """A future resolved by the DEFINED event of this domain (register before defining)."""
+        waiter: asyncio.Future[DomainEvent] = asyncio.get_running_loop().create_future()
+        self._define_waiters[(host, domain_uuid)] = waiter
+        return waiter
+
+    def forget_defined(self, host: str, domain_uuid: str) -> None:
+        """Drop the DEFINED waiter of a domain."""
+        self._define_waiters.pop((host, domain_uuid), None)
+
+    async def _consume_events(self) -> None:
+        assert self._inbox is not None
+        while True:
+            event = await self._inbox.get()
+            try:
+                self._handle_event(event)
+            except Exception:
+                log.exception("cannot handle libvirt event %r", event)
+
+    def _handle_event(self, event: object) -> None:
+        if isinstance(event, ConnectionClosed):
+            log.warning("libvirt connection to %s closed (reason %d)", event.host, event.reason)
+            return
+        if not isinstance(event, DomainEvent):
+            return
+        if event.event == "DEFINED":
+            waiter = self._define_waiters.get((event.host, event.uuid))
+            if waiter is not None and not waiter.done():
+                waiter.set_result(event)
+        record = self.store.find_by_domain_uuid(event.uuid)
+        if record is not None and record.host == event.host:
+            self.store.append_log(record.id, "event", record.state, f"libvirt:{event.event}",
+                                  f"domain {event.name} {event.event} (detail {event.detail})")

@@ -1,0 +1,134 @@
+"""The one error hierarchy of provisiond, mapped once to HTTP statuses and CLI exit codes.
+
+    ProvisiondError                 500  exit 1   something went wrong on our side
+    ├── InvalidInput                400  exit 2   the caller's input is wrong (has .field)
+    │   ├── UnknownName             404  exit 5   no such template / size / pool / request
+    │   └── ConfigError             --   exit 2   config files are invalid (has .problems)
+    ├── PermissionDenied            403  exit 3   the caller may not do this
+    ├── InvalidState                409  exit 1   the request is in the wrong state for this
+    ├── QuotaExceeded               409  exit 1   the resource pool's quota would not hold
+    ├── NoStorage                   507  exit 1   no free volume and no pool with room
+    └── VirtError                   502  exit 1   libvirt said no (mapped in daemon.virt)
+        ├── HostUnreachable         503  exit 1   the libvirt connection is down
+        └── VirtTimeout             504  exit 1   libvirt did not answer / event never came
+
+Each class carries its ``http_status`` and ``exit_code``; the API and the CLI read them and
+nothing else decides a status code. ``code`` is a stable machine-readable name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class ProvisiondError(Exception):
+    """Base of every error provisiond raises on purpose."""
+
+    http_status: int = 500
+    exit_code: int = 1
+    code: str = "internal"
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+
+    def to_json(self) -> dict[str, str]:
+        """The error as the API's ``{"code", "message", "field"?}`` object."""
+        body = {"code": self.code, "message": self.message}
+        if self.field:
+            body["field"] = self.field
+        return body
+
+
+class InvalidInput(ProvisiondError):
+    """The caller's input is malformed or out of range."""
+
+    http_status = 400
+    exit_code = 2
+    code = "invalid"
+
+
+class UnknownName(InvalidInput):
+    """A name (template, size, pool, request id) that does not exist."""
+
+    http_status = 404
+    exit_code = 5
+    code = "not_found"
+
+
+@dataclass(frozen=True)
+class ConfigProblem:
+    """One thing wrong in a config file, located by file and key path."""
+
+    file: str
+    key_path: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.file}: {self.key_path}: " if self.key_path else f"{self.file}: "
+        return where + self.message
+
+
+class ConfigError(InvalidInput):
+    """The configuration is invalid; ``problems`` lists every problem found."""
+
+    code = "config"
+
+    def __init__(self, problems: list[ConfigProblem]) -> None:
+        super().__init__("\n".join(str(p) for p in problems))
+        self.problems = problems
+
+
+class PermissionDenied(ProvisiondError):
+    """The caller lacks the privilege for this action."""
+
+    http_status = 403
+    exit_code = 3
+    code = "forbidden"
+
+
+class InvalidState(ProvisiondError):
+    """The request is in a state that does not allow this."""
+
+    http_status = 409
+    code = "wrong_state"
+
+
+class QuotaExceeded(ProvisiondError):
+    """The resource pool's quota would be exceeded."""
+
+    http_status = 409
+    code = "quota_exceeded"
+
+
+class NoStorage(ProvisiondError):
+    """No free volume of the right size and no pool with room for a new one."""
+
+    http_status = 507
+    code = "no_storage"
+
+
+class VirtError(ProvisiondError):
+    """libvirt refused or failed an operation."""
+
+    http_status = 502
+    code = "libvirt"
+
+    def __init__(self, message: str, *, libvirt_code: int | None = None) -> None:
+        super().__init__(message)
+        self.libvirt_code = libvirt_code
+
+
+class HostUnreachable(VirtError):
+    """The libvirt connection to the host is down or cannot be opened."""
+
+    http_status = 503
+    code = "host_unreachable"
+
+
+class VirtTimeout(VirtError):
+    """libvirt did not answer, or an awaited event did not come, in time."""
+
+    http_status = 504
+    code = "libvirt_timeout"

@@ -1,0 +1,411 @@
+"""The store: the only module with SQL. Requests, their state log, storage claims.
+
+SQLite through sqlite-utils, in WAL mode with ``synchronous=FULL`` so a committed
+transition survives a crash of the process or the machine. The schema comes from numbered
+migrations applied at start-up (``PRAGMA user_version`` records the last one applied).
+
+Writes that belong together go through ``atomic()`` (one transaction, nested blocks are
+savepoints): a new state and its log row; a claim and the transition it enables.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import sqlite_utils
+
+from statemachines import HOLDS_QUOTA, IN_PROGRESS, State
+
+# --------------------------------------------------------------------------- migrations
+
+
+def _m1_initial(db: sqlite_utils.Database) -> None:
+    db["requests"].create(
+        {
+            "id": str,
+            "name": str,
+            "owner": str,
+            "owner_groups": str,  # JSON list, as seen when the request was made
+            "template": str,
+            "size": str,
+            "resource_pool": str,
+            "hardware_pool": str,
+            "host": str,
+            "cpus": int,
+            "memory_kib": int,
+            "storage_gb": int,
+            "network": str,
+            "state": str,
+            "reason": str,
+            "volume_pool": str,
+            "volume_name": str,
+            "volume_path": str,
+            "volume_format": str,
+            "volume_owned": int,  # 1: the request creates this volume (delete on rollback)
+            "domain_uuid": str,
+            "domain_name": str,
+            "idempotency_key": str,
+            "cleaned_up": int,
+            "created_at": float,
+            "updated_at": float,
+        },
+        pk="id",
+        not_null={"name", "owner", "template", "size", "resource_pool", "hardware_pool",
+                  "state", "cpus", "memory_kib", "storage_gb", "created_at", "updated_at"},
+        defaults={"volume_owned": 0, "cleaned_up": 0, "owner_groups": "[]"},
+    )
+    db["requests"].create_index(["state"])
+    db["requests"].create_index(["resource_pool", "state"])
+    db["requests"].create_index(["owner", "idempotency_key"], unique=True)
+    db["requests"].create_index(["domain_uuid"])
+    db["state_log"].create(
+        {
+            "id": int,
+            "request_id": str,
+            "kind": str,  # transition | event | note
+            "from_state": str,
+            "to_state": str,
+            "trigger": str,
+            "at": float,
+            "detail": str,
+        },
+        pk="id",
+        not_null={"request_id", "kind", "at"},
+        foreign_keys=[("request_id", "requests", "id")],
+    )
+    db["state_log"].create_index(["request_id", "id"])
+    # A volume is claimed by at most one live request: the primary key makes it so.
+    db["volume_claims"].create(
+        {"host": str, "pool": str, "volume": str, "request_id": str, "at": float},
+        pk=("host", "pool", "volume"),
+        not_null={"request_id", "at"},
+    )
+    db["volume_claims"].create_index(["request_id"])
+    db["pool_reservations"].create(
+        {"request_id": str, "host": str, "pool": str, "volume": str, "bytes": int, "at": float},
+        pk="request_id",
+        not_null={"host", "pool", "volume", "bytes", "at"},
+    )
+    db["pool_reservations"].create_index(["host", "pool"])
+
+
+MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (_m1_initial,)
+
+
+# --------------------------------------------------------------------------- records
+
+
+@dataclass
+class RequestRecord:
+    """A provisioning request as stored."""
+
+    id: str
+    name: str
+    owner: str
+    owner_groups: list[str]
+    template: str
+    size: str
+    resource_pool: str
+    hardware_pool: str
+    host: str | None
+    cpus: int
+    memory_kib: int
+    storage_gb: int
+    network: str | None
+    state: State
+    reason: str | None
+    volume_pool: str | None
+    volume_name: str | None
+    volume_path: str | None
+    volume_format: str | None
+    volume_owned: bool
+    domain_uuid: str | None
+    domain_name: str | None
+    idempotency_key: str | None
+    cleaned_up: bool
+    created_at: float
+    updated_at: float
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> "RequestRecord":
+        """Build from a ``requests`` row."""
+        values = {f.name: row[f.name] for f in fields(cls)}
+        values["owner_groups"] = json.loads(row["owner_groups"] or "[]")
+        values["state"] = State(row["state"])
+        values["volume_owned"] = bool(row["volume_owned"])
+        values["cleaned_up"] = bool(row["cleaned_up"])
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class LogEntry:
+    """One row of a request's state log: a transition, a libvirt event or a note."""
+
+    id: int
+    request_id: str
+    kind: str
+    from_state: str | None
+    to_state: str | None
+    trigger: str | None
+    at: float
+    detail: str | None
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """Space a request holds in a pool for the volume it is about to create."""
+
+    request_id: str
+    host: str
+    pool: str
+    volume: str
+    bytes: int
+
+
+@dataclass(frozen=True)
+class QuotaUsage:
+    """What a resource pool's quota-holding requests add up to."""
+
+    vms: int
+    cpus: int
+    memory: int
+    storage_gb: int
+
+
+class AlreadyClaimed(Exception):
+    """Another live request holds a claim on this volume."""
+
+
+# --------------------------------------------------------------------------- store
+
+REQUEST_UPDATABLE = {
+    "host", "reason", "volume_pool", "volume_name", "volume_path", "volume_format", "volume_owned",
+    "domain_uuid", "domain_name", "cleaned_up",
+}
+
+
+class Store:
+    """All persistent state of provisiond, behind methods; no SQL outside this class."""
+
+    def __init__(self, path: Path | str, *, clock: Callable[[], float] = time.time) -> None:
+        if str(path) != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(str(path), check_same_thread=False)
+        self.db = sqlite_utils.Database(conn)
+        self.path = path
+        self.clock = clock
+        self.db.enable_wal()
+        self.db.execute("PRAGMA synchronous=FULL")
+        self.db.execute("PRAGMA foreign_keys=ON")
+        self.db.execute("PRAGMA busy_timeout=5000")
+
+    # -- lifecycle
+
+    def migrate(self) -> int:
+        """Apply pending migrations, each in its own transaction; return the schema version."""
+        version = self.schema_version()
+        for number, migration in enumerate(MIGRATIONS, start=1):
+            if number <= version:
+                continue
+            with self.db.atomic():
+                migration(self.db)
+                self.db.execute(f"PRAGMA user_version={number}")
+        return self.schema_version()
+
+    def schema_version(self) -> int:
+        """The number of the last migration applied."""
+        return int(self.db.execute("PRAGMA user_version").fetchone()[0])
+
+    def close(self) -> None:
+        """Close the database."""
+        self.db.close()
+
+    @contextmanager
+    def atomic(self) -> Iterator[None]:
+        """One transaction (a savepoint when nested)."""
+        with self.db.atomic():
+            yield
+
+    def integrity_check(self) -> str:
+        """SQLite's ``PRAGMA integrity_check`` answer ('ok' when sound)."""
+        return str(self.db.execute("PRAGMA integrity_check").fetchone()[0])
+
+    # -- requests
+
+    def insert_request(self, values: dict[str, Any], *, trigger: str = "submit",
+                       detail: str | None = None) -> RequestRecord:
+        """Store a new request in its initial state, with its first log row, atomically."""
+        now = self.clock()
+        row = dict(values)
+        row["owner_groups"] = json.dumps(sorted(row.get("owner_groups", [])))
+        row.update(state=str(State.REQUESTED), created_at=now, updated_at=now)
+        with self.db.atomic():
+            self.db["requests"].insert(row)
+            self._insert_log(row["id"], "transition", None, State.REQUESTED, trigger, now, detail)
+        return self.get_request(row["id"])
+
+    def record_transition(self, request_id: str, from_state: State, to_state: State,
+                          trigger: str, detail: str | None = None,
+                          updates: dict[str, Any] | None = None) -> None:
+        """Persist a state change and its log row in one transaction.
+
+        Refuses (raises ``StaleState``) if the stored state is not ``from_state``: the
+        caller's view was out of date, and nothing is written.
+        """
+        now = self.clock()
+        sets = {"state": str(to_state), "updated_at": now}
+        for key, value in (updates or {}).items():
+            if key not in REQUEST_UPDATABLE:
+                raise ValueError(f"request field {key!r} cannot be updated")
+            sets[key] = value
+        assignments = ", ".join(f"{k} = :{k}" for k in sets)
+        with self.db.atomic():
+            cursor = self.db.execute(
+                f"UPDATE requests SET {assignments} WHERE id = :_id AND state = :_from",
+                {**sets, "_id": request_id, "_from": str(from_state)},
+            )
+            if cursor.rowcount != 1:
+                raise StaleState(f"request {request_id} is not in state {from_state}")
+            self._insert_log(request_id, "transition", from_state, to_state, trigger, now, detail)
+
+    def update_request(self, request_id: str, **updates: Any) -> None:
+        """Set fields of a request that do not change its state."""
+        bad = set(updates) - REQUEST_UPDATABLE
+        if bad:
+            raise ValueError(f"request fields {sorted(bad)} cannot be updated")
+        if updates:
+            self.db["requests"].update(request_id, {**updates, "updated_at": self.clock()})
+
+    def append_log(self, request_id: str, kind: str, state: State, trigger: str,
+                   detail: str | None = None) -> None:
+        """Record a libvirt event or a note in a request's log (its state does not change)."""
+        self._insert_log(request_id, kind, state, state, trigger, self.clock(), detail)
+
+    def _insert_log(self, request_id: str, kind: str, from_state: State | None,
+                    to_state: State | None, trigger: str, at: float,
+                    detail: str | None) -> None:
+        self.db.execute(
+            "INSERT INTO state_log (request_id, kind, from_state, to_state, trigger, at, detail)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (request_id, kind, from_state and str(from_state), to_state and str(to_state),
+             trigger, at, detail),
+        )
+
+    def get_request(self, request_id: str) -> RequestRecord | None:
+        """A request by id, or None."""
+        rows = list(self.db.query("SELECT * FROM requests WHERE id = ?", [request_id]))
+        return RequestRecord.from_row(rows[0]) if rows else None
+
+    def find_by_idempotency_key(self, owner: str, key: str) -> RequestRecord | None:
+        """The request an owner made earlier with this idempotency key, or None."""
+        rows = list(self.db.query(
+            "SELECT * FROM requests WHERE owner = ? AND idempotency_key = ?", [owner, key]))
+        return RequestRecord.from_row(rows[0]) if rows else None
+
+    def list_requests(self, *, states: Sequence[State] | None = None, owner: str | None = None,
+                      resource_pools: Sequence[str] | None = None,
+                      limit: int | None = None) -> list[RequestRecord]:
+        """Requests, oldest first, filtered by state, owner and resource pool."""
+        where, params = [], []
+        if states is not None:
+            where.append(f"state IN ({','.join('?' * len(states))})")
+            params += [str(s) for s in states]
+        if owner is not None and resource_pools is not None:
+            where.append(f"(owner = ? OR resource_pool IN ({','.join('?' * len(resource_pools))}))")
+            params += [owner, *resource_pools]
+        elif owner is not None:
+            where.append("owner = ?")
+            params.append(owner)
+        elif resource_pools is not None:
+            where.append(f"resource_pool IN ({','.join('?' * len(resource_pools))})")
+            params += list(resource_pools)
+        sql = "SELECT * FROM requests"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY created_at, id"
+        if limit is not None:
+            sql += f" LIMIT {int(limit)}"
+        return [RequestRecord.from_row(r) for r in self.db.query(sql, params)]
+
+    def live_requests(self) -> list[RequestRecord]:
+        """Requests not in a terminal state, oldest first."""
+        return self.list_requests(states=sorted(IN_PROGRESS))
+
+    def failed_needing_cleanup(self) -> list[RequestRecord]:
+        """Failed requests whose rollback has not finished."""
+        return [RequestRecord.from_row(r) for r in self.db.query(
+            "SELECT * FROM requests WHERE state = ? AND cleaned_up = 0 ORDER BY created_at",
+            [str(State.FAILED)])]
+
+    def find_by_domain_uuid(self, domain_uuid: str) -> RequestRecord | None:
+        """The request whose domain has this UUID, or None."""
+        rows = list(self.db.query("SELECT * FROM requests WHERE domain_uuid = ?", [domain_uuid]))
+        return RequestRecord.from_row(rows[0]) if rows else None
+
+    def get_log(self, request_id: str) -> list[LogEntry]:
+        """A request's log, oldest first."""
+        return [LogEntry(**r) for r in self.db.query(
+            "SELECT * FROM state_log WHERE request_id = ? ORDER BY id", [request_id])]
+
+    def quota_usage(self, resource_pool: str, *, excluding: str | None = None) -> QuotaUsage:
+        """What the pool's quota-holding requests (authorized onwards, and done) add up to."""
+        states = sorted(HOLDS_QUOTA)
+        row = self.db.execute(
+            "SELECT COUNT(*), COALESCE(SUM(cpus), 0), COALESCE(SUM(memory_kib), 0),"
+            " COALESCE(SUM(storage_gb), 0) FROM requests"
+            f" WHERE resource_pool = ? AND id != ? AND state IN ({','.join('?' * len(states))})",
+            [resource_pool, excluding or "", *[str(s) for s in states]],
+        ).fetchone()
+        return QuotaUsage(*row)
+
+    # -- claims and reservations
+
+    def claim_volume(self, host: str, pool: str, volume: str, request_id: str) -> None:
+        """Claim a volume for a request; raises AlreadyClaimed if another request holds it."""
+        try:
+            with self.db.atomic():
+                self.db.execute(
+                    "INSERT INTO volume_claims (host, pool, volume, request_id, at)"
+                    " VALUES (?, ?, ?, ?, ?)", (host, pool, volume, request_id, self.clock()))
+        except sqlite3.IntegrityError:
+            holder = self.db.execute(
+                "SELECT request_id FROM volume_claims WHERE host = ? AND pool = ? AND volume = ?",
+                (host, pool, volume)).fetchone()
+            if holder and holder[0] == request_id:
+                return
+            raise AlreadyClaimed(f"{pool}/{volume} is claimed by request {holder and holder[0]}")
+
+    def claims_on(self, host: str) -> dict[tuple[str, str], str]:
+        """Claimed volumes on a host: (pool, volume) -> request id."""
+        return {(r["pool"], r["volume"]): r["request_id"] for r in self.db.query(
+            "SELECT pool, volume, request_id FROM volume_claims WHERE host = ?", [host])}
+
+    def reserve_space(self, reservation: Reservation) -> None:
+        """Hold space in a pool for a request's new volume (replaces its earlier one)."""
+        self.db.execute(
+            "INSERT OR REPLACE INTO pool_reservations (request_id, host, pool, volume, bytes, at)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (reservation.request_id, reservation.host, reservation.pool, reservation.volume,
+             reservation.bytes, self.clock()))
+
+    def reservations_on(self, host: str) -> list[Reservation]:
+        """Space held in the pools of a host by live requests."""
+        return [Reservation(**r) for r in self.db.query(
+            "SELECT request_id, host, pool, volume, bytes FROM pool_reservations WHERE host = ?",
+            [host])]
+
+    def release_storage(self, request_id: str) -> None:
+        """Drop a request's volume claims and space reservations."""
+        with self.db.atomic():
+            self.db.execute("DELETE FROM volume_claims WHERE request_id = ?", [request_id])
+            self.db.execute("DELETE FROM pool_reservations WHERE request_id = ?", [request_id])
+
+
+class StaleState(Exception):
+    """A transition was asked from a state the request is no longer in."""

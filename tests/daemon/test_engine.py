@@ -1,0 +1,225 @@
+"""The engine end to end on private test-driver hosts: the full walk, placement, rollback."""
+
+from __future__ import annotations
+
+import asyncio
+
+import libvirt
+import pytest
+
+from daemon.domain_xml import METADATA_NS, domain_uuid_for
+from daemon.errors import InvalidState, PermissionDenied, UnknownName
+from daemon.engine import ProvisioningRequest
+from statemachines import State
+from tests.conftest import ALICE, BOB, Identity
+
+GiB = 1024**3
+FULL_REUSE_WALK = ["requested", "authorized", "storage-searching", "defining", "done"]
+FULL_CREATE_WALK = ["requested", "authorized", "storage-searching", "storage-creating",
+                    "defining", "done"]
+
+
+async def test_full_walk_reuses_the_free_volume_of_the_right_size(harness):
+    done = await harness.run(size="small")
+
+    assert done.state == State.DONE, harness.store.get_log(done.id)
+    assert harness.states(done.id) == FULL_REUSE_WALK
+    # The only free 15 GiB volume: not used-15g (web01), not the 10 or 40 GiB ones.
+    assert (done.volume_pool, done.volume_name) == ("pool-dir", "free-15g.qcow2")
+    assert not done.volume_owned
+    dom = harness.conn.lookupByUUIDString(domain_uuid_for(done.id))
+    xml = dom.XMLDesc(0)
+    assert "source pool='pool-dir' volume='free-15g.qcow2'" in xml
+    assert "source pool='pool-dir' volume='ipxe.iso'" in xml  # the template as CD-ROM
+    assert dom.info()[1] == 262144 and dom.info()[3] == 2
+    meta = dom.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, METADATA_NS)
+    assert done.id in meta and "alice" in meta
+
+
+async def test_full_walk_creates_a_volume_when_none_is_free(harness):
+    first = await harness.run(size="small")   # takes free-15g.qcow2
+    second = await harness.run(size="small")  # nothing free of 15 GiB: create
+
+    assert first.state == second.state == State.DONE
+    assert harness.states(second.id) == FULL_CREATE_WALK
+    # pool-iscsi comes first but cannot create; pool-dir is the first that can.
+    assert second.volume_pool == "pool-dir"
+    assert second.volume_name == f"provisiond-{second.id}.qcow2"
+    vol = harness.conn.storagePoolLookupByName("pool-dir").storageVolLookupByName(
+        second.volume_name)
+    assert vol.info()[1] == 15 * GiB
+    assert "<format type='qcow2'/>" in vol.XMLDesc(0)
+    assert second.volume_owned
+
+
+async def test_defining_ends_on_the_defined_event_not_on_the_call(make_harness):
+    # Events are swallowed: defineXML succeeds, but DEFINED never reaches the engine.
+    h = await make_harness(faults={"domainEventRegisterAny": lambda *a: 0},
+                           daemon={"define_event_timeout": 0.3})
+    failed = await h.run(size="small")
+
+    assert failed.state == State.FAILED
+    assert "DEFINED event did not arrive" in failed.reason
+    # Rolled back: the domain it defined is gone, the reused volume is free again.
+    with pytest.raises(libvirt.libvirtError):
+        h.conn.lookupByUUIDString(domain_uuid_for(failed.id))
+    assert h.store.claims_on("testhost") == {}
+
+
+async def test_a_volume_in_use_by_a_domain_is_never_taken(harness):
+    used = {("pool-dir", "used-15g.qcow2"), ("pool-nfs", "used-15g-nfs.qcow2")}
+    results = [await harness.run(size="small") for _ in range(4)]
+
+    taken = {(r.volume_pool, r.volume_name) for r in results}
+    assert all(r.state == State.DONE for r in results)
+    assert not taken & used
+    assert len(taken) == 4
+
+
+async def test_template_iso_is_never_taken_even_at_its_size(make_harness):
+    h = await make_harness(sizes={"iso-sized": {"cpus": 1, "memory": 1024,
+                                                "storage_size_in_gb": 1}},
+                           tolerance_gb=0)
+    decision = await h.engine.explain(ALICE, ProvisioningRequest("ipxe", "iso-sized", "rp"))
+    iso = [v for v in decision.verdicts if v.volume == "ipxe.iso"]
+    assert iso and not iso[0].accepted and iso[0].reason == "template image"
+
+
+async def test_concurrent_requests_never_share_a_claimed_volume(make_harness):
+    h = await make_harness("host_scarce.xml", storage_pools=["pool-iscsi"])
+    records = [h.submit(size="small") for _ in range(10)]
+    results = await asyncio.gather(*(h.engine.wait_terminal(r.id, 20) for r in records))
+
+    done = [r for r in results if r.state == State.DONE]
+    failed = [r for r in results if r.state == State.FAILED]
+    assert sorted(r.volume_name for r in done) == ["lun-a", "lun-b", "lun-c"]
+    assert len(failed) == 7
+    assert all("no free volume" in r.reason for r in failed)
+    # Each failure says why each pool was refused.
+    assert all("pool-iscsi: pool type 'iscsi' cannot create volumes" in r.reason
+               for r in failed)
+
+
+@pytest.mark.parametrize("pool, overcommit", [("pool-dir", 1.0), ("pool-lvm", 10.0)])
+async def test_pool_room_is_reserved_under_concurrency(make_harness, pool, overcommit):
+    h = await make_harness("host_tight.xml",
+                           storage_pools=[{"name": pool, "overcommit": overcommit}])
+    records = [h.submit(size="small") for _ in range(8)]
+    results = await asyncio.gather(*(h.engine.wait_terminal(r.id, 20) for r in records))
+
+    done = [r for r in results if r.state == State.DONE]
+    assert len(done) == 2, [r.reason for r in results]
+    assert all(r.volume_pool == pool and r.volume_owned for r in done)
+    created = {n for n in h.volume_names(pool) if n.startswith("provisiond-")}
+    assert created == {r.volume_name for r in done}
+    failed = [r for r in results if r.state == State.FAILED]
+    why = "would over-commit" if pool == "pool-dir" else "not enough space"
+    assert all(why in r.reason for r in failed), failed[0].reason
+
+
+async def test_inactive_pools_are_skipped(harness):
+    harness.conn.storagePoolLookupByName("pool-dir").destroy()
+    done = await harness.run(template="ipxe-file", size="small")
+
+    assert done.state == State.DONE, done.reason
+    # pool-dir's free 15 GiB volume is out of reach; pool-nfs is the first to create in.
+    assert done.volume_pool == "pool-nfs" and done.volume_owned
+    decision = await harness.engine.explain(
+        ALICE, ProvisioningRequest("ipxe-file", "small", "rp"))
+    assert [v.reason for v in decision.verdicts if v.pool == "pool-dir"] == [
+        "pool is not active", "pool is not active"]  # for reuse and for creation
+
+
+async def test_no_storage_fails_with_each_pools_reason(make_harness):
+    h = await make_harness("host_tight.xml", storage_pools=["pool-dir", "pool-lvm"],
+                           sizes={"huge": {"cpus": 1, "memory": 1024,
+                                           "storage_size_in_gb": 50}})
+    failed = await h.run(size="huge")
+
+    assert failed.state == State.FAILED
+    assert h.states(failed.id) == ["requested", "authorized", "storage-searching", "failed"]
+    assert "pool-dir: would over-commit" in failed.reason
+    assert "pool-lvm: not enough space: 40 GiB available, need 50 GiB" in failed.reason
+
+
+async def test_volume_creation_failure_rolls_back(make_harness):
+    h = await make_harness(faults={"createXML": "disk on fire"})
+    await h.run(size="small")  # reuses free-15g
+    failed = await h.run(size="small")
+
+    assert failed.state == State.FAILED
+    assert "disk on fire" in failed.reason
+    assert h.store.claims_on("testhost") == {("pool-dir", "free-15g.qcow2"):
+                                             h.store.list_requests()[0].id}
+    assert h.store.reservations_on("testhost") == []
+    assert h.store.get_request(failed.id).cleaned_up
+    assert h.store.get_log(failed.id)[-1].detail.startswith("rolled back")
+
+
+async def test_define_failure_deletes_the_created_volume(make_harness):
+    h = await make_harness(faults={"defineXML": "no such emulator"},
+                           sizes={"tiny": {"cpus": 1, "memory": 1024, "storage_size_in_gb": 7}})
+    failed = await h.run(size="tiny")
+
+    assert failed.state == State.FAILED and "no such emulator" in failed.reason
+    assert h.states(failed.id)[-2:] == ["defining", "failed"]
+    assert failed.volume_name not in h.volume_names(failed.volume_pool)
+    assert f"deleted volume {failed.volume_pool}/{failed.volume_name}" in \
+        h.store.get_log(failed.id)[-1].detail
+
+
+async def test_define_failure_only_releases_a_reused_volume(make_harness):
+    h = await make_harness(faults={"defineXML": "no such emulator"})
+    failed = await h.run(size="small")
+
+    assert failed.state == State.FAILED and failed.volume_name == "free-15g.qcow2"
+    assert "free-15g.qcow2" in h.volume_names("pool-dir")  # kept, only released
+    assert h.store.claims_on("testhost") == {}
+    assert "released volume pool-dir/free-15g.qcow2" in h.store.get_log(failed.id)[-1].detail
+
+
+async def test_unknown_names_are_refused_before_anything_is_stored(harness):
+    for kwargs, field in (({"template": "nope"}, "template"), ({"size": "huge"}, "size")):
+        with pytest.raises(UnknownName) as err:
+            harness.submit(**kwargs)
+        assert err.value.field == field
+    with pytest.raises(UnknownName):
+        harness.engine.submit(ALICE, ProvisioningRequest("ipxe", "small", "elsewhere"))
+    assert harness.store.list_requests() == []
+
+
+async def test_authorization_needs_cloud_create(harness):
+    with pytest.raises(PermissionDenied):
+        harness.submit(who=BOB)
+    # Granted through a group.
+    done = await harness.run(who=Identity("dave", frozenset({"admins"})))
+    assert done.state == State.DONE and done.owner == "dave"
+
+
+async def test_grant_withdrawn_before_authorizing_fails_the_request(make_harness):
+    h = await make_harness()
+    record = h.store.insert_request({
+        "id": "r-without-grant", "name": "vm1", "owner": "mallory", "template": "ipxe",
+        "size": "small", "resource_pool": "rp", "hardware_pool": "hw", "cpus": 2,
+        "memory_kib": 262144, "storage_gb": 15})
+    h.engine.resume()
+    failed = await h.engine.wait_terminal(record.id, 10)
+    assert failed.state == State.FAILED
+    assert failed.reason == "mallory does not hold CLOUD_CREATE on resource pool rp"
+
+
+async def test_quota_counts_live_and_done_requests(make_harness):
+    h = await make_harness(quota={"vms": 2, "cpus": 100})
+    first, second = await h.run(), await h.run()
+    third = await h.run()
+
+    assert first.state == second.state == State.DONE
+    assert third.state == State.FAILED
+    assert third.reason == "quota exceeded: vms 3 > 2 in resource pool rp"
+    assert h.states(third.id) == ["requested", "failed"]
+
+
+async def test_cancel_of_a_finished_request_is_a_conflict(harness):
+    done = await harness.run()
+    with pytest.raises(InvalidState):
+        harness.engine.cancel(done.id, "alice")
