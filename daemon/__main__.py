@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import logging
 import sys
 from pathlib import Path
 
 from daemon.config import DEFAULT_CONFIG, load_config
 from daemon.errors import ConfigError
+from daemon.server import SocketInUse, serve
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -45,9 +48,28 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.check_config:
         return check_config(args.config)
-    print("provisiond: serving requests arrives with the daemon issue; use --check-config",
-          file=sys.stderr)
-    return 2
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("transitions").setLevel(logging.WARNING)  # logs every callback at INFO
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return exc.exit_code
+    try:
+        asyncio.run(serve(config))
+    except SocketInUse as exc:
+        print(f"provisiond: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"provisiond: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # start-up failed (e.g. a libvirt host unreachable)
+        print(f"provisiond: cannot start: {getattr(exc, 'message', None) or exc}",
+              file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":

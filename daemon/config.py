@@ -162,9 +162,7 @@ class Config:
 
 
 def default_socket_path() -> Path:
-    """Per-user socket: ``$XDG_RUNTIME_DIR/provisiond/provisiond.sock``, else /run or /tmp."""
-    if os.geteuid() == 0:
-        return Path("/run/provisiond/provisiond.sock")
+    """Per-user socket: ``$XDG_RUNTIME_DIR/provisiond/provisiond.sock``, else under /tmp."""
     runtime = os.environ.get("XDG_RUNTIME_DIR")
     if runtime:
         return Path(runtime) / "provisiond" / "provisiond.sock"
@@ -172,9 +170,7 @@ def default_socket_path() -> Path:
 
 
 def default_database_path() -> Path:
-    """Per-user database: ``$XDG_STATE_HOME/provisiond/provisiond.db`` (root: /var/lib)."""
-    if os.geteuid() == 0:
-        return Path("/var/lib/provisiond/provisiond.db")
+    """Per-user database: ``$XDG_STATE_HOME/provisiond/provisiond.db``."""
     state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
     return Path(state) / "provisiond" / "provisiond.db"
 

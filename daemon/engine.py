@@ -132,10 +132,10 @@ class Engine:
     def validate(self, identity: Identity, req: ProvisioningRequest) -> str:
         """Check names and the caller's right to create; return the resource pool."""
         if req.template not in self.config.templates:
-            raise UnknownName(f"unknown template {req.template!r} (known: "
+            raise InvalidInput(f"unknown template {req.template!r} (known: "
                               f"{', '.join(sorted(self.config.templates))})", field="template")
         if req.size not in self.config.sizes:
-            raise UnknownName(f"unknown size {req.size!r} (known: "
+            raise InvalidInput(f"unknown size {req.size!r} (known: "
                               f"{', '.join(sorted(self.config.sizes))})", field="size")
         pool_name = req.resource_pool
         if pool_name is None:
@@ -147,7 +147,7 @@ class Engine:
             pool_name = mine[0]
         pool = self.config.resource_pools.get(pool_name)
         if pool is None:
-            raise UnknownName(f"unknown resource pool {pool_name!r}", field="resource_pool")
+            raise InvalidInput(f"unknown resource pool {pool_name!r}", field="resource_pool")
         if not holds(identity, pool, CLOUD_CREATE):
             raise PermissionDenied(
                 f"{identity.user} does not hold CLOUD_CREATE on resource pool {pool_name}")

@@ -2,7 +2,7 @@
 
     ProvisiondError                 500  exit 1   something went wrong on our side
     ├── InvalidInput                400  exit 2   the caller's input is wrong (has .field)
-    │   ├── UnknownName             404  exit 5   no such template / size / pool / request
+    │   ├── UnknownName             404  exit 5   no such request (a name in the URL)
     │   └── ConfigError             --   exit 2   config files are invalid (has .problems)
     ├── PermissionDenied            403  exit 3   the caller may not do this
     ├── InvalidState                409  exit 1   the request is in the wrong state for this
@@ -50,7 +50,7 @@ class InvalidInput(ProvisiondError):
 
 
 class UnknownName(InvalidInput):
-    """A name (template, size, pool, request id) that does not exist."""
+    """A resource named in the URL (a request id) that does not exist for the caller."""
 
     http_status = 404
     exit_code = 5

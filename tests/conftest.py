@@ -7,8 +7,20 @@ Every test gets its own libvirt host: a ``test:///<abs path>`` connection to a n
 
 from __future__ import annotations
 
+import getpass
+import http.client
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable
+from typing import Any, AsyncIterator, Callable, Iterator
 
 import libvirt
 import pytest
@@ -38,7 +50,8 @@ def write_config(directory: Path, node_xml: str = "host_basic.xml", *,
                  storage_pools: list[Any] | None = None, quota: dict[str, int] | None = None,
                  sizes: dict[str, Any] | None = None, templates: dict[str, Any] | None = None,
                  daemon: dict[str, Any] | None = None, tolerance_gb: int = 0,
-                 grants: dict[str, Any] | None = None) -> Path:
+                 grants: dict[str, Any] | None = None,
+                 resource_pools: dict[str, Any] | None = None) -> Path:
     """Write a complete configuration into ``directory``; return its main file."""
     directory.mkdir(parents=True, exist_ok=True)
     pools = storage_pools or ["pool-iscsi", "pool-dir", "pool-nfs", "pool-lvm"]
@@ -58,7 +71,7 @@ def write_config(directory: Path, node_xml: str = "host_basic.xml", *,
                 "storage_pools": [p if isinstance(p, dict) else {"name": p} for p in pools],
                 "reuse_tolerance_gb": tolerance_gb,
             }},
-            "resource_pools": {"rp": rp},
+            "resource_pools": resource_pools or {"rp": rp},
         },
         "provisiond.yml": {
             "daemon": {"socket": str(directory / "provisiond.sock"),
@@ -170,3 +183,178 @@ async def make_harness(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
 async def harness(make_harness: Callable[..., Any]) -> Harness:
     """An engine on ``tests/data/host_basic.xml`` with the default test configuration."""
     return await make_harness()
+
+
+# --------------------------------------------------------------------------- a real daemon
+
+ME = getpass.getuser()
+OTHER_USER = "nobody"  # a second real uid, present on every Debian system
+OTHER_GROUP = "nogroup"
+# The other uid's client needs only the standard library; the test interpreter may live
+# where that uid cannot reach (pyenv under /root), the system's always can.
+SYSTEM_PYTHON = "/usr/bin/python3"
+
+
+class UnixHTTPConnection(http.client.HTTPConnection):
+    """HTTP over a Unix socket (standard library only)."""
+
+    def __init__(self, path: str, timeout: float = 30) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self.unix_path = path
+
+    def connect(self) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(self.timeout)
+        self.sock.connect(self.unix_path)
+
+
+@dataclass
+class Reply:
+    """An API answer: status, headers and decoded JSON body."""
+
+    status: int
+    body: Any
+    headers: dict[str, str]
+
+
+# Run by a subprocess under another uid: the same request, from a different peer.
+_CLIENT_AS = """
+import http.client, json, socket, sys
+path, method, url, body, headers = json.loads(sys.argv[1])
+class C(http.client.HTTPConnection):
+    def connect(self):
+        self.sock = socket.socket(socket.AF_UNIX); self.sock.connect(path)
+c = C("localhost", timeout=30)
+c.request(method, url, body=body.encode() if body is not None else None, headers=headers)
+r = c.getresponse()
+print(json.dumps({"status": r.status, "body": r.read().decode(), "headers": dict(r.getheaders())}))
+"""
+
+
+class Daemon:
+    """A provisiond process on its own configuration, socket and database."""
+
+    def __init__(self, directory: Path, main: Path) -> None:
+        self.directory = directory
+        self.main = main
+        self.socket = str(directory / "provisiond.sock")
+        self.database = directory / "provisiond.db"
+        self.log_path = directory / "daemon.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 20) -> None:
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", "daemon", "--config", str(self.main)],
+                                     stdout=log, stderr=log, cwd=REPO)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"provisiond exited {self.proc.returncode}:\n{self.log()}")
+            try:
+                if self.call("GET", "/v1/health").status == 200:
+                    return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError(f"provisiond did not come up:\n{self.log()}")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def call(self, method: str, url: str, body: Any = None, *, raw: bytes | None = None,
+             headers: dict[str, str] | None = None, as_user: str | None = None) -> Reply:
+        """One API call; as ``as_user`` it is made by a process running under that uid."""
+        headers = dict(headers or {})
+        data = raw if raw is not None else (json.dumps(body).encode() if body is not None
+                                            else None)
+        if data is not None:
+            headers.setdefault("Content-Type", "application/json")
+        if as_user is None:
+            conn = UnixHTTPConnection(self.socket)
+            try:
+                conn.request(method, url, body=data, headers=headers)
+                resp = conn.getresponse()
+                text = resp.read().decode()
+                status, resp_headers = resp.status, dict(resp.getheaders())
+            finally:
+                conn.close()
+        else:
+            args = json.dumps([self.socket, method, url,
+                               data.decode() if data is not None else None, headers])
+            out = subprocess.run([SYSTEM_PYTHON, "-c", _CLIENT_AS, args], user=as_user,
+                                 group=OTHER_GROUP, extra_groups=[], capture_output=True,
+                                 text=True, timeout=30, check=True, cwd="/")
+            result = json.loads(out.stdout)
+            status, text, resp_headers = result["status"], result["body"], result["headers"]
+        try:
+            decoded = json.loads(text) if text else None
+        except ValueError:
+            decoded = text
+        return Reply(status, decoded, resp_headers)
+
+    def wait_terminal(self, request_id: str, timeout: float = 20) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            body = self.call("GET", f"/v1/requests/{request_id}").body
+            if body["state"] in ("done", "failed"):
+                return body
+            time.sleep(0.05)
+        raise AssertionError(f"request {request_id} still {body['state']}")
+
+
+def daemon_config(directory: Path, node_xml: str = "host_basic.xml", **options: Any) -> Path:
+    """A configuration for a daemon test: the current user may create in rp and rp2;
+    OTHER_USER holds CLOUD_ADMIN on rp only; the socket's group is OTHER_GROUP."""
+    pools = {
+        "rp": {"hardware_pool": "hw", "grants": {
+            "CLOUD_CREATE": {"users": [ME, "alice"]}, "CLOUD_ADMIN": {"users": [OTHER_USER]}}},
+        "rp2": {"hardware_pool": "hw", "grants": {"CLOUD_CREATE": {"users": [ME]}}},
+    }
+    daemon = {"socket_group": OTHER_GROUP, **options.pop("daemon", {})}
+    return write_config(directory, node_xml, resource_pools=pools, daemon=daemon, **options)
+
+
+@pytest.fixture
+def daemon_dir() -> Iterator[Path]:
+    """A directory other uids can traverse (pytest's tmp_path is private to its user)."""
+    directory = Path(tempfile.mkdtemp(prefix="provisiond-test-"))
+    directory.chmod(0o755)
+    yield directory
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture
+def make_daemon(daemon_dir: Path) -> Iterator[Callable[..., Daemon]]:
+    """Factory: a started provisiond subprocess; stopped (SIGTERM, exit 0) at teardown."""
+    started: list[Daemon] = []
+
+    def make(node_xml: str = "host_basic.xml", start: bool = True, **options: Any) -> Daemon:
+        sub = daemon_dir / f"d{len(started)}"
+        sub.mkdir()
+        sub.chmod(0o755)
+        d = Daemon(sub, daemon_config(sub, node_xml, **options))
+        started.append(d)
+        if start:
+            d.start()
+        return d
+
+    yield make
+    for d in started:
+        if d.proc is not None and d.proc.poll() is None:
+            assert d.stop() == 0, d.log()
+
+
+@pytest.fixture
+def daemon(make_daemon: Callable[..., Daemon]) -> Daemon:
+    """A provisiond process on tests/data/host_basic.xml."""
+    return make_daemon()

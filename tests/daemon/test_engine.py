@@ -8,7 +8,7 @@ import libvirt
 import pytest
 
 from daemon.domain_xml import METADATA_NS, domain_uuid_for
-from daemon.errors import InvalidState, PermissionDenied, UnknownName
+from daemon.errors import InvalidInput, InvalidState, PermissionDenied
 from daemon.engine import ProvisioningRequest
 from statemachines import State
 from tests.conftest import ALICE, BOB, Identity
@@ -180,10 +180,10 @@ async def test_define_failure_only_releases_a_reused_volume(make_harness):
 
 async def test_unknown_names_are_refused_before_anything_is_stored(harness):
     for kwargs, field in (({"template": "nope"}, "template"), ({"size": "huge"}, "size")):
-        with pytest.raises(UnknownName) as err:
+        with pytest.raises(InvalidInput) as err:
             harness.submit(**kwargs)
         assert err.value.field == field
-    with pytest.raises(UnknownName):
+    with pytest.raises(InvalidInput):
         harness.engine.submit(ALICE, ProvisioningRequest("ipxe", "small", "elsewhere"))
     assert harness.store.list_requests() == []
 

@@ -1,0 +1,281 @@
+"""The HTTP/JSON API under ``/v1``, served on the Unix socket.
+
+The caller's identity comes only from the socket's peer credentials (``SO_PEERCRED``),
+never from anything the client sends. Errors are ``{"error": {"code", "message",
+"field"?}}`` with the status their class carries (``daemon.errors``); a bug answers 500
+with no detail, and its traceback goes to the daemon's log only.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import struct
+from datetime import datetime, timezone
+from typing import Any, Awaitable, Callable
+
+from aiohttp import web
+
+from daemon import __version__
+from daemon.auth import CLOUD_ADMIN, CLOUD_CREATE, Identity
+from daemon.engine import Engine, ProvisioningRequest
+from daemon.errors import InvalidInput, PermissionDenied, ProvisiondError, UnknownName
+from daemon.placement import Decision
+from daemon.store import LogEntry, RequestRecord
+from statemachines import State
+
+log = logging.getLogger("provisiond.api")
+
+ENGINE = web.AppKey("engine", Engine)
+MAX_BODY_BYTES = 64 * 1024
+CREATE_FIELDS = {"template", "size", "resource_pool", "name"}
+EXPLAIN_FIELDS = {"template", "size", "resource_pool"}
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+# --------------------------------------------------------------------------- identity
+
+
+def peer_identity(request: web.Request) -> Identity:
+    """The caller, from the Unix socket's peer credentials."""
+    sock = request.transport.get_extra_info("socket") if request.transport else None
+    if sock is None or sock.family != socket.AF_UNIX:
+        raise PermissionDenied("the caller's identity cannot be established")
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    _pid, uid, gid = struct.unpack("3i", creds)
+    return Identity.from_uid(uid, gid)
+
+
+# --------------------------------------------------------------------------- JSON shapes
+
+
+def iso(ts: float | None) -> str | None:
+    """Epoch seconds as ISO-8601 UTC with milliseconds."""
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds").replace(
+        "+00:00", "Z")
+
+
+def request_json(r: RequestRecord) -> dict[str, Any]:
+    """A request as the API shows it."""
+    return {
+        "id": r.id, "name": r.name, "owner": r.owner, "template": r.template, "size": r.size,
+        "resource_pool": r.resource_pool, "hardware_pool": r.hardware_pool, "host": r.host,
+        "cpus": r.cpus, "memory_kib": r.memory_kib, "storage_gb": r.storage_gb,
+        "state": str(r.state), "reason": r.reason,
+        "volume": {"pool": r.volume_pool, "name": r.volume_name, "path": r.volume_path,
+                   "owned": r.volume_owned} if r.volume_name else None,
+        "domain": {"uuid": r.domain_uuid, "name": r.domain_name}
+        if r.domain_uuid and r.state == State.DONE else None,
+        "created_at": iso(r.created_at), "updated_at": iso(r.updated_at),
+    }
+
+
+def log_json(e: LogEntry) -> dict[str, Any]:
+    """A log entry as the API shows it."""
+    return {"kind": e.kind, "from": e.from_state, "to": e.to_state, "trigger": e.trigger,
+            "at": iso(e.at), "detail": e.detail}
+
+
+def decision_json(d: Decision) -> dict[str, Any]:
+    """A placement decision (the dry run) as the API shows it."""
+    return {"action": d.action, "pool": d.pool, "volume": d.volume.name if d.volume else None,
+            "reason": d.reason, "candidates": [v.to_json() for v in d.verdicts]}
+
+
+# --------------------------------------------------------------------------- input
+
+
+async def json_body(request: web.Request, allowed: set[str],
+                    required: set[str]) -> dict[str, str]:
+    """The request's JSON object body, checked: known fields only, string values."""
+    if request.content_type != "application/json":
+        raise web.HTTPUnsupportedMediaType(text="expected Content-Type: application/json")
+    raw = await request.read()  # raises 413 past client_max_size
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidInput(f"the body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise InvalidInput("the body must be a JSON object")
+    for key in body:
+        if key not in allowed:
+            raise InvalidInput(f"unknown field {key!r} (expected: "
+                               f"{', '.join(sorted(allowed))})", field=key)
+    for key in sorted(required):
+        if key not in body:
+            raise InvalidInput(f"missing field {key!r}", field=key)
+    for key, value in body.items():
+        if value is not None and not isinstance(value, str):
+            raise InvalidInput(f"{key} must be a string, got {type(value).__name__}", field=key)
+        if isinstance(value, str) and not (0 < len(value) <= 200):
+            raise InvalidInput(f"{key} must be 1-200 characters", field=key)
+    return {k: v for k, v in body.items() if v is not None}
+
+
+# --------------------------------------------------------------------------- visibility
+
+
+def visible(engine: Engine, who: Identity, record: RequestRecord | None) -> RequestRecord:
+    """The request if the caller may see it; 404 otherwise (existence is not leaked)."""
+    if record is None or not (record.owner == who.user or record.resource_pool in
+                              engine.pools_granting(who, CLOUD_ADMIN)):
+        raise UnknownName("no such request")
+    return record
+
+
+# --------------------------------------------------------------------------- handlers
+
+
+async def health(request: web.Request) -> web.Response:
+    """GET /v1/health."""
+    engine = request.app[ENGINE]
+    hosts = {n: ("connected" if h.connected else "disconnected")
+             for n, h in engine.hosts.items()}
+    return web.json_response({"status": "ok", "version": __version__, "hosts": hosts})
+
+
+async def catalog(request: web.Request) -> web.Response:
+    """GET /v1/catalog: the seed's svc_new."""
+    engine = request.app[ENGINE]
+    who = peer_identity(request)
+    pools = engine.pools_granting(who, CLOUD_CREATE)
+    if not pools:
+        raise PermissionDenied(f"{who.user} holds CLOUD_CREATE on no resource pool")
+    cfg = engine.config
+    return web.json_response({
+        "user": who.user,
+        "templates": [{"name": t.name, "kind": t.kind, "description": t.description}
+                      for t in cfg.templates.values()],
+        "sizes": [{"name": s.name, "cpus": s.cpus, "memory": s.memory,
+                   "storage_size_in_gb": s.storage_size_in_gb, "network": s.network}
+                  for s in cfg.sizes.values()],
+        "resource_pools": [{
+            "name": p, "description": cfg.resource_pools[p].description,
+            "hardware_pool": cfg.resource_pools[p].hardware_pool,
+            "quota": {k: v for k, v in vars(cfg.resource_pools[p].quota).items()
+                      if v is not None},
+        } for p in pools],
+    })
+
+
+async def create_request(request: web.Request) -> web.Response:
+    """POST /v1/requests: the seed's svc_create."""
+    engine = request.app[ENGINE]
+    who = peer_identity(request)
+    body = await json_body(request, CREATE_FIELDS, {"template", "size"})
+    key = request.headers.get("Idempotency-Key")
+    req = ProvisioningRequest(body["template"], body["size"], body.get("resource_pool"),
+                              body.get("name"), key)
+    earlier = engine.store.find_by_idempotency_key(who.user, key) if key else None
+    record = engine.submit(who, req)
+    status = 200 if earlier is not None and earlier.id == record.id else 202
+    return web.json_response(request_json(record), status=status,
+                             headers={"Location": f"/v1/requests/{record.id}"})
+
+
+async def list_requests(request: web.Request) -> web.Response:
+    """GET /v1/requests[?state=S...]: the caller's requests, and those of pools they admin."""
+    engine = request.app[ENGINE]
+    who = peer_identity(request)
+    states = None
+    if "state" in request.query:
+        try:
+            states = [State(s) for s in request.query.getall("state")]
+        except ValueError:
+            raise InvalidInput(f"unknown state (expected one of: "
+                               f"{', '.join(s.value for s in State)})", field="state") from None
+    records = engine.store.list_requests(states=states, owner=who.user,
+                                         resource_pools=engine.pools_granting(who, CLOUD_ADMIN))
+    return web.json_response({"requests": [request_json(r) for r in records]})
+
+
+async def show_request(request: web.Request) -> web.Response:
+    """GET /v1/requests/{id}."""
+    engine = request.app[ENGINE]
+    record = visible(engine, peer_identity(request),
+                     engine.store.get_request(request.match_info["id"]))
+    return web.json_response(request_json(record))
+
+
+async def request_log(request: web.Request) -> web.Response:
+    """GET /v1/requests/{id}/log: every transition, libvirt event and note, oldest first."""
+    engine = request.app[ENGINE]
+    record = visible(engine, peer_identity(request),
+                     engine.store.get_request(request.match_info["id"]))
+    return web.json_response({"request_id": record.id,
+                              "log": [log_json(e) for e in engine.store.get_log(record.id)]})
+
+
+async def cancel_request(request: web.Request) -> web.Response:
+    """POST /v1/requests/{id}/cancel."""
+    engine = request.app[ENGINE]
+    who = peer_identity(request)
+    record = visible(engine, who, engine.store.get_request(request.match_info["id"]))
+    engine.cancel(record.id, who.user)
+    current = engine.store.get_request(record.id)
+    assert current is not None
+    return web.json_response(request_json(current), status=202)
+
+
+async def explain(request: web.Request) -> web.Response:
+    """POST /v1/placement/explain: the placement dry run."""
+    engine = request.app[ENGINE]
+    who = peer_identity(request)
+    body = await json_body(request, EXPLAIN_FIELDS, {"template", "size"})
+    decision = await engine.explain(who, ProvisioningRequest(
+        body["template"], body["size"], body.get("resource_pool")))
+    return web.json_response(decision_json(decision))
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def error_response(status: int, code: str, message: str,
+                   field: str | None = None) -> web.Response:
+    """The API's error body."""
+    error = {"code": code, "message": message}
+    if field:
+        error["field"] = field
+    return web.json_response({"error": error}, status=status)
+
+
+HTTP_CODES = {400: "invalid", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
+              409: "wrong_state", 413: "too_large", 415: "unsupported_media_type"}
+
+
+@web.middleware
+async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Map every error to the JSON error body, once."""
+    try:
+        return await handler(request)
+    except ProvisiondError as exc:
+        return error_response(exc.http_status, exc.code, exc.message, exc.field)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        message = exc.text if exc.text and not exc.text.startswith(str(exc.status)) \
+            else exc.reason
+        if exc.status == 413:
+            message = f"the body is larger than {MAX_BODY_BYTES} bytes"
+        return error_response(exc.status, HTTP_CODES.get(exc.status, "http_error"), message)
+    except Exception:
+        log.exception("internal error on %s %s", request.method, request.path)
+        return error_response(500, "internal", "internal error; see the daemon's log")
+
+
+def make_app() -> web.Application:
+    """The aiohttp application; its ``cleanup_ctx`` must provide ``app[ENGINE]``."""
+    app = web.Application(middlewares=[errors_middleware], client_max_size=MAX_BODY_BYTES)
+    app.router.add_get("/v1/health", health)
+    app.router.add_get("/v1/catalog", catalog)
+    app.router.add_post("/v1/requests", create_request)
+    app.router.add_get("/v1/requests", list_requests)
+    app.router.add_get("/v1/requests/{id}", show_request)
+    app.router.add_get("/v1/requests/{id}/log", request_log)
+    app.router.add_post("/v1/requests/{id}/cancel", cancel_request)
+    app.router.add_post("/v1/placement/explain", explain)
+    return app

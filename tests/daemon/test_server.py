@@ -1,0 +1,67 @@
+"""The daemon process: start-up, its socket, shutdown and resume."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+
+from tests.conftest import REPO, Daemon
+
+LIVE = ("requested", "authorized", "storage-searching", "storage-creating", "defining")
+
+
+def test_a_stale_socket_is_replaced(make_daemon) -> None:
+    d: Daemon = make_daemon(start=False)
+    stale = socket.socket(socket.AF_UNIX)
+    stale.bind(d.socket)  # a socket file nobody listens on: a dead daemon's leftover
+    stale.close()
+    d.start()
+    assert d.call("GET", "/v1/health").status == 200
+
+
+def test_a_live_socket_is_not_stolen(make_daemon) -> None:
+    first: Daemon = make_daemon()
+    second = subprocess.run([sys.executable, "-m", "daemon", "--config", str(first.main)],
+                            capture_output=True, text=True, timeout=30, cwd=REPO)
+    assert second.returncode == 1
+    assert f"another provisiond is already serving on {first.socket}" in second.stderr
+    assert first.call("GET", "/v1/health").status == 200
+
+
+def test_sigterm_leaves_no_request_half_written_and_restart_resumes(make_daemon) -> None:
+    d: Daemon = make_daemon(sizes={"tiny": {"cpus": 1, "memory": 1024,
+                                            "storage_size_in_gb": 1}})
+    ids = [d.call("POST", "/v1/requests", {"template": "ipxe", "size": "tiny",
+                                            "resource_pool": "rp"}).body["id"]
+           for _ in range(40)]
+    assert d.stop(signal.SIGTERM) == 0, d.log()
+    assert "Traceback" not in d.log()
+
+    db = sqlite3.connect(d.database)
+    assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    for rid in ids:
+        state, = db.execute("SELECT state FROM requests WHERE id = ?", [rid]).fetchone()
+        last, = db.execute("SELECT to_state FROM state_log WHERE request_id = ? AND "
+                           "kind = 'transition' ORDER BY id DESC LIMIT 1", [rid]).fetchone()
+        assert state == last  # the state and its log row were written together
+    db.close()
+
+    d.start()  # a fresh test-driver host; every request left in progress continues
+    finals = [d.wait_terminal(rid) for rid in ids]
+    assert all(f["state"] == "done" for f in finals), [f["reason"] for f in finals]
+
+
+def test_start_fails_clearly_when_a_host_is_unreachable(make_daemon, tmp_path) -> None:
+    d: Daemon = make_daemon(start=False)
+    text = d.main.parent.joinpath("pools.yml").read_text()
+    d.main.parent.joinpath("pools.yml").write_text(
+        text.replace(str(REPO / "tests" / "data" / "host_basic.xml"), "/nonexistent/host.xml"))
+    result = subprocess.run([sys.executable, "-m", "daemon", "--config", str(d.main)],
+                            capture_output=True, text=True, timeout=30, cwd=REPO)
+    assert result.returncode == 1
+    assert "provisiond: cannot start: cannot connect to test:///nonexistent/host.xml" in \
+        result.stderr
+    assert "Traceback" not in result.stderr
