@@ -132,3 +132,17 @@ class VirtTimeout(VirtError):
 
     http_status = 504
     code = "libvirt_timeout"
+
+
+def exit_codes_by_status() -> dict[int, int]:
+    """HTTP status -> CLI exit code, read off the hierarchy (the one place both live)."""
+    table: dict[int, int] = {}
+    pending = [ProvisiondError]
+    while pending:
+        cls = pending.pop()
+        pending.extend(cls.__subclasses__())
+        known = table.setdefault(cls.http_status, cls.exit_code)
+        if known != cls.exit_code:
+            raise AssertionError(f"HTTP {cls.http_status} maps to exit codes {known} and "
+                                 f"{cls.exit_code}")
+    return table

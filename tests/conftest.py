@@ -315,7 +315,7 @@ class Daemon:
 def daemon_config(directory: Path, node_xml: str = "host_basic.xml", **options: Any) -> Path:
     """A configuration for a daemon test: the current user may create in rp and rp2;
     OTHER_USER holds CLOUD_ADMIN on rp only; the socket's group is OTHER_GROUP."""
-    pools = {
+    pools = options.pop("resource_pools", None) or {
         "rp": {"hardware_pool": "hw", "grants": {
             "CLOUD_CREATE": {"users": [ME, "alice"]}, "CLOUD_ADMIN": {"users": [OTHER_USER]}}},
         "rp2": {"hardware_pool": "hw", "grants": {"CLOUD_CREATE": {"users": [ME]}}},

@@ -223,3 +223,24 @@ async def test_cancel_of_a_finished_request_is_a_conflict(harness):
     done = await harness.run()
     with pytest.raises(InvalidState):
         harness.engine.cancel(done.id, "alice")
+
+
+async def test_cancel_of_a_live_request_fails_it_and_rolls_back(make_harness):
+    # DEFINED never arrives, so the request waits in `defining` until cancelled.
+    h = await make_harness(faults={"domainEventRegisterAny": lambda *a: 0},
+                           daemon={"define_event_timeout": 60})
+    record = h.submit(size="small")
+    for _ in range(200):
+        if h.store.get_request(record.id).state == State.DEFINING:
+            break
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.05)  # let the step reach its wait for the event
+    h.engine.cancel(record.id, "alice")
+    failed = await h.engine.wait_terminal(record.id, 5)
+
+    assert failed.state == State.FAILED and failed.reason == "cancelled by alice"
+    assert h.states(record.id)[-2:] == ["defining", "failed"]
+    with pytest.raises(libvirt.libvirtError):
+        h.conn.lookupByUUIDString(domain_uuid_for(record.id))
+    assert h.store.claims_on("testhost") == {}
+    assert "undefined domain" in h.store.get_log(record.id)[-1].detail

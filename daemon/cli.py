@@ -1,0 +1,730 @@
+"""``provctl``: the command-line client of provisiond's HTTP API over its Unix socket.
+
+Standard library only: HTTP/1.1 + JSON through ``http.client`` on an AF_UNIX socket. Human
+output is plain aligned tables; ``--json`` prints the API's JSON instead. Exit codes:
+
+    0  success
+    1  the request failed, or the daemon refused it (409 wrong_state / quota_exceeded, 5xx)
+    2  invalid input (400, and command-line usage errors)
+    3  permission denied (403)
+    4  the daemon cannot be reached (socket missing, connection refused, timeout)
+    5  not found (404)
+    130 interrupted (Ctrl-C)
+
+Every error is one line on stderr: ``provctl: <message>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import socket
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+from urllib.parse import quote, urlencode
+
+from daemon.config import default_socket_path
+from daemon.errors import exit_codes_by_status
+from statemachines import TERMINAL, State
+
+PROG = "provctl"
+SOCKET_ENV = "PROVISIOND_SOCKET"
+CALL_TIMEOUT = 30.0
+"""Seconds for one API call: connecting, sending, and reading the whole answer."""
+POLL_INTERVAL = 0.2
+"""Seconds between two reads of a request's log under ``create --wait``."""
+
+STATES: tuple[str, ...] = tuple(s.value for s in State)
+TERMINAL_STATES: frozenset[str] = frozenset(s.value for s in TERMINAL)
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_UNREACHABLE = 4
+EXIT_INTERRUPTED = 130
+
+EXIT_BY_STATUS: dict[int, int] = exit_codes_by_status()
+"""HTTP status of an API error -> provctl's exit code, read off ``daemon.errors``."""
+EXIT_OTHER_ERROR = 1
+"""Exit code of an error status missing from ``EXIT_BY_STATUS``."""
+
+
+def exit_code_for_status(status: int) -> int:
+    """The exit code for an HTTP error status."""
+    return EXIT_BY_STATUS.get(status, EXIT_OTHER_ERROR)
+
+
+# --------------------------------------------------------------------------- errors
+
+
+class CliError(Exception):
+    """An error to report as one ``provctl: ...`` line, with its exit code."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.message = message
+        self.exit_code = exit_code
+
+
+class ApiError(CliError):
+    """The daemon answered with an error status and its ``{"error": {...}}`` body."""
+
+    def __init__(self, status: int, code: str | None, message: str,
+                 field: str | None = None) -> None:
+        text = f"{message} (field: {field})" if field else message
+        super().__init__(text, exit_code_for_status(status))
+        self.status = status
+        self.code = code
+        self.field = field
+
+
+class Unreachable(CliError):
+    """The daemon's socket could not be used: missing, refused, timed out, not HTTP."""
+
+    def __init__(self, socket_path: str | Path, reason: str, hint: str | None = None) -> None:
+        hint = hint or "is the daemon running? see --socket"
+        super().__init__(f"cannot reach provisiond at {socket_path}: {reason} ({hint})",
+                         EXIT_UNREACHABLE)
+
+
+# --------------------------------------------------------------------------- HTTP client
+
+
+class UnixHTTPConnection(http.client.HTTPConnection):
+    """An HTTP connection whose transport is a Unix stream socket."""
+
+    def __init__(self, socket_path: str | Path, timeout: float = CALL_TIMEOUT) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self.socket_path = str(socket_path)
+
+    def connect(self) -> None:
+        """Open the AF_UNIX socket (the host name is only used for the Host header)."""
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(self.timeout)
+            sock.connect(self.socket_path)
+        except BaseException:
+            sock.close()
+            raise
+        self.sock = sock
+
+
+class Client:
+    """provisiond's API, one method per endpoint; each call is one connection."""
+
+    def __init__(self, socket_path: str | Path, timeout: float = CALL_TIMEOUT) -> None:
+        self.socket_path = Path(socket_path)
+        self.timeout = timeout
+
+    def call(self, method: str, path: str, body: dict[str, Any] | None = None,
+             headers: dict[str, str] | None = None) -> tuple[int, Any]:
+        """Send one request; return (status, decoded JSON) or raise ApiError / Unreachable."""
+        sent = {"Accept": "application/json", **(headers or {})}
+        payload = None
+        if body is not None:
+            payload = json.dumps(body).encode()
+            sent["Content-Type"] = "application/json"
+        conn = UnixHTTPConnection(self.socket_path, self.timeout)
+        try:
+            conn.request(method, path, body=payload, headers=sent)
+            response = conn.getresponse()
+            status, reason, raw = response.status, response.reason, response.read()
+        except TimeoutError:
+            raise Unreachable(self.socket_path, f"no answer within {self.timeout:g}s",
+                              "is the daemon stuck? see --socket") from None
+        except PermissionError as exc:
+            raise Unreachable(self.socket_path, exc.strerror or str(exc),
+                              "the socket's group may use it; see --socket") from None
+        except OSError as exc:
+            raise Unreachable(self.socket_path, exc.strerror or str(exc) or type(exc).__name__
+                              ) from None
+        except http.client.HTTPException as exc:
+            raise Unreachable(self.socket_path,
+                              f"not an HTTP answer ({type(exc).__name__})",
+                              "is this provisiond's socket? see --socket") from None
+        finally:
+            conn.close()
+        data = _decode(raw)
+        if status >= 400:
+            raise _api_error(status, reason, raw, data)
+        if data is _NOT_JSON:
+            raise CliError(f"unexpected answer from provisiond to {method} {path}: "
+                           f"HTTP {status} {reason} without a JSON body", EXIT_FAILED)
+        return status, data
+
+    # -- endpoints
+
+    def health(self) -> dict[str, Any]:
+        """GET /v1/health."""
+        return self.call("GET", "/v1/health")[1]
+
+    def catalog(self) -> dict[str, Any]:
+        """GET /v1/catalog: templates, sizes and resource pools the caller may use."""
+        return self.call("GET", "/v1/catalog")[1]
+
+    def create(self, template: str, size: str, resource_pool: str | None = None,
+               name: str | None = None, idempotency_key: str | None = None
+               ) -> tuple[int, dict[str, Any]]:
+        """POST /v1/requests; return (202 new | 200 idempotent replay, the Request)."""
+        body: dict[str, Any] = {"template": template, "size": size}
+        if resource_pool is not None:
+            body["resource_pool"] = resource_pool
+        if name is not None:
+            body["name"] = name
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key is not None else None
+        return self.call("POST", "/v1/requests", body, headers)
+
+    def list(self, states: Sequence[str] = ()) -> dict[str, Any]:
+        """GET /v1/requests, optionally only those in the given states."""
+        query = f"?{urlencode([('state', s) for s in states])}" if states else ""
+        return self.call("GET", f"/v1/requests{query}")[1]
+
+    def get(self, request_id: str) -> dict[str, Any]:
+        """GET /v1/requests/{id}."""
+        return self.call("GET", f"/v1/requests/{_seg(request_id)}")[1]
+
+    def log(self, request_id: str) -> dict[str, Any]:
+        """GET /v1/requests/{id}/log."""
+        return self.call("GET", f"/v1/requests/{_seg(request_id)}/log")[1]
+
+    def cancel(self, request_id: str) -> dict[str, Any]:
+        """POST /v1/requests/{id}/cancel."""
+        return self.call("POST", f"/v1/requests/{_seg(request_id)}/cancel")[1]
+
+    def explain(self, template: str, size: str, resource_pool: str | None = None
+                ) -> dict[str, Any]:
+        """POST /v1/placement/explain: where a request would get its storage."""
+        body: dict[str, Any] = {"template": template, "size": size}
+        if resource_pool is not None:
+            body["resource_pool"] = resource_pool
+        return self.call("POST", "/v1/placement/explain", body)[1]
+
+
+_NOT_JSON: Any = object()
+
+
+def _seg(value: str) -> str:
+    """A value quoted as one URL path segment."""
+    return quote(value, safe="")
+
+
+def _decode(raw: bytes) -> Any:
+    if not raw.strip():
+        return {}
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return _NOT_JSON
+
+
+def _api_error(status: int, reason: str, raw: bytes, data: Any) -> ApiError:
+    error = data.get("error") if isinstance(data, dict) else None
+    if isinstance(error, dict) and error.get("message"):
+        return ApiError(status, error.get("code"), _one_line(str(error["message"])),
+                        error.get("field"))
+    text = _one_line(raw.decode("utf-8", "replace"))[:200]
+    message = f"HTTP {status} {reason}" + (f": {text}" if text else "")
+    return ApiError(status, None, message)
+
+
+def _one_line(text: str) -> str:
+    return "; ".join(line.strip() for line in text.strip().splitlines() if line.strip())
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+def render_table(headers: Sequence[str], rows: Iterable[Sequence[Any]],
+                 right: Iterable[int] = ()) -> str:
+    """Rows as an aligned plain-text table under its headers (None shows as '-')."""
+    right_cols = set(right)
+    cells = [[str(h) for h in headers]]
+    cells += [["-" if v is None or v == "" else str(v) for v in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    lines = []
+    for row in cells:
+        parts = [cell.rjust(widths[i]) if i in right_cols else cell.ljust(widths[i])
+                 for i, cell in enumerate(row)]
+        lines.append("  ".join(parts).rstrip())
+    return "\n".join(lines)
+
+
+def _mib(kib: Any) -> str:
+    if not isinstance(kib, (int, float)) or isinstance(kib, bool):
+        return "-"
+    mib = kib / 1024
+    return f"{mib:.0f}" if mib == int(mib) else f"{mib:.1f}"
+
+
+def _quota_text(quota: Any) -> str:
+    """A pool's quota compactly: ``vms=10 cpus=16 memory=32768MiB storage=500GiB``."""
+    if not isinstance(quota, dict):
+        return "-" if quota is None else str(quota)
+    units = {"memory": lambda v: f"{_mib(v)}MiB", "storage_gb": lambda v: f"{v}GiB"}
+    names = {"storage_gb": "storage"}
+    parts = []
+    for key, value in quota.items():
+        if value is None:
+            continue
+        if isinstance(value, dict):  # e.g. {"limit": .., "used": ..}
+            used, limit = value.get("used"), value.get("limit")
+            shown = (f"{used}/{limit}" if "used" in value and "limit" in value
+                     else json.dumps(value, separators=(",", ":")))
+        elif isinstance(value, (int, float)) and key in units:
+            shown = units[key](value)
+        else:
+            shown = str(value)
+        parts.append(f"{names.get(key, key)}={shown}")
+    return " ".join(parts) if parts else "unlimited"
+
+
+def render_catalog(catalog: dict[str, Any]) -> str:
+    """The catalog as three tables: templates, sizes (memory in KiB and MiB), pools."""
+    templates = render_table(
+        ["TEMPLATE", "KIND", "DESCRIPTION"],
+        [[t.get("name"), t.get("kind"), t.get("description")]
+         for t in catalog.get("templates", [])])
+    sizes = render_table(
+        ["SIZE", "CPUS", "MEMORY KiB", "MEMORY MiB", "STORAGE GiB", "NETWORK"],
+        [[s.get("name"), s.get("cpus"), s.get("memory"), _mib(s.get("memory")),
+          s.get("storage_size_in_gb"), s.get("network")] for s in catalog.get("sizes", [])],
+        right={1, 2, 3, 4})
+    pools = render_table(
+        ["RESOURCE POOL", "HARDWARE POOL", "QUOTA", "DESCRIPTION"],
+        [[p.get("name"), p.get("hardware_pool"), _quota_text(p.get("quota")),
+          p.get("description")] for p in catalog.get("resource_pools", [])])
+    head = f"Catalog for user {catalog['user']}\n\n" if catalog.get("user") else ""
+    return f"{head}{templates}\n\n{sizes}\n\n{pools}"
+
+
+def _short_time(value: Any) -> str:
+    """An ISO-8601 UTC time to the second, e.g. ``2026-11-24 01:02:03Z``."""
+    when = _parse_time(value)
+    if when is None:
+        return "-" if value is None else str(value)
+    utc = when.utcoffset() is not None and not when.utcoffset()
+    return when.strftime("%Y-%m-%d %H:%M:%S") + ("Z" if utc else "")
+
+
+def render_list(requests: Sequence[dict[str, Any]]) -> str:
+    """Requests as a table: full id, name, state, template, size, pool, creation time."""
+    if not requests:
+        return "No requests."
+    return render_table(
+        ["ID", "NAME", "STATE", "TEMPLATE", "SIZE", "POOL", "CREATED"],
+        [[r.get("id"), r.get("name"), r.get("state"), r.get("template"), r.get("size"),
+          r.get("resource_pool"), _short_time(r.get("created_at"))] for r in requests])
+
+
+def render_request(req: dict[str, Any]) -> str:
+    """A Request as aligned ``key: value`` lines, most useful first."""
+    volume = req.get("volume")
+    domain = req.get("domain")
+    vol_text = None
+    if isinstance(volume, dict):
+        vol_text = f"{volume.get('pool')}/{volume.get('name')}"
+        if volume.get("path"):
+            vol_text += f" ({volume['path']})"
+        vol_text += ", created for this request" if volume.get("owned") else ", reused"
+    dom_text = (f"{domain.get('name')} ({domain.get('uuid')})" if isinstance(domain, dict)
+                else None)
+    memory = req.get("memory_kib")
+    pairs: list[tuple[str, Any]] = [
+        ("id", req.get("id")),
+        ("name", req.get("name")),
+        ("state", req.get("state")),
+        ("reason", req.get("reason")),
+        ("owner", req.get("owner")),
+        ("template", req.get("template")),
+        ("size", req.get("size")),
+        ("resource pool", req.get("resource_pool")),
+        ("hardware pool", req.get("hardware_pool")),
+        ("host", req.get("host")),
+        ("cpus", req.get("cpus")),
+        ("memory", f"{memory} KiB ({_mib(memory)} MiB)" if memory is not None else None),
+        ("storage", f"{req['storage_gb']} GiB" if req.get("storage_gb") is not None else None),
+        ("volume", vol_text),
+        ("domain", dom_text),
+        ("created", req.get("created_at")),
+        ("updated", req.get("updated_at")),
+    ]
+    known = {"id", "name", "state", "reason", "owner", "template", "size", "resource_pool",
+             "hardware_pool", "host", "cpus", "memory_kib", "storage_gb", "volume", "domain",
+             "created_at", "updated_at"}
+    pairs += [(k, v if not isinstance(v, (dict, list)) else json.dumps(v))
+              for k, v in req.items() if k not in known]
+    width = max(len(k) for k, _ in pairs) + 1
+    return "\n".join(f"{k + ':':<{width}} {'-' if v is None or v == '' else v}"
+                     for k, v in pairs)
+
+
+def _parse_time(value: Any) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError:
+        return None
+
+
+def format_duration(seconds: float) -> str:
+    """A time span as ``+0.012s``, ``+12.345s`` or ``+3m05.000s``."""
+    if seconds < 60:
+        return f"+{seconds:.3f}s"
+    minutes, rest = divmod(seconds, 60)
+    return f"+{int(minutes)}m{rest:06.3f}s"
+
+
+def _states_text(entry: dict[str, Any], from_width: int) -> str:
+    """``from -> to`` with the arrows aligned; an event or note shows its one state."""
+    src, dst = entry.get("from"), entry.get("to")
+    if entry.get("kind") != "transition":
+        return str(dst or src or "-")
+    return f"{src or '':<{from_width}} -> {dst}"
+
+
+def render_log(entries: Sequence[dict[str, Any]]) -> str:
+    """A request's log, one line per entry; TOOK is the time spent in the state left.
+
+    For a transition, TOOK is its time minus the previous transition's time: how long the
+    request stayed in the ``from`` state. A last line sums the walk when there are at least
+    two transitions.
+    """
+    if not entries:
+        return "No log entries."
+    from_width = max((len(e.get("from") or "") for e in entries
+                      if e.get("kind") == "transition"), default=0)
+    rows = []
+    first_at = last_at = None
+    first_state = last_state = None
+    for entry in entries:
+        took = None
+        at = _parse_time(entry.get("at"))
+        if entry.get("kind") == "transition":
+            if at is not None and last_at is not None:
+                took = format_duration((at - last_at).total_seconds())
+            if at is not None:
+                last_at = at
+                first_at = first_at or at
+            first_state = first_state or entry.get("from") or entry.get("to")
+            last_state = entry.get("to")
+        rows.append([entry.get("at"), entry.get("kind"), _states_text(entry, from_width),
+                     entry.get("trigger"), took, _one_line(entry.get("detail") or "")])
+    table = render_table(["TIME", "KIND", "STATE", "TRIGGER", "TOOK", "DETAIL"], rows,
+                         right={4})
+    transitions = sum(1 for e in entries if e.get("kind") == "transition")
+    if transitions >= 2 and first_at is not None and last_at is not None:
+        total = format_duration((last_at - first_at).total_seconds())
+        table += f"\n\n{first_state} -> {last_state} in {total}"
+    return table
+
+
+def render_explain(result: dict[str, Any]) -> str:
+    """The placement decision as one line, then a table of every candidate's verdict."""
+    action = result.get("action") or "none"
+    pool, volume = result.get("pool"), result.get("volume")
+    reason = _one_line(result.get("reason") or "")
+    if reason:  # the daemon's reason names the volume or pool already
+        line = f"{action}: {reason}"
+    elif action == "reuse":
+        line = f"reuse: free volume {pool}/{volume}"
+    elif action == "create":
+        line = f"create: a new volume in pool {pool}"
+    else:
+        line = "none: no storage"
+    candidates = result.get("candidates") or []
+    if not candidates:
+        return f"{line}\n\nNo candidates."
+    table = render_table(
+        ["STAGE", "POOL", "VOLUME", "VERDICT", "REASON"],
+        [[c.get("stage"), c.get("pool"), c.get("volume"), c.get("verdict"),
+          _one_line(c.get("reason") or "")] for c in candidates])
+    return f"{line}\n\n{table}"
+
+
+def render_transition(entry: dict[str, Any]) -> str:
+    """One reached state, as ``create --wait`` prints it: ``  storage-searching  (detail)``."""
+    state = str(entry.get("to") or "-")
+    detail = _one_line(entry.get("detail") or "")
+    width = max(len(s) for s in STATES)
+    return f"  {state:<{width}}  ({detail})" if detail else f"  {state}"
+
+
+def render_outcome(req: dict[str, Any]) -> str:
+    """The one-line outcome of a done request: what was defined, where, on what disk."""
+    domain = req.get("domain") if isinstance(req.get("domain"), dict) else {}
+    volume = req.get("volume") if isinstance(req.get("volume"), dict) else {}
+    text = f"done: {domain.get('name') or req.get('name')}"
+    if req.get("host"):
+        text += f" defined on {req['host']}"
+    if domain.get("uuid"):
+        text += f" (domain {domain['uuid']})"
+    if volume:
+        text += f", volume {volume.get('pool')}/{volume.get('name')}"
+    return text
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def _print_json(data: Any) -> None:
+    print(json.dumps(data, indent=2))
+
+
+def _out(args: argparse.Namespace, data: Any, human: Callable[[Any], str]) -> None:
+    if args.json:
+        _print_json(data)
+    else:
+        print(human(data))
+
+
+def cmd_catalog(client: Client, args: argparse.Namespace) -> int:
+    """``provctl catalog``."""
+    _out(args, client.catalog(), render_catalog)
+    return EXIT_OK
+
+
+def cmd_create(client: Client, args: argparse.Namespace) -> int:
+    """``provctl create``: submit, and with --wait follow the request to its end."""
+    status, req = client.create(args.template, args.size, args.pool, args.name,
+                                args.idempotency_key)
+    if not args.wait:
+        if args.json:
+            _print_json(req)
+        else:
+            if status == 200:
+                print("An earlier request had this idempotency key; it is shown instead.\n")
+            print(render_request(req))
+        return EXIT_OK
+    return wait_for(client, req, quiet=args.json, replay=status == 200)
+
+
+def wait_for(client: Client, req: dict[str, Any], *, quiet: bool = False,
+             replay: bool = False) -> int:
+    """Poll a request's log, print each state reached, end on done (0) or failed (1)."""
+    request_id = str(req.get("id"))
+    if not quiet:
+        what = "already submitted" if replay else "accepted"
+        print(f"request {request_id} ({req.get('name')}) {what}: {req.get('template')}/"
+              f"{req.get('size')} in {req.get('resource_pool')}", flush=True)
+    seen = 0
+    try:
+        while True:
+            log = client.log(request_id).get("log") or []
+            reached = None
+            for entry in log[seen:]:
+                if entry.get("kind") != "transition":
+                    continue
+                if not quiet:
+                    print(render_transition(entry), flush=True)
+                if entry.get("to") in TERMINAL_STATES:
+                    reached = entry.get("to")
+                    break
+            seen = len(log)
+            if reached:
+                break
+            time.sleep(POLL_INTERVAL)
+        final = client.get(request_id)
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted; request {request_id} goes on "
+              f"(see: {PROG} show {request_id})", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    if quiet:
+        _print_json(final)
+    if final.get("state") == "done":
+        if not quiet:
+            print(render_outcome(final))
+        return EXIT_OK
+    reason = _one_line(final.get("reason") or "no reason given")
+    print(f"{PROG}: request {request_id} {final.get('state')}: {reason}", file=sys.stderr)
+    return EXIT_FAILED
+
+
+def cmd_show(client: Client, args: argparse.Namespace) -> int:
+    """``provctl show ID``."""
+    _out(args, client.get(args.id), render_request)
+    return EXIT_OK
+
+
+def cmd_list(client: Client, args: argparse.Namespace) -> int:
+    """``provctl list``."""
+    data = client.list(args.state or ())
+    if args.json:
+        _print_json(data)
+    else:
+        print(render_list(data.get("requests") or []))
+    return EXIT_OK
+
+
+def cmd_log(client: Client, args: argparse.Namespace) -> int:
+    """``provctl log ID``."""
+    entries = client.log(args.id).get("log") or []
+    _out(args, entries, render_log)
+    return EXIT_OK
+
+
+def cmd_cancel(client: Client, args: argparse.Namespace) -> int:
+    """``provctl cancel ID``."""
+    req = client.cancel(args.id)
+    if args.json:
+        _print_json(req)
+    else:
+        print(f"cancel accepted for request {req.get('id', args.id)} "
+              f"(state now: {req.get('state')})")
+    return EXIT_OK
+
+
+def cmd_explain(client: Client, args: argparse.Namespace) -> int:
+    """``provctl explain``: the placement dry run."""
+    _out(args, client.explain(args.template, args.size, args.pool), render_explain)
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------- arguments
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Keep the descriptions' and epilogs' line breaks (for the examples)."""
+
+
+def _global_options(parser: argparse.ArgumentParser) -> None:
+    # SUPPRESS: a subcommand's unset option must not overwrite the same option given
+    # before the subcommand; real defaults are filled in by parse_args().
+    parser.add_argument(
+        "--socket", metavar="PATH", type=Path, default=argparse.SUPPRESS,
+        help=f"provisiond's Unix socket (default: ${SOCKET_ENV}, else "
+             f"{default_socket_path()})")
+    parser.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                        help="print the API's JSON instead of tables")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """provctl's argument parser; global options are accepted before or after the command."""
+    common = argparse.ArgumentParser(add_help=False)
+    _global_options(common.add_argument_group("global options"))
+    parser = argparse.ArgumentParser(
+        prog=PROG, parents=[common], formatter_class=_Formatter,
+        description="Ask provisiond for VMs, and follow your requests.",
+        epilog="exit codes: 0 ok, 1 request failed or refused (409, 5xx), 2 invalid input,\n"
+               "3 permission denied, 4 daemon unreachable, 5 not found, 130 interrupted\n\n"
+               "examples:\n"
+               "  provctl catalog\n"
+               "  provctl create --template ipxe --size small --wait\n"
+               "  provctl list --state failed\n"
+               "  provctl log 3f2a9c...")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def add(name: str, summary: str, description: str, epilog: str = "") -> Any:
+        p = sub.add_parser(name, help=summary, description=description, epilog=epilog or None,
+                           parents=[common], formatter_class=_Formatter)
+        return p
+
+    p = add("catalog", "list the templates, sizes and resource pools you may use",
+            "List the templates (what gets installed), the sizes (cpus, memory, disk) and "
+            "the\nresource pools you hold CLOUD_CREATE on, with their quotas.")
+    p.set_defaults(func=cmd_catalog)
+
+    p = add("create", "request a VM",
+            "Request a VM of a template and size. provisiond checks your grant and the "
+            "pool's\nquota, finds or creates a volume, and defines the domain in libvirt. "
+            "Without\n--wait it prints the accepted request; follow it with 'provctl show' "
+            "or 'provctl log'.",
+            "examples:\n"
+            "  provctl create --template ipxe --size small\n"
+            "  provctl create --template ipxe --size small --pool rp --name web1 --wait\n"
+            "  provctl create -t ipxe -s small --idempotency-key web1-2026 --wait\n\n"
+            "With --wait: exit 0 when the VM is defined, 1 when the request failed.")
+    p.add_argument("--template", "-t", required=True, help="template name (see 'catalog')")
+    p.add_argument("--size", "-s", required=True, help="size name (see 'catalog')")
+    p.add_argument("--pool", "-p", metavar="POOL",
+                   help="resource pool (default: chosen by provisiond when you may use only "
+                        "one)")
+    p.add_argument("--name", "-n", help="the VM's name (default: chosen by provisiond)")
+    p.add_argument("--idempotency-key", metavar="KEY",
+                   help="send the request at most once: a retry with the same key returns "
+                        "the earlier request")
+    p.add_argument("--wait", "-w", action="store_true",
+                   help="follow the request, printing each state it reaches, until done or "
+                        "failed (with --json: print the final request)")
+    p.set_defaults(func=cmd_create)
+
+    p = add("show", "show one request",
+            "Show a request: its state (and the reason if it failed), what it asked for, "
+            "and\nthe volume and domain it got.")
+    p.add_argument("id", metavar="ID", help="request id (see 'list')")
+    p.set_defaults(func=cmd_show)
+
+    p = add("list", "list your requests (all of a pool's for its admins)",
+            "List the requests you can see: your own, and all those of the pools you hold\n"
+            "CLOUD_ADMIN on.",
+            "examples:\n  provctl list\n  provctl list --state failed --state done")
+    p.add_argument("--state", action="append", choices=STATES, metavar="STATE",
+                   help=f"only requests in this state; repeat for several "
+                        f"({', '.join(STATES)})")
+    p.set_defaults(func=cmd_list)
+
+    p = add("log", "show a request's state log",
+            "Show a request's log: every transition, libvirt event and note, with the time\n"
+            "spent in each state (TOOK: time since the previous transition, i.e. in the\n"
+            "state that was left).")
+    p.add_argument("id", metavar="ID", help="request id (see 'list')")
+    p.set_defaults(func=cmd_log)
+
+    p = add("cancel", "cancel a request in progress",
+            "Cancel a request that is still in progress: it fails, and what it held (a "
+            "volume\nit created, a domain it defined, quota) is released. A request that is "
+            "done or\nfailed cannot be cancelled (exit 1).")
+    p.add_argument("id", metavar="ID", help="request id (see 'list')")
+    p.set_defaults(func=cmd_cancel)
+
+    p = add("explain", "show where a request would get its storage (dry run)",
+            "Dry run of storage placement: whether a request of this template and size "
+            "would\nreuse a free volume or create one, and the verdict on every candidate. "
+            "Nothing is\nreserved or created.")
+    p.add_argument("--template", "-t", required=True, help="template name (see 'catalog')")
+    p.add_argument("--size", "-s", required=True, help="size name (see 'catalog')")
+    p.add_argument("--pool", "-p", metavar="POOL", help="resource pool")
+    p.set_defaults(func=cmd_explain)
+    return parser
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse provctl's command line and fill in the global options' defaults."""
+    args = build_parser().parse_args(argv)
+    if not hasattr(args, "json"):
+        args.json = False
+    if not hasattr(args, "socket"):
+        env = os.environ.get(SOCKET_ENV)
+        args.socket = Path(env) if env else default_socket_path()
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``provctl``; returns the exit code."""
+    try:
+        args = parse_args(argv)
+        client = Client(args.socket)
+        return args.func(client, args)
+    except CliError as exc:
+        print(f"{PROG}: {exc.message}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader went away (e.g. `provctl list | head`): stop quietly.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_FAILED
+    except Exception as exc:  # never a traceback; this is a bug in provctl or the API
+        print(f"{PROG}: unexpected error: {type(exc).__name__}: {_one_line(str(exc))}",
+              file=sys.stderr)
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())
