@@ -273,6 +273,20 @@ def _show(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping (YAML keeps the last)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _value in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, (str, int, float, bool)) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def _read_yaml(path: Path, shown: str, problems: list[ConfigProblem]) -> Any:
     try:
         text = path.read_text(encoding="utf-8")
@@ -283,7 +297,7 @@ def _read_yaml(path: Path, shown: str, problems: list[ConfigProblem]) -> Any:
         problems.append(ConfigProblem(shown, "", "not UTF-8 text"))
         return None
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 (a SafeLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
@@ -389,9 +403,9 @@ def _parse_hardware_pools(data: Any, c: _Checker) -> dict[str, HardwarePool]:
                      if "reuse_tolerance_gb" in body else 0)
         _no_duplicates([h.name for h in hosts], f"{path}.hosts", "host", c)
         _no_duplicates([s.name for s in spools], f"{path}.storage_pools", "storage pool", c)
-        if "hosts" in body and not hosts:
+        if "hosts" in body and not body["hosts"]:
             c.bad(f"{path}.hosts", "expected at least one host")
-        if "storage_pools" in body and not spools:
+        if "storage_pools" in body and not body["storage_pools"]:
             c.bad(f"{path}.storage_pools", "expected at least one storage pool")
         if hosts and spools and tolerance is not None:
             pools[name] = HardwarePool(name, tuple(hosts), tuple(spools), tolerance)
@@ -439,8 +453,9 @@ def _no_duplicates(names: list[str], path: str, what: str, c: _Checker) -> None:
         seen.add(n)
 
 
-def _parse_resource_pools(data: Any, c: _Checker,
-                          hardware_pools: dict[str, HardwarePool]) -> dict[str, ResourcePool]:
+def _parse_resource_pools(data: Any, c: _Checker, hardware_pools: dict[str, HardwarePool],
+                          declared: frozenset[str] = frozenset()) -> dict[str, ResourcePool]:
+    """``declared``: hardware pool names present in the file (valid or not)."""
     pools: dict[str, ResourcePool] = {}
     if c.mapping(data, "resource_pools") is None:
         return pools
@@ -451,10 +466,14 @@ def _parse_resource_pools(data: Any, c: _Checker,
                          {"hardware_pool"})
         if name is None or body is None or "hardware_pool" not in body:
             continue
-        hw = body["hardware_pool"]
+        hw = c.name(body["hardware_pool"], f"{path}.hardware_pool")
+        if hw is None:
+            continue
         if hw not in hardware_pools:
-            known = ", ".join(sorted(hardware_pools)) or "none defined"
-            c.bad(f"{path}.hardware_pool", f"unknown hardware pool {_show(hw)} (known: {known})")
+            if hw not in declared:  # a declared but invalid one is reported where it is
+                known = ", ".join(sorted(declared | hardware_pools.keys())) or "none defined"
+                c.bad(f"{path}.hardware_pool",
+                      f"unknown hardware pool {_show(hw)} (known: {known})")
             continue
         grants = _parse_grants(body.get("grants", {}), f"{path}.grants", c)
         quota = _parse_quota(body.get("quota", {}), f"{path}.quota", c)
@@ -470,18 +489,21 @@ def _parse_grants(value: Any, path: str, c: _Checker) -> dict[str, Grant] | None
     if body is None:
         return None
     grants = {}
+    complete = True  # check every privilege before giving up, so all problems are reported
     for privilege, who in body.items():
         if privilege not in PRIVILEGES:
             continue
         wbody = c.mapping(who, f"{path}.{privilege}", {"users", "groups"})
         if wbody is None:
-            return None
+            complete = False
+            continue
         users = c.string_list(wbody.get("users", []), f"{path}.{privilege}.users")
         groups = c.string_list(wbody.get("groups", []), f"{path}.{privilege}.groups")
         if users is None or groups is None:
-            return None
+            complete = False
+            continue
         grants[privilege] = Grant(frozenset(users), frozenset(groups))
-    return grants
+    return grants if complete else None
 
 
 def _parse_quota(value: Any, path: str, c: _Checker) -> Quota | None:
@@ -493,8 +515,8 @@ def _parse_quota(value: Any, path: str, c: _Checker) -> Quota | None:
     for key, unit in units.items():
         if key in body:
             limits[key] = c.positive_int(body[key], f"{path}.{key}", unit)
-            if limits[key] is None:
-                return None
+    if None in limits.values():  # each bad limit has been reported
+        return None
     return Quota(**limits)
 
 
@@ -549,12 +571,14 @@ def load_config(path: Path | str | None = None, *, daemon_user: str | None = Non
     c = _Checker(shown, problems, subst)
     if raw is None and not problems:
         c.bad("", "is empty")
-    if problems or c.mapping(raw, "", MAIN_KEYS, {"include"}) is None or problems:
+    if problems or c.mapping(raw, "", MAIN_KEYS, {"include"}) is None or "include" not in raw:
         raise ConfigError(problems)
 
+    # Problems in the main file do not stop the included files from being checked:
+    # every problem is reported at once.
     include = c.mapping(raw["include"], "include", INCLUDE_KEYS, INCLUDE_KEYS)
     daemon = _parse_daemon(raw.get("daemon"), c)
-    if include is None or problems:
+    if include is None or not INCLUDE_KEYS <= include.keys():
         raise ConfigError(problems)
 
     files: dict[str, Path] = {}
@@ -570,7 +594,7 @@ def load_config(path: Path | str | None = None, *, daemon_user: str | None = Non
         data = _read_yaml(fpath, fshown, problems)
         if len(problems) == before:
             parsed[key] = (data, _Checker(fshown, problems, subst))
-    if problems:
+    if len(parsed) < len(INCLUDE_KEYS):  # a file is unnamed, unreadable or not YAML
         raise ConfigError(problems)
 
     sizes = _parse_sizes(*parsed["sizes"])
@@ -582,7 +606,11 @@ def load_config(path: Path | str | None = None, *, daemon_user: str | None = Non
     resource: dict[str, ResourcePool] = {}
     if pools_body is not None and {"hardware_pools", "resource_pools"} <= pools_body.keys():
         hardware = _parse_hardware_pools(pools_body["hardware_pools"], pc)
-        resource = _parse_resource_pools(pools_body["resource_pools"], pc, hardware)
+        declared = pools_body["hardware_pools"]
+        resource = _parse_resource_pools(
+            pools_body["resource_pools"], pc, hardware,
+            frozenset(k for k in declared if isinstance(k, str))
+            if isinstance(declared, dict) else frozenset())
         if not resource and not problems:
             pc.bad("resource_pools", "defines no resource pool")
     if problems or daemon is None:

@@ -145,16 +145,20 @@ def volume_format_of(volume_xml: str) -> str | None:
 
 
 def capabilities_summary(caps_xml: str) -> tuple[str, str]:
-    """(domain type, arch) for new domains: 'kvm' when the host offers it, else 'qemu'."""
+    """(domain type, arch) for new domains: the host's own arch first ('kvm' when offered,
+    else 'qemu'); libvirt lists guest arches in arch order, so i686 would come first."""
     root = ET.fromstring(caps_xml)
     host_arch = root.findtext("./host/cpu/arch") or "x86_64"
+    offered: dict[str, set[str | None]] = {}
     for guest in root.findall("./guest"):
-        if guest.findtext("os_type") != "hvm":
-            continue
         arch = guest.find("arch")
-        if arch is None:
+        if guest.findtext("os_type") != "hvm" or arch is None:
             continue
-        types = {d.get("type") for d in arch.findall("domain")}
+        offered.setdefault(arch.get("name") or host_arch, set()).update(
+            d.get("type") for d in arch.findall("domain"))
+    if host_arch in offered:
+        return ("kvm" if "kvm" in offered[host_arch] else "qemu"), host_arch
+    for arch, types in offered.items():
         if "kvm" in types:
-            return "kvm", arch.get("name") or host_arch
+            return "kvm", arch
     return "qemu", host_arch

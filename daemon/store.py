@@ -210,6 +210,9 @@ class Store:
     def migrate(self) -> int:
         """Apply pending migrations, each in its own transaction; return the schema version."""
         version = self.schema_version()
+        if version > len(MIGRATIONS):
+            raise RuntimeError(f"database {self.path} has schema version {version}, newer than "
+                               f"this provisiond knows ({len(MIGRATIONS)}); refusing to use it")
         for number, migration in enumerate(MIGRATIONS, start=1):
             if number <= version:
                 continue
