@@ -22,6 +22,7 @@ from daemon.auth import CLOUD_ADMIN, CLOUD_CREATE, Identity
 from daemon.engine import Engine, ProvisioningRequest
 from daemon.errors import InvalidInput, PermissionDenied, ProvisiondError, UnknownName
 from daemon.placement import Decision
+from daemon.reconcile import find_orphans, remove_orphans
 from daemon.store import LogEntry, RequestRecord
 from statemachines import State
 
@@ -133,8 +134,8 @@ def visible(engine: Engine, who: Identity, record: RequestRecord | None) -> Requ
 async def health(request: web.Request) -> web.Response:
     """GET /v1/health."""
     engine = request.app[ENGINE]
-    hosts = {n: ("connected" if h.connected else "disconnected")
-             for n, h in engine.hosts.items()}
+    hosts = {n: ("connected" if engine.host_reachable(n) else "disconnected")
+             for n in engine.hosts}
     return web.json_response({"status": "ok", "version": __version__, "hosts": hosts})
 
 
@@ -231,6 +232,38 @@ async def explain(request: web.Request) -> web.Response:
     return web.json_response(decision_json(decision))
 
 
+async def reconcile(request: web.Request) -> web.Response:
+    """POST /v1/reconcile ``{"apply": bool}``: list (and with apply, remove) orphans.
+
+    Admins only: the hosts looked at are those of the hardware pools that the resource
+    pools where the caller holds CLOUD_ADMIN draw on.
+    """
+    engine = request.app[ENGINE]
+    who = peer_identity(request)
+    admin_pools = engine.pools_granting(who, CLOUD_ADMIN)
+    if not admin_pools:
+        raise PermissionDenied(f"{who.user} holds CLOUD_ADMIN on no resource pool")
+    apply = False
+    if request.can_read_body:
+        if request.content_type != "application/json":
+            raise web.HTTPUnsupportedMediaType(text="expected Content-Type: application/json")
+        try:
+            body = json.loads(await request.read())
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise InvalidInput(f"the body is not valid JSON: {exc}") from None
+        if not isinstance(body, dict) or set(body) - {"apply"} or not isinstance(
+                body.get("apply", False), bool):
+            raise InvalidInput('the body must be {"apply": true|false}', field="apply")
+        apply = body.get("apply", False)
+    hosts = sorted({h.name for p in admin_pools
+                    for h in engine.config.hardware_pool_of(p).hosts})
+    orphans = await find_orphans(engine, hosts)
+    if apply:
+        orphans = await remove_orphans(engine, orphans)
+    return web.json_response({"applied": apply, "hosts": hosts,
+                              "orphans": [o.to_json() for o in orphans]})
+
+
 # --------------------------------------------------------------------------- errors
 
 
@@ -278,4 +311,5 @@ def make_app() -> web.Application:
     app.router.add_get("/v1/requests/{id}/log", request_log)
     app.router.add_post("/v1/requests/{id}/cancel", cancel_request)
     app.router.add_post("/v1/placement/explain", explain)
+    app.router.add_post("/v1/reconcile", reconcile)
     return app

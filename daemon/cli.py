@@ -203,6 +203,10 @@ class Client:
             body["resource_pool"] = resource_pool
         return self.call("POST", "/v1/placement/explain", body)[1]
 
+    def reconcile(self, apply: bool) -> dict[str, Any]:
+        """POST /v1/reconcile: orphans of this daemon (removed when ``apply``)."""
+        return self.call("POST", "/v1/reconcile", {"apply": apply})[1]
+
 
 _NOT_JSON: Any = object()
 
@@ -446,6 +450,20 @@ def render_explain(result: dict[str, Any]) -> str:
     return f"{line}\n\n{table}"
 
 
+def render_reconcile(result: dict[str, Any]) -> str:
+    """Orphans found (and what was done with each), as a table."""
+    orphans = result.get("orphans") or []
+    hosts = ", ".join(result.get("hosts") or []) or "no host"
+    if not orphans:
+        return f"No orphans on {hosts}."
+    table = render_table(
+        ["HOST", "KIND", "POOL", "NAME", "REQUEST", "ACTION", "WHY"],
+        [[o.get("host"), o.get("kind"), o.get("pool"), o.get("name"), o.get("request_id"),
+          o.get("action"), _one_line(o.get("reason") or "")] for o in orphans])
+    hint = "" if result.get("applied") else "\n\nNothing was removed; run with --apply to remove."
+    return f"{len(orphans)} orphan(s) on {hosts}:\n\n{table}{hint}"
+
+
 def render_transition(entry: dict[str, Any]) -> str:
     """One reached state, as ``create --wait`` prints it: ``  storage-searching  (detail)``."""
     state = str(entry.get("to") or "-")
@@ -584,6 +602,12 @@ def cmd_explain(client: Client, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_reconcile(client: Client, args: argparse.Namespace) -> int:
+    """``provctl reconcile``: list (and with --apply remove) orphaned volumes and domains."""
+    _out(args, client.reconcile(args.apply), render_reconcile)
+    return EXIT_OK
+
+
 # --------------------------------------------------------------------------- arguments
 
 
@@ -689,6 +713,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", "-s", required=True, help="size name (see 'catalog')")
     p.add_argument("--pool", "-p", metavar="POOL", help="resource pool")
     p.set_defaults(func=cmd_explain)
+
+    p = add("reconcile", "list (and remove) volumes and domains no request owns (admin)",
+            "List the volumes and domains that carry provisiond's tags (volume name\n"
+            "provisiond-<request id>, domain <metadata>) but belong to no request in\n"
+            "progress or done. With --apply, undefine those domains and delete those\n"
+            "volumes (a volume some domain still uses is kept). Needs CLOUD_ADMIN.")
+    p.add_argument("--apply", action="store_true", help="remove what is listed")
+    p.set_defaults(func=cmd_reconcile)
     return parser
 
 

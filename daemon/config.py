@@ -139,6 +139,7 @@ class DaemonSettings:
     socket_group: str | None = None
     define_event_timeout: float = 30.0
     libvirt_call_timeout: float = 120.0
+    host_wait_timeout: float = 300.0
 
 
 @dataclass(frozen=True)
@@ -521,7 +522,8 @@ def _parse_quota(value: Any, path: str, c: _Checker) -> Quota | None:
 
 
 def _parse_daemon(data: Any, c: _Checker) -> DaemonSettings | None:
-    keys = {"socket", "database", "socket_group", "define_event_timeout", "libvirt_call_timeout"}
+    keys = {"socket", "database", "socket_group", "define_event_timeout", "libvirt_call_timeout",
+            "host_wait_timeout"}
     body = c.mapping(data if data is not None else {}, "daemon", keys)
     if body is None:
         return None
@@ -540,7 +542,7 @@ def _parse_daemon(data: Any, c: _Checker) -> DaemonSettings | None:
     group = c.string(body["socket_group"], "daemon.socket_group") if body.get(
         "socket_group") is not None else None
     timeouts = {}
-    for key in ("define_event_timeout", "libvirt_call_timeout"):
+    for key in ("define_event_timeout", "libvirt_call_timeout", "host_wait_timeout"):
         if key in body:
             timeouts[key] = c.positive_number(body[key], f"daemon.{key}")
             if timeouts[key] is None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import re
 import time
 import uuid
@@ -35,14 +36,17 @@ from daemon.errors import (
     PermissionDenied,
     ProvisiondError,
     UnknownName,
+    VirtError,
 )
 from daemon.placement import Decision, place_storage
 from daemon.store import RequestRecord, Store
-from daemon.virt import ConnectionClosed, DomainEvent, HostConnection, Opener
+from daemon.virt import ConnectionClosed, DomainEvent, HostConnection, Opener, PoolEvent
 from statemachines import TERMINAL, State, Trigger, build_machine
 
 log = logging.getLogger("provisiond.engine")
 
+RECONNECT_FIRST_DELAY = 0.2
+RECONNECT_MAX_DELAY = 30.0
 VM_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 IDEMPOTENCY_KEY_RE = re.compile(r"^[\x21-\x7e]{1,200}$")
 
@@ -93,6 +97,9 @@ class Engine:
         self._terminal_waiters: dict[str, list[asyncio.Future[None]]] = {}
         self._inbox: asyncio.Queue[object] | None = None
         self._consumer: asyncio.Task[None] | None = None
+        self._host_up: dict[str, asyncio.Event] = {}
+        self._down_since: dict[str, float] = {}
+        self._reconnects: dict[str, asyncio.Task[None]] = {}
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -100,8 +107,15 @@ class Engine:
         """Open every host (events first), then resume requests left in progress."""
         self._inbox = asyncio.Queue()
         self._consumer = asyncio.create_task(self._consume_events(), name="libvirt-events")
-        for host in self.hosts.values():
-            await host.open(self.enqueue_event)
+        for name, host in self.hosts.items():
+            self._host_up[name] = asyncio.Event()
+            try:
+                await host.open(self.enqueue_event)
+                self._host_up[name].set()
+            except ProvisiondError as exc:
+                # Not fatal: libvirtd may start after us. Requests wait for it (bounded).
+                log.warning("host %s unreachable at start: %s", name, exc.message)
+                self._host_lost(name, exc.message)
         self.resume()
 
     def resume(self) -> None:
@@ -121,6 +135,8 @@ class Engine:
             task.cancel()
         if tasks:
             await asyncio.wait(tasks, timeout=timeout)
+        for task in self._reconnects.values():
+            task.cancel()
         if self._consumer is not None:
             self._consumer.cancel()
             await asyncio.wait([self._consumer], timeout=timeout)
@@ -293,8 +309,7 @@ class Engine:
     def host_of(self, record: RequestRecord) -> HostConnection:
         """The host a request is placed on."""
         if record.host is None or record.host not in self.hosts:
-            raise HostUnreachable(f"host {record.host!r} of request {record.id} is not "
-                                  "configured")
+            raise VirtError(f"host {record.host!r} of request {record.id} is not configured")
         return self.hosts[record.host]
 
     async def _drive(self, request_id: str) -> None:
@@ -311,6 +326,10 @@ class Engine:
                     await steps.STEPS[model.state](self, record)
                 except RequestCancelled:
                     continue
+                except HostUnreachable as exc:
+                    if not await self._wait_for_host(request_id, exc):
+                        self.fail(request_id, exc.message + f" (host unreachable for more "
+                                  f"than {self.config.daemon.host_wait_timeout:g} s)")
                 except ProvisiondError as exc:
                     self.fail(request_id, exc.message)
                 except (asyncio.CancelledError, GeneratorExit):
@@ -320,7 +339,7 @@ class Engine:
                     self.fail(request_id, f"internal error in {model.state}: "
                                           f"{type(exc).__name__}: {exc}")
             if model.state == State.FAILED:
-                await steps.rollback(self, request_id)
+                await self._rollback_until_done(request_id)
         finally:
             self.machine.remove_model(model)
             self._models.pop(request_id, None)
@@ -330,9 +349,105 @@ class Engine:
                 if not waiter.done():
                     waiter.set_result(None)
 
+    async def _rollback_until_done(self, request_id: str) -> None:
+        """Roll back; if the host is unreachable, wait for it (bounded) and try again."""
+        while True:
+            try:
+                await steps.rollback(self, request_id)
+                return
+            except HostUnreachable as exc:
+                if not await self._wait_for_host(request_id, exc):
+                    return  # left for the next start; the log says so
+
+    async def _wait_for_host(self, request_id: str, exc: HostUnreachable) -> bool:
+        """Wait (bounded) until the request's host is reachable again; False on timeout."""
+        record = self.store.get_request(request_id)
+        if record is None or record.host not in self._host_up:
+            return False
+        self._host_lost(record.host, exc.message)
+        state = self._models[request_id].state if request_id in self._models else State.FAILED
+        self.store.append_log(request_id, "note", state, "host-unreachable",
+                              f"{exc.message}; waiting for host {record.host}")
+        try:
+            await asyncio.wait_for(self._host_up[record.host].wait(),
+                                   self.config.daemon.host_wait_timeout)
+        except asyncio.TimeoutError:
+            return False
+        return True
+
+    # ------------------------------------------------------------------ reconnect
+
+    def host_reachable(self, name: str) -> bool:
+        """Whether the engine currently holds a working connection to the host."""
+        return name in self._host_up and self._host_up[name].is_set()
+
+    def _host_lost(self, name: str, why: str) -> None:
+        """Mark a host down and start reconnecting (once)."""
+        task = self._reconnects.get(name)
+        if task is not None and not task.done():
+            return
+        self._host_up[name].clear()
+        self._down_since[name] = self.clock()
+        for request_id in self._live_on(name):
+            self.store.append_log(request_id, "note", self._models[request_id].state,
+                                  "connection-lost", f"connection to host {name} lost: {why}")
+        self._reconnects[name] = asyncio.create_task(self._reconnect(name),
+                                                     name=f"reconnect-{name}")
+
+    def _live_on(self, host: str) -> list[str]:
+        out = []
+        for request_id in list(self._models):
+            record = self.store.get_request(request_id)
+            if record is not None and record.host == host:
+                out.append(request_id)
+        return out
+
+    async def _reconnect(self, name: str) -> None:
+        """Reopen the host with capped exponential backoff and jitter, then resync."""
+        host = self.hosts[name]
+        attempt = 0
+        while True:
+            delay = min(RECONNECT_MAX_DELAY, RECONNECT_FIRST_DELAY * 2 ** attempt)
+            await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+            try:
+                await host.reopen()
+                break
+            except ProvisiondError as exc:
+                attempt += 1
+                log.warning("reconnect to %s failed (attempt %d): %s", name, attempt,
+                            exc.message)
+        gap = self.clock() - self._down_since.get(name, self.clock())
+        log.info("reconnected to %s after %.1f s", name, gap)
+        self._host_up[name].set()
+        await self._resync(name, gap)
+
+    async def _resync(self, name: str, gap: float) -> None:
+        """Look at what events may have been missed while disconnected."""
+        host = self.hosts[name]
+        for request_id in self._live_on(name):
+            self.store.append_log(request_id, "note", self._models[request_id].state, "resync",
+                                  f"reconnected to host {name} after {gap:.1f} s; events of "
+                                  "that gap are lost, so the request's resources are looked "
+                                  "at again")
+        for (host_name, dom_uuid), waiter in list(self._define_waiters.items()):
+            if host_name != name or waiter.done():
+                continue
+            try:
+                found = await host.find_domain(dom_uuid)
+            except ProvisiondError as exc:
+                waiter.set_exception(HostUnreachable(exc.message))
+                continue
+            if found is not None:
+                # DEFINED happened while we were away: the look stands in for the event.
+                waiter.set_result(DomainEvent(name, dom_uuid, found.name, "DEFINED", -1,
+                                              self.clock()))
+            else:
+                waiter.set_exception(HostUnreachable(
+                    f"connection to {name} lost while defining; the domain is not there"))
+
     async def _rollback_task(self, request_id: str) -> None:
         try:
-            await steps.rollback(self, request_id)
+            await self._rollback_until_done(request_id)
         finally:
             self._tasks.pop(request_id, None)
             for waiter in self._terminal_waiters.pop(request_id, []):
@@ -368,6 +483,14 @@ class Engine:
     def _handle_event(self, event: object) -> None:
         if isinstance(event, ConnectionClosed):
             log.warning("libvirt connection to %s closed (reason %d)", event.host, event.reason)
+            self._host_lost(event.host, f"libvirt closed the connection (reason {event.reason})")
+            return
+        if isinstance(event, PoolEvent):
+            for record in self.store.requests_on_pool(event.host, event.pool):
+                self.store.append_log(record.id, "event", record.state,
+                                      f"libvirt:pool-{event.event}",
+                                      f"storage pool {event.pool} of this request's volume "
+                                      f"{event.event}")
             return
         if not isinstance(event, DomainEvent):
             return

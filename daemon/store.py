@@ -351,6 +351,12 @@ class Store:
         rows = list(self.db.query("SELECT * FROM requests WHERE domain_uuid = ?", [domain_uuid]))
         return RequestRecord.from_row(rows[0]) if rows else None
 
+    def requests_on_pool(self, host: str, pool: str) -> list[RequestRecord]:
+        """Live and done requests whose volume is in this pool of this host."""
+        return [RequestRecord.from_row(r) for r in self.db.query(
+            "SELECT * FROM requests WHERE host = ? AND volume_pool = ? AND state != ?",
+            [host, pool, str(State.FAILED)])]
+
     def get_log(self, request_id: str) -> list[LogEntry]:
         """A request's log, oldest first."""
         return [LogEntry(**r) for r in self.db.query(

@@ -34,6 +34,8 @@ _UNREACHABLE_CODES = {
     libvirt.VIR_ERR_NO_CONNECT, libvirt.VIR_ERR_INVALID_CONN, libvirt.VIR_ERR_SYSTEM_ERROR,
     libvirt.VIR_ERR_RPC, libvirt.VIR_ERR_AUTH_FAILED, libvirt.VIR_ERR_AUTH_UNAVAILABLE,
 }
+# A call on a connection whose daemon went away fails in the RPC layer.
+_UNREACHABLE_DOMAINS = {libvirt.VIR_FROM_RPC, libvirt.VIR_FROM_REMOTE}
 _NOT_FOUND_CODES = {
     libvirt.VIR_ERR_NO_DOMAIN, libvirt.VIR_ERR_NO_STORAGE_VOL, libvirt.VIR_ERR_NO_STORAGE_POOL,
 }
@@ -165,6 +167,26 @@ class DomainEvent:
     at: float
 
 
+POOL_EVENTS = {
+    libvirt.VIR_STORAGE_POOL_EVENT_DEFINED: "DEFINED",
+    libvirt.VIR_STORAGE_POOL_EVENT_UNDEFINED: "UNDEFINED",
+    libvirt.VIR_STORAGE_POOL_EVENT_STARTED: "STARTED",
+    libvirt.VIR_STORAGE_POOL_EVENT_STOPPED: "STOPPED",
+    libvirt.VIR_STORAGE_POOL_EVENT_CREATED: "CREATED",
+    libvirt.VIR_STORAGE_POOL_EVENT_DELETED: "DELETED",
+}
+
+
+@dataclass(frozen=True)
+class PoolEvent:
+    """A storage pool lifecycle event from a host."""
+
+    host: str
+    pool: str
+    event: str
+    at: float
+
+
 @dataclass(frozen=True)
 class ConnectionClosed:
     """The connection to a host closed (libvirt's close callback)."""
@@ -172,6 +194,15 @@ class ConnectionClosed:
     host: str
     reason: int
     at: float
+
+
+@dataclass(frozen=True)
+class TaggedDomain:
+    """A domain carrying provisiond's metadata (the request id it was made for)."""
+
+    uuid: str
+    name: str
+    request_id: str
 
 
 @dataclass(frozen=True)
@@ -192,7 +223,7 @@ def map_libvirt_errors(action: str) -> Iterator[None]:
     except libvirt.libvirtError as exc:
         code = exc.get_error_code()
         message = f"{action}: {exc.get_error_message() or exc}"
-        if code in _UNREACHABLE_CODES:
+        if code in _UNREACHABLE_CODES or exc.get_error_domain() in _UNREACHABLE_DOMAINS:
             raise HostUnreachable(message, libvirt_code=code) from None
         raise VirtError(message, libvirt_code=code) from None
 
@@ -214,6 +245,7 @@ class HostConnection:
             max_workers=workers, thread_name_prefix=f"libvirt-{name}")
         self._conn: Any = None
         self._callback_ids: list[int] = []
+        self._pool_callback_ids: list[int] = []
         self._on_event: Callable[[object], None] | None = None
         self._caps: tuple[str, str] | None = None
 
@@ -235,10 +267,30 @@ class HostConnection:
         if conn is None:
             raise HostUnreachable(f"cannot connect to {self.uri}")
         self._conn = conn
-        with map_libvirt_errors(f"cannot subscribe to events of {self.uri}"):
-            self._callback_ids.append(conn.domainEventRegisterAny(
-                None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._lifecycle_callback, None))
-            conn.registerCloseCallback(self._close_callback, None)
+        try:
+            with map_libvirt_errors(f"cannot subscribe to events of {self.uri}"):
+                self._callback_ids.append(conn.domainEventRegisterAny(
+                    None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._lifecycle_callback, None))
+                self._pool_callback_ids.append(conn.storagePoolEventRegisterAny(
+                    None, libvirt.VIR_STORAGE_POOL_EVENT_ID_LIFECYCLE, self._pool_callback,
+                    None))
+                conn.registerCloseCallback(self._close_callback, None)
+        except BaseException:
+            await self.disconnect()
+            raise
+
+    async def reopen(self) -> None:
+        """Drop the old connection (quietly) and open a new one, events registered again."""
+        await self.disconnect()
+        assert self._on_event is not None
+        await self.open(self._on_event)
+
+    def _pool_callback(self, _conn: Any, pool: Any, event: int, _detail: int,
+                       _opaque: Any) -> None:
+        # Runs on the loop thread: enqueue only.
+        if self._on_event is not None:
+            self._on_event(PoolEvent(self.name, pool.name(), POOL_EVENTS.get(event, str(event)),
+                                     time.time()))
 
     def _lifecycle_callback(self, _conn: Any, dom: Any, event: int, detail: int,
                             _opaque: Any) -> None:
@@ -252,24 +304,24 @@ class HostConnection:
         if self._on_event is not None:
             self._on_event(ConnectionClosed(self.name, reason, time.time()))
 
-    async def close(self, timeout: float = 5.0) -> None:
-        """Unsubscribe and close the connection; never waits longer than ``timeout``."""
+    async def disconnect(self) -> None:
+        """Unsubscribe and close the connection, ignoring errors of a dead one."""
         conn, self._conn = self._conn, None
-        if conn is not None:
-            for cid in self._callback_ids:
-                try:
-                    conn.domainEventDeregisterAny(cid)
-                except libvirt.libvirtError:
-                    pass
-            self._callback_ids.clear()
-            try:
-                conn.unregisterCloseCallback()
-            except libvirt.libvirtError:
-                pass
-            try:
-                conn.close()
-            except libvirt.libvirtError:
-                pass
+        if conn is None:
+            return
+        for cid in self._callback_ids:
+            _quietly(conn.domainEventDeregisterAny, cid)
+        for cid in self._pool_callback_ids:
+            _quietly(conn.storagePoolEventDeregisterAny, cid)
+        self._callback_ids.clear()
+        self._pool_callback_ids.clear()
+        _quietly(conn.unregisterCloseCallback)
+        _quietly(conn.close)
+
+    async def close(self) -> None:
+        """Close the connection and stop the host's worker threads."""
+        self._on_event = None
+        await self.disconnect()
         self._executor.shutdown(wait=False, cancel_futures=True)
 
     async def _call(self, action: str, fn: Callable[..., T], *args: Any) -> T:
@@ -309,6 +361,11 @@ class HostConnection:
         """The volume ``name`` in ``pool``, or None if it does not exist."""
         return await self._call(f"cannot look up volume {pool}/{name}", _find_volume,
                                 self._conn, pool, name)
+
+    async def tagged_domains(self) -> list[TaggedDomain]:
+        """Every domain on the host that carries provisiond's metadata."""
+        return await self._call(f"cannot list the domains of {self.name}", _tagged_domains,
+                                self._conn)
 
     async def find_domain(self, uuid: str) -> DomainInfo | None:
         """The domain with this UUID, or None."""
@@ -377,6 +434,26 @@ def _volume_info(pool_name: str, vol: Any) -> VolumeInfo:
     _type, capacity, allocation = vol.info()
     return VolumeInfo(pool_name, vol.name(), vol.path(), capacity, allocation,
                       domain_xml.volume_format_of(vol.XMLDesc(0)))
+
+
+def _tagged_domains(conn: Any) -> list[TaggedDomain]:
+    found = []
+    for dom in conn.listAllDomains():
+        try:
+            meta = dom.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, domain_xml.METADATA_NS)
+        except libvirt.libvirtError:
+            continue  # no provisiond metadata (or gone meanwhile)
+        request_id = domain_xml.parse_request_metadata(meta).get("request_id")
+        if request_id:
+            found.append(TaggedDomain(dom.UUIDString(), dom.name(), request_id))
+    return found
+
+
+def _quietly(fn: Callable[..., Any], *args: Any) -> None:
+    try:
+        fn(*args)
+    except libvirt.libvirtError:
+        pass
 
 
 def _find_volume(conn: Any, pool_name: str, name: str) -> VolumeInfo | None:

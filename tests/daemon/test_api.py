@@ -180,3 +180,13 @@ def test_socket_is_0660_with_the_configured_group(daemon: Daemon) -> None:
     assert stat.S_ISSOCK(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o660
     import grp
     assert grp.getgrgid(st.st_gid).gr_name == "nogroup"
+
+
+def test_reconcile_is_for_admins_only(daemon: Daemon) -> None:
+    refused = daemon.call("POST", "/v1/reconcile", {"apply": True})
+    assert refused.status == 403 and "CLOUD_ADMIN" in refused.body["error"]["message"]
+    admin = daemon.call("POST", "/v1/reconcile", {"apply": False}, as_user=OTHER_USER)
+    assert admin.status == 200
+    assert admin.body == {"applied": False, "hosts": ["testhost"], "orphans": []}
+    bad = daemon.call("POST", "/v1/reconcile", {"apply": "yes"}, as_user=OTHER_USER)
+    assert bad.status == 400 and bad.body["error"]["field"] == "apply"

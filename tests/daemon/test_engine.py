@@ -11,7 +11,7 @@ from daemon.domain_xml import METADATA_NS, domain_uuid_for
 from daemon.errors import InvalidInput, InvalidState, PermissionDenied
 from daemon.engine import ProvisioningRequest
 from statemachines import State
-from tests.conftest import ALICE, BOB, Identity
+from tests.conftest import ALICE, BOB, Faulty, Identity
 
 GiB = 1024**3
 FULL_REUSE_WALK = ["requested", "authorized", "storage-searching", "defining", "done"]
@@ -244,3 +244,72 @@ async def test_cancel_of_a_live_request_fails_it_and_rolls_back(make_harness):
         h.conn.lookupByUUIDString(domain_uuid_for(record.id))
     assert h.store.claims_on("testhost") == {}
     assert "undefined domain" in h.store.get_log(record.id)[-1].detail
+
+
+class DroppedConnection(libvirt.libvirtError):
+    """What a call on a connection whose daemon went away raises (RPC error domain)."""
+
+    def __init__(self) -> None:
+        super().__init__("injected: client socket is closed")
+
+    def get_error_code(self) -> int:
+        return libvirt.VIR_ERR_INTERNAL_ERROR
+
+    def get_error_domain(self) -> int:
+        return libvirt.VIR_FROM_RPC
+
+
+async def test_lost_connection_is_reopened_and_the_request_carries_on(make_harness):
+    drops = {"left": 1}
+
+    def list_pools_or_drop(conn):
+        def lookup(name):
+            if drops["left"]:
+                drops["left"] -= 1
+                raise DroppedConnection()
+            return conn.storagePoolLookupByName(name)
+        return lookup
+
+    h = await make_harness(daemon={"host_wait_timeout": 10})
+    # From now on the engine's connection drops once, at its next storage pool lookup.
+    original = h.engine.hosts["testhost"]._conn
+    h.engine.hosts["testhost"]._conn = Faulty(original, {
+        "storagePoolLookupByName": list_pools_or_drop(original)})
+    done = await h.run(template="ipxe-file", size="small")
+
+    assert done.state == State.DONE, done.reason
+    triggers = [e.trigger for e in h.store.get_log(done.id)]
+    assert "host-unreachable" in triggers and "resync" in triggers
+    assert len(h.connections) == 2  # reopened, with its events registered again
+    assert triggers[-1] == "finish"  # DEFINED arrived on the new connection
+    assert h.engine.host_reachable("testhost")
+
+
+async def test_reconcile_finds_and_removes_only_orphans(make_harness):
+    from daemon.domain_xml import DomainSpec, build_domain_xml
+    from daemon.reconcile import find_orphans, remove_orphans
+
+    h = await make_harness(sizes={"seven": {"cpus": 1, "memory": 1024,
+                                            "storage_size_in_gb": 7}})
+    done = await h.run(size="seven")  # a volume it created and a domain: both legitimate
+    ghost = "f" * 32  # a request this daemon has never heard of
+    pool = h.conn.storagePoolLookupByName("pool-dir")
+    pool.createXML(f"<volume><name>provisiond-{ghost}.qcow2</name>"
+                   "<capacity unit='G'>7</capacity></volume>", 0)
+    h.conn.defineXML(build_domain_xml(DomainSpec(
+        name="ghost-vm", uuid=domain_uuid_for(ghost), domain_type="qemu", arch="i686", cpus=1,
+        memory_kib=1024, disk_pool="pool-dir", disk_volume="free-10g.qcow2", disk_format=None,
+        cdrom_path="/x.iso", cdrom_pool=None, cdrom_volume=None, network=None,
+        request_id=ghost, owner="eve", template="ipxe", size="seven", resource_pool="rp")))
+
+    orphans = await find_orphans(h.engine, ["testhost"])
+    assert sorted((o.kind, o.name) for o in orphans) == [
+        ("domain", "ghost-vm"), ("volume", f"provisiond-{ghost}.qcow2")]
+    assert all("unknown to this daemon" in o.reason for o in orphans)
+
+    removed = await remove_orphans(h.engine, orphans)
+    assert [o.action for o in removed] == ["removed", "removed"]
+    assert f"provisiond-{ghost}.qcow2" not in h.volume_names("pool-dir")
+    assert done.volume_name in h.volume_names("pool-dir")
+    h.conn.lookupByUUIDString(domain_uuid_for(done.id))  # still there
+    assert await find_orphans(h.engine, ["testhost"]) == []
