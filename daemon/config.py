@@ -75,12 +75,20 @@ class Template:
     volume: VolumeRef | None = None
 
 
+DOMAIN_TYPES = ("auto", "kvm", "qemu")
+
+
 @dataclass(frozen=True)
 class Host:
-    """A libvirt host of a hardware pool, reached by its connection URI."""
+    """A libvirt host of a hardware pool, reached by its connection URI.
+
+    ``domain_type``: ``auto`` defines kvm domains when the host offers kvm, else qemu
+    (TCG); ``qemu`` forces TCG (e.g. where /dev/kvm exists but nested KVM is broken).
+    """
 
     name: str
     uri: str
+    domain_type: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -425,7 +433,7 @@ def _parse_list(value: Any, path: str, c: _Checker,
 
 
 def _parse_host(value: Any, path: str, c: _Checker) -> Host | None:
-    body = c.mapping(value, path, {"name", "uri"}, {"name", "uri"})
+    body = c.mapping(value, path, {"name", "uri", "domain_type"}, {"name", "uri"})
     if body is None or not {"name", "uri"} <= body.keys():
         return None
     name = c.name(body["name"], f"{path}.name")
@@ -433,7 +441,12 @@ def _parse_host(value: Any, path: str, c: _Checker) -> Host | None:
     if uri is not None and "://" not in uri:
         c.bad(f"{path}.uri", f"expected a libvirt URI such as qemu:///system, got {_show(uri)}")
         return None
-    return Host(name, uri) if name and uri else None
+    domain_type = body.get("domain_type", "auto")
+    if domain_type not in DOMAIN_TYPES:
+        c.bad(f"{path}.domain_type", f"expected one of: {', '.join(DOMAIN_TYPES)}, got "
+                                     f"{_show(domain_type)}")
+        return None
+    return Host(name, uri, domain_type) if name and uri else None
 
 
 def _parse_storage_pool(value: Any, path: str, c: _Checker) -> StoragePoolRef | None:

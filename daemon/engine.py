@@ -306,6 +306,14 @@ class Engine:
         self._tasks[record.id] = asyncio.create_task(self._drive(record.id),
                                                      name=f"request-{record.id}")
 
+    def host_config(self, name: str) -> Any:
+        """The configured ``Host`` of this name."""
+        for hw in self.config.hardware_pools.values():
+            for host in hw.hosts:
+                if host.name == name:
+                    return host
+        raise VirtError(f"host {name!r} is not configured")
+
     def host_of(self, record: RequestRecord) -> HostConnection:
         """The host a request is placed on."""
         if record.host is None or record.host not in self.hosts:

@@ -134,6 +134,9 @@ async def define(engine: "Engine", req: RequestRecord) -> None:
             raise VirtError(f"template {req.template}: ISO volume {template.volume.pool}/"
                             f"{template.volume.name} not found on host {host.name}")
     domain_type, arch = await host.capabilities()
+    configured = engine.host_config(host.name).domain_type
+    if configured != "auto":
+        domain_type = configured
     assert req.volume_pool and req.volume_name
     xml = domain_xml.build_domain_xml(domain_xml.DomainSpec(
         name=req.name, uuid=uuid, domain_type=domain_type, arch=arch, cpus=req.cpus,

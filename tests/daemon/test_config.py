@@ -399,3 +399,10 @@ def test_a_key_given_twice_is_an_error_not_a_silent_override(cfg: Path) -> None:
                      "  storage_size_in_gb: 1\n")
     [problem] = problems_of(cfg)
     assert "VmSize.yml" in problem and "duplicate key 'small'" in problem
+
+
+def test_the_real_host_example_is_valid() -> None:
+    config = load_config(REPO / "config" / "qemu-system" / "provisiond.yml")
+    host = config.hardware_pools["local"].hosts[0]
+    assert (host.uri, host.domain_type) == ("qemu:///system", "auto")
+    assert config.resource_pools["team-a"].grants["CLOUD_CREATE"].groups == {"team-a"}

@@ -1,0 +1,70 @@
+"""Run provisiond, but SIGKILL it at a named point: a test-only way to crash on purpose.
+
+    PROVISIOND_CRASH_AT=after:create_volume python -m tests.e2e.crashpoint --config FILE
+
+Points: ``before:<call>`` / ``after:<call>`` for the libvirt adapter's calls that change
+something (create_volume, define_domain), and ``after:<state>`` right after the
+transition into that state is committed. Only the first matching moment kills, and only
+for requests whose template is listed in ``PROVISIOND_CRASH_TEMPLATE`` (default: every
+request). Production code is not changed: this module wraps it from outside.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import os
+import signal
+import sys
+from typing import Any, Callable
+
+from daemon import store as store_module
+from daemon import virt
+from daemon.__main__ import main
+
+CRASH_AT = os.environ.get("PROVISIOND_CRASH_AT", "")
+
+
+def die(point: str) -> None:
+    sys.stderr.write(f"crashpoint: SIGKILL at {point}\n")
+    sys.stderr.flush()
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def wrap_call(name: str) -> None:
+    original: Callable[..., Any] = getattr(virt.HostConnection, name)
+
+    @functools.wraps(original)
+    async def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if CRASH_AT == f"before:{name}":
+            die(CRASH_AT)
+        result = await original(self, *args, **kwargs)
+        if CRASH_AT == f"after:{name}":
+            die(CRASH_AT)
+        return result
+
+    setattr(virt.HostConnection, name, wrapper)
+
+
+def wrap_transitions() -> None:
+    original = store_module.Store.record_transition
+
+    @functools.wraps(original)
+    def wrapper(self: Any, request_id: str, from_state: Any, to_state: Any, *args: Any,
+                **kwargs: Any) -> None:
+        original(self, request_id, from_state, to_state, *args, **kwargs)
+        if CRASH_AT == f"after:{to_state}":
+            # The transition may sit inside a larger transaction (a claim and its state):
+            # the loop runs this callback only once that synchronous block has committed.
+            asyncio.get_running_loop().call_soon(die, CRASH_AT)
+
+    store_module.Store.record_transition = wrapper  # type: ignore[method-assign]
+
+
+if CRASH_AT:
+    for call in ("create_volume", "define_domain"):
+        wrap_call(call)
+    wrap_transitions()
+
+if __name__ == "__main__":
+    sys.exit(main())

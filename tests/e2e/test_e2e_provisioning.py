@@ -1,0 +1,225 @@
+"""provisiond end to end against a real libvirt daemon with QEMU (TCG), checked by virsh.
+
+Every test gets its own dir pool (with the template ISO and one free 1 GiB volume) and its
+own provisiond process and database; the libvirt daemon is shared by the session, so each
+test undefines its domains at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+import uuid
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+import yaml
+
+from daemon.domain_xml import METADATA_NS, domain_uuid_for
+from libvirtd import LibvirtDaemon
+from tests.conftest import OTHER_USER, REPO, Daemon, daemon_config
+
+GiB = 1024**3
+SIZES = {"one": {"cpus": 1, "memory": 131072, "storage_size_in_gb": 1},
+         "two": {"cpus": 2, "memory": 196608, "storage_size_in_gb": 2}}
+
+
+class E2E:
+    """One test's pool on the shared libvirtd, and provisiond processes configured on it."""
+
+    def __init__(self, libvirtd: LibvirtDaemon, directory: Path) -> None:
+        self.libvirtd = libvirtd
+        self.directory = directory
+        self.pool = f"e2e-{uuid.uuid4().hex[:8]}"
+        libvirtd.create_dir_pool(self.pool)
+        libvirtd.add_iso_to_pool(self.pool, "ipxe.iso")
+        libvirtd.create_volume(self.pool, "free-1g.qcow2", "1G", "qcow2")
+        self.main = daemon_config(
+            directory, storage_pools=[self.pool], sizes=SIZES,
+            templates={"ipxe": {"kind": "iso", "volume": {"pool": self.pool,
+                                                          "name": "ipxe.iso"}}},
+            daemon={"host_wait_timeout": 60, "define_event_timeout": 30})
+        pools_file = directory / "pools.yml"
+        pools = yaml.safe_load(pools_file.read_text())
+        pools["hardware_pools"]["hw"]["hosts"] = [
+            {"name": "e2e", "uri": libvirtd.uri, "domain_type": "qemu"}]
+        pools_file.write_text(yaml.safe_dump(pools))
+
+    def daemon(self, crash_at: str | None = None) -> Daemon:
+        d = Daemon(self.directory, self.main) if crash_at is None else \
+            CrashingDaemon(self.directory, self.main, crash_at)
+        d.start()
+        return d
+
+    def virsh(self, *args: str, check: bool = True) -> str:
+        return self.libvirtd.virsh(*args, check=check)
+
+    def our_volumes(self) -> list[str]:
+        names = self.virsh("vol-list", self.pool).split()
+        return sorted(n for n in names if n.startswith("provisiond-"))
+
+    def domains_of(self, request_id: str) -> list[str]:
+        """Names of the domains whose provisiond metadata names this request."""
+        found = []
+        for name in self.virsh("list", "--all", "--name").split():
+            meta = self.virsh("metadata", name, METADATA_NS, check=False)
+            if f">{request_id}<" in meta:
+                found.append(name)
+        return found
+
+    def cleanup(self) -> None:
+        for name in self.virsh("list", "--all", "--name").split():
+            self.virsh("destroy", name, check=False)
+            self.virsh("undefine", name, check=False)
+        self.virsh("pool-destroy", self.pool, check=False)
+        self.virsh("pool-undefine", self.pool, check=False)
+
+
+class CrashingDaemon(Daemon):
+    """provisiond run through tests.e2e.crashpoint: it SIGKILLs itself at ``crash_at``."""
+
+    def __init__(self, directory: Path, main: Path, crash_at: str) -> None:
+        super().__init__(directory, main)
+        self.crash_at = crash_at
+
+    def start(self, timeout: float = 20) -> None:
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.e2e.crashpoint", "--config", str(self.main)],
+            stdout=log, stderr=log, cwd=REPO, env={**os.environ,
+                                                    "PROVISIOND_CRASH_AT": self.crash_at})
+        deadline = time.monotonic() + timeout
+        while self.call_ok() is False:
+            assert time.monotonic() < deadline and self.proc.poll() is None, self.log()
+            time.sleep(0.05)
+
+    def call_ok(self) -> bool:
+        try:
+            return self.call("GET", "/v1/health").status == 200
+        except OSError:
+            return False
+
+
+@pytest.fixture
+def e2e(libvirtd: LibvirtDaemon, daemon_dir: Path) -> Iterator[E2E]:
+    env = E2E(libvirtd, daemon_dir)
+    yield env
+    env.cleanup()
+
+
+def create(d: Daemon, size: str) -> dict[str, Any]:
+    reply = d.call("POST", "/v1/requests", {"template": "ipxe", "size": size,
+                                             "resource_pool": "rp"})
+    assert reply.status == 202, reply.body
+    return reply.body
+
+
+def test_provision_by_reuse_and_by_creation_as_virsh_sees_it(e2e: E2E) -> None:
+    d = e2e.daemon()
+    reused = d.wait_terminal(create(d, "one")["id"])
+    created = d.wait_terminal(create(d, "two")["id"])
+    assert reused["state"] == created["state"] == "done", (reused, created)
+
+    assert reused["volume"]["name"] == "free-1g.qcow2" and not reused["volume"]["owned"]
+    assert created["volume"]["name"] == f"provisiond-{created['id']}.qcow2"
+    vol = ET.fromstring(e2e.virsh("vol-dumpxml", "--pool", e2e.pool, created["volume"]["name"]))
+    assert vol.find("./target/format").get("type") == "qcow2"
+    assert int(vol.findtext("capacity")) == 2 * GiB
+
+    dom = ET.fromstring(e2e.virsh("dumpxml", domain_uuid_for(created["id"])))
+    assert dom.get("type") == "qemu"
+    assert dom.findtext("vcpu") == "2" and dom.findtext("memory") == "196608"
+    disks = {d.get("device"): d.find("source") for d in dom.findall("./devices/disk")}
+    assert disks["disk"].attrib == {"pool": e2e.pool, "volume": created["volume"]["name"]}
+    assert disks["cdrom"].attrib == {"pool": e2e.pool, "volume": "ipxe.iso"}
+    assert [b.get("dev") for b in dom.findall("./os/boot")] == ["cdrom", "hd"]
+    meta = e2e.virsh("metadata", domain_uuid_for(created["id"]), METADATA_NS)
+    assert f">{created['id']}<" in meta and ">two<" in meta
+    assert d.call("POST", "/v1/reconcile", {}, as_user=OTHER_USER).body["orphans"] == []
+
+
+def test_a_started_domain_shows_up_in_the_request_log(e2e: E2E) -> None:
+    d = e2e.daemon()
+    done = d.wait_terminal(create(d, "one")["id"])
+    e2e.virsh("start", domain_uuid_for(done["id"]))  # QEMU under TCG, booting the ISO
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        log = d.call("GET", f"/v1/requests/{done['id']}/log").body["log"]
+        if any(e["trigger"] == "libvirt:STARTED" for e in log):
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError(f"no STARTED event in {log}")
+    assert "running" in e2e.virsh("domstate", domain_uuid_for(done["id"]))
+
+
+CRASH_POINTS = [
+    "after:authorized", "after:storage-searching", "after:storage-creating",
+    "before:create_volume", "after:create_volume",
+    "after:defining", "before:define_domain", "after:define_domain",
+]
+
+
+@pytest.mark.parametrize("point", CRASH_POINTS)
+def test_sigkill_at_each_step_boundary_ends_like_no_crash(e2e: E2E, point: str) -> None:
+    crashing = e2e.daemon(crash_at=point)
+    try:
+        crashing.call("POST", "/v1/requests", {"template": "ipxe", "size": "two",
+                                                "resource_pool": "rp"})
+    except OSError:
+        pass  # killed before it could answer: the request was stored all the same
+    assert crashing.proc.wait(20) == -signal.SIGKILL, crashing.log()
+    assert f"crashpoint: SIGKILL at {point}" in crashing.log()
+
+    d = e2e.daemon()
+    [request] = d.call("GET", "/v1/requests").body["requests"]
+    final = d.wait_terminal(request["id"])
+    assert final["state"] == "done", final
+    assert e2e.our_volumes() == [f"provisiond-{request['id']}.qcow2"]  # one, not two
+    assert e2e.domains_of(request["id"]) == [final["name"]]
+    assert d.call("POST", "/v1/reconcile", {}, as_user=OTHER_USER).body["orphans"] == []
+    states = [e["to"] for e in d.call("GET", f"/v1/requests/{request['id']}/log").body["log"]
+              if e["kind"] == "transition"]
+    assert states == ["requested", "authorized", "storage-searching", "storage-creating",
+                      "defining", "done"]
+    assert d.stop() == 0
+    db = sqlite3.connect(d.database)
+    assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+def test_requests_wait_for_a_libvirt_daemon_that_is_down_then_finish(e2e: E2E) -> None:
+    d = e2e.daemon()
+    e2e.libvirtd.stop_libvirtd(signal.SIGKILL)
+    try:
+        ids = [create(d, "two")["id"] for _ in range(3)]
+        time.sleep(1.0)  # they are stuck on the unreachable host now
+        assert all(d.call("GET", f"/v1/requests/{i}").body["state"] not in ("done", "failed")
+                   for i in ids)
+        assert d.call("GET", "/v1/health").body["hosts"] == {"e2e": "disconnected"}
+    finally:
+        e2e.libvirtd.start()
+    finals = [d.wait_terminal(i, timeout=60) for i in ids]
+    assert [f["state"] for f in finals] == ["done"] * 3, finals
+    assert e2e.our_volumes() == sorted(f"provisiond-{i}.qcow2" for i in ids)
+    assert all(len(e2e.domains_of(i)) == 1 for i in ids)
+    triggers = {e["trigger"] for e in d.call("GET", f"/v1/requests/{ids[0]}/log").body["log"]}
+    assert {"connection-lost", "resync"} <= triggers or "host-unreachable" in triggers
+
+
+def test_libvirt_daemon_restart_with_requests_in_flight(e2e: E2E) -> None:
+    d = e2e.daemon()
+    ids = [create(d, "two")["id"] for _ in range(6)]
+    e2e.libvirtd.restart(signal.SIGKILL, down_for=0.5)
+    finals = [d.wait_terminal(i, timeout=60) for i in ids]
+    assert [f["state"] for f in finals] == ["done"] * 6, finals
+    assert e2e.our_volumes() == sorted(f"provisiond-{i}.qcow2" for i in ids)
+    assert all(len(e2e.domains_of(i)) == 1 for i in ids)
+    assert d.call("POST", "/v1/reconcile", {}, as_user=OTHER_USER).body["orphans"] == []
+    assert d.call("GET", "/v1/health").body["hosts"] == {"e2e": "connected"}
