@@ -27,7 +27,7 @@ from transitions import MachineError
 
 from daemon import steps
 from daemon.auth import CLOUD_CREATE, Identity, holds
-from daemon.config import Config
+from daemon.config import Config, Host
 from daemon.domain_xml import domain_uuid_for
 from daemon.errors import (
     HostUnreachable,
@@ -306,7 +306,7 @@ class Engine:
         self._tasks[record.id] = asyncio.create_task(self._drive(record.id),
                                                      name=f"request-{record.id}")
 
-    def host_config(self, name: str) -> Any:
+    def host_config(self, name: str) -> Host:
         """The configured ``Host`` of this name."""
         for hw in self.config.hardware_pools.values():
             for host in hw.hosts:

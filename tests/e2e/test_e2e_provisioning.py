@@ -211,6 +211,7 @@ def test_requests_wait_for_a_libvirt_daemon_that_is_down_then_finish(e2e: E2E) -
     assert all(len(e2e.domains_of(i)) == 1 for i in ids)
     triggers = {e["trigger"] for e in d.call("GET", f"/v1/requests/{ids[0]}/log").body["log"]}
     assert {"connection-lost", "resync"} <= triggers or "host-unreachable" in triggers
+    assert_database_sound(d)
 
 
 def test_libvirt_daemon_restart_with_requests_in_flight(e2e: E2E) -> None:
@@ -223,3 +224,30 @@ def test_libvirt_daemon_restart_with_requests_in_flight(e2e: E2E) -> None:
     assert all(len(e2e.domains_of(i)) == 1 for i in ids)
     assert d.call("POST", "/v1/reconcile", {}, as_user=OTHER_USER).body["orphans"] == []
     assert d.call("GET", "/v1/health").body["hosts"] == {"e2e": "connected"}
+    assert_database_sound(d)
+
+
+def assert_database_sound(d: Daemon) -> None:
+    assert d.stop() == 0
+    db = sqlite3.connect(d.database)
+    assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    db.close()
+
+
+def test_changes_behind_the_daemons_back_are_in_the_request_log(e2e: E2E) -> None:
+    d = e2e.daemon()
+    done = d.wait_terminal(create(d, "two")["id"])
+    e2e.virsh("undefine", domain_uuid_for(done["id"]))
+    e2e.virsh("pool-destroy", e2e.pool)
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            log = d.call("GET", f"/v1/requests/{done['id']}/log").body["log"]
+            triggers = [e["trigger"] for e in log]
+            if "libvirt:UNDEFINED" in triggers and "libvirt:pool-STOPPED" in triggers:
+                break
+            time.sleep(0.1)
+        else:
+            raise AssertionError(f"events missing from {triggers}")
+    finally:
+        e2e.virsh("pool-start", e2e.pool)
