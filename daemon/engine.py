@@ -38,6 +38,7 @@ from daemon.errors import (
     UnknownName,
     VirtError,
 )
+from daemon.metrics import Metrics
 from daemon.placement import Decision, place_storage
 from daemon.store import RequestRecord, Store
 from daemon.virt import ConnectionClosed, DomainEvent, HostConnection, Opener, PoolEvent
@@ -54,9 +55,10 @@ IDEMPOTENCY_KEY_RE = re.compile(r"^[\x21-\x7e]{1,200}$")
 class RequestModel:
     """A live request's handle on the shared state machine (only its id and state)."""
 
-    def __init__(self, request_id: str) -> None:
+    def __init__(self, request_id: str, entered_at: float) -> None:
         self.id = request_id
         self.state: State
+        self.entered_at = entered_at
 
 
 class RequestCancelled(Exception):
@@ -82,13 +84,15 @@ class Engine:
         self.config = config
         self.store = store
         self.clock = clock
+        self.metrics = Metrics(store.count_by_state)
         self.hosts: dict[str, HostConnection] = {}
         for hw in config.hardware_pools.values():
             for host in hw.hosts:
                 if host.name not in self.hosts:
                     self.hosts[host.name] = HostConnection(
                         host.name, host.uri, opener=opener,
-                        call_timeout=config.daemon.libvirt_call_timeout)
+                        call_timeout=config.daemon.libvirt_call_timeout,
+                        observe=self._observe_call)
         self.machine = build_machine(self._persist_transition)
         self._models: dict[str, RequestModel] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
@@ -277,11 +281,15 @@ class Engine:
         ``updates`` are request fields written in the same transaction.
         """
         model = self._models[request_id]
+        left = model.state
         try:
             model.trigger(str(trigger), detail=detail, updates=updates)
         except MachineError:
             raise InvalidState(f"request {request_id}: '{trigger}' is not allowed from "
                                f"{model.state}") from None
+        now = self.clock()
+        self.metrics.state_seconds.labels(left.value).observe(max(0.0, now - model.entered_at))
+        model.entered_at = now
         log.info("request %s: %s", request_id, model.state,
                  extra={"request_id": request_id, "state": str(model.state)})
         return model.state
@@ -300,11 +308,16 @@ class Engine:
     # ------------------------------------------------------------------ driving
 
     def _spawn(self, record: RequestRecord) -> None:
-        model = RequestModel(record.id)
+        model = RequestModel(record.id, record.updated_at)
         self.machine.add_model(model, initial=record.state)
         self._models[record.id] = model
         self._tasks[record.id] = asyncio.create_task(self._drive(record.id),
                                                      name=f"request-{record.id}")
+
+    def _observe_call(self, host: str, call: str, seconds: float, ok: bool) -> None:
+        self.metrics.libvirt_call_seconds.labels(host, call).observe(seconds)
+        if not ok:
+            self.metrics.libvirt_call_errors.labels(host, call).inc()
 
     def host_config(self, name: str) -> Host:
         """The configured ``Host`` of this name."""
@@ -426,6 +439,7 @@ class Engine:
                             exc.message)
         gap = self.clock() - self._down_since.get(name, self.clock())
         log.info("reconnected to %s after %.1f s", name, gap)
+        self.metrics.reconnects.labels(name).inc()
         self._host_up[name].set()
         await self._resync(name, gap)
 
@@ -489,6 +503,9 @@ class Engine:
                 log.exception("cannot handle libvirt event %r", event)
 
     def _handle_event(self, event: object) -> None:
+        kind = type(event).__name__
+        self.metrics.events.labels(getattr(event, "host", "?"), kind,
+                                   getattr(event, "event", "CLOSED")).inc()
         if isinstance(event, ConnectionClosed):
             log.warning("libvirt connection to %s closed (reason %d)", event.host, event.reason)
             self._host_lost(event.host, f"libvirt closed the connection (reason {event.reason})")

@@ -74,6 +74,8 @@ async def search_storage(engine: "Engine", req: RequestRecord) -> None:
     # From here to the transition: no await, so no other request decides in between.
     size_bytes = req.storage_gb * 1024**3
     decision = engine.decide_placement(host.name, hardware.name, size_bytes, req.id, inventory)
+    engine.metrics.placements.labels(
+        {"reuse": "reused", "create": "created"}.get(decision.action, "no_storage")).inc()
     with engine.store.atomic():
         if decision.action == "reuse":
             assert decision.volume is not None

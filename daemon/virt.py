@@ -236,8 +236,11 @@ class HostConnection:
     """A libvirt host: its connection, its events, and the calls provisiond makes on it."""
 
     def __init__(self, name: str, uri: str, *, opener: Opener = libvirt.open,
-                 call_timeout: float = 120.0, workers: int = 4) -> None:
+                 call_timeout: float = 120.0, workers: int = 4,
+                 observe: Callable[[str, str, float, bool], None] | None = None) -> None:
         self.name = name
+        self.observe = observe
+        """Told (host, call, seconds, succeeded) after every libvirt call (for metrics)."""
         self.uri = uri
         self.opener = opener
         self.call_timeout = call_timeout
@@ -334,12 +337,20 @@ class HostConnection:
                 return fn(*args)
 
         loop = asyncio.get_running_loop()
+        started = time.perf_counter()
+        ok = False
         try:
-            return await asyncio.wait_for(loop.run_in_executor(self._executor, run),
-                                          self.call_timeout)
+            result = await asyncio.wait_for(loop.run_in_executor(self._executor, run),
+                                            self.call_timeout)
+            ok = True
+            return result
         except asyncio.TimeoutError:
             raise VirtTimeout(f"{action}: libvirt did not answer within "
                               f"{self.call_timeout:g} s") from None
+        finally:
+            if self.observe is not None:
+                self.observe(self.name, fn.__name__.lstrip("_"), time.perf_counter() - started,
+                             ok)
 
     # -- queries
 
