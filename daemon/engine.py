@@ -27,7 +27,7 @@ from transitions import MachineError
 
 from daemon import steps
 from daemon.auth import CLOUD_CREATE, Identity, holds
-from daemon.config import Config, Host
+from daemon.config import Config, HardwarePool, Host
 from daemon.domain_xml import domain_uuid_for
 from daemon.errors import (
     HostUnreachable,
@@ -241,13 +241,15 @@ class Engine:
         hardware = self.config.hardware_pool_of(pool_name)
         host = self.hosts[hardware.hosts[0].name]
         inventory = await host.inventory([p.name for p in hardware.storage_pools])
-        return self.decide_placement(host.name, hardware.name, size.storage_bytes,
-                                     "(dry run)", inventory)
+        return self.decide_placement(host.name, hardware, size.storage_bytes, "(dry run)",
+                                     inventory)
 
-    def decide_placement(self, host: str, hardware_pool: str, size_bytes: int,
+    def decide_placement(self, host: str, hardware: HardwarePool, size_bytes: int,
                          request_id: str, inventory: Any) -> Decision:
-        """Run placement against the store's current claims and reservations."""
-        hardware = self.config.hardware_pools[hardware_pool]
+        """Run placement against the store's current claims and reservations.
+
+        ``hardware`` is the pool as it was when the inventory was read (a reload may have
+        replaced the configuration since)."""
         templates = self.config.templates.values()
         return place_storage(
             inventory, hardware.storage_pools,

@@ -73,7 +73,7 @@ async def search_storage(engine: "Engine", req: RequestRecord) -> None:
     inventory = await host.inventory([p.name for p in hardware.storage_pools])
     # From here to the transition: no await, so no other request decides in between.
     size_bytes = req.storage_gb * 1024**3
-    decision = engine.decide_placement(host.name, hardware.name, size_bytes, req.id, inventory)
+    decision = engine.decide_placement(host.name, hardware, size_bytes, req.id, inventory)
     engine.metrics.placements.labels(
         {"reuse": "reused", "create": "created"}.get(decision.action, "no_storage")).inc()
     with engine.store.atomic():

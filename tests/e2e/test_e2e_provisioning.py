@@ -51,10 +51,12 @@ class E2E:
         pools["hardware_pools"]["hw"]["hosts"] = [
             {"name": "e2e", "uri": libvirtd.uri, "domain_type": "qemu"}]
         pools_file.write_text(yaml.safe_dump(pools))
+        self.started: list[Daemon] = []
 
     def daemon(self, crash_at: str | None = None) -> Daemon:
         d = Daemon(self.directory, self.main) if crash_at is None else \
             CrashingDaemon(self.directory, self.main, crash_at)
+        self.started.append(d)
         d.start()
         return d
 
@@ -75,6 +77,9 @@ class E2E:
         return found
 
     def cleanup(self) -> None:
+        for d in self.started:
+            if d.proc is not None and d.proc.poll() is None:
+                d.stop()
         for name in self.virsh("list", "--all", "--name").split():
             self.virsh("destroy", name, check=False)
             self.virsh("undefine", name, check=False)
