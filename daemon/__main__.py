@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import sys
 from pathlib import Path
 
 from daemon.config import DEFAULT_CONFIG, load_config
 from daemon.errors import ConfigError
+from daemon.logs import FORMATS, setup_logging
 from daemon.server import SocketInUse, serve
 
 
@@ -24,6 +24,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--check-config", action="store_true",
                         help="validate the configuration, print any problems, and exit "
                              "(0: valid, 2: invalid)")
+    parser.add_argument("--log-format", choices=FORMATS, default="auto",
+                        help="log output: 'text' (readable lines), 'json' (one object per "
+                             "line), 'journal' (journald's native protocol, with REQUEST_ID "
+                             "and STATE fields); 'auto' (default): journal under systemd, "
+                             "else text")
     return parser.parse_args(argv)
 
 
@@ -48,9 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.check_config:
         return check_config(args.config)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("transitions").setLevel(logging.WARNING)  # logs every callback at INFO
+    setup_logging(args.log_format)
     try:
         config = load_config(args.config)
     except ConfigError as exc:

@@ -358,3 +358,77 @@ def make_daemon(daemon_dir: Path) -> Iterator[Callable[..., Daemon]]:
 def daemon(make_daemon: Callable[..., Daemon]) -> Daemon:
     """A provisiond process on tests/data/host_basic.xml."""
     return make_daemon()
+
+
+# --------------------------------------------------------------------------- a daemon, spawned
+
+
+def spawn_daemon(d: Daemon, *args: str, prefix: tuple[str, ...] = (),
+                 env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """Start ``d``'s provisiond with extra ``args``, under ``prefix`` (e.g.
+    systemd-socket-activate) and with ``env`` added, without waiting for it to serve.
+
+    ``d.proc`` is set, so ``make_daemon`` stops it at teardown.
+    """
+    clean = {k: v for k, v in os.environ.items()
+             if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_PID",
+                          "LISTEN_FDS", "LISTEN_FDNAMES", "JOURNAL_STREAM")}
+    with open(d.log_path, "ab") as log:
+        d.proc = subprocess.Popen([*prefix, sys.executable, "-m", "daemon", "--config",
+                                   str(d.main), *args], stdout=log, stderr=log, cwd=REPO,
+                                  env={**clean, **(env or {})})
+    return d.proc
+
+
+def wait_healthy(d: Daemon, timeout: float = 20) -> None:
+    """Wait until ``d`` answers ``GET /v1/health`` with 200."""
+    assert d.proc is not None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if d.proc.poll() is not None:
+            raise RuntimeError(f"provisiond exited {d.proc.returncode}:\n{d.log()}")
+        try:
+            if d.call("GET", "/v1/health").status == 200:
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"provisiond did not come up:\n{d.log()}")
+
+
+def wait_for_log(d: Daemon, text: str, timeout: float = 10) -> str:
+    """Wait until ``text`` appears in ``d``'s log; return the log."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        log = d.log()
+        if text in log:
+            return log
+        time.sleep(0.05)
+    raise AssertionError(f"{text!r} not in the daemon's log:\n{d.log()}")
+
+
+# --------------------------------------------------------------------------- a host that comes late
+
+
+class LateHost:
+    """A test-driver host whose node XML appears only at ``arrive()``.
+
+    A daemon started on it (``make_daemon(str(late.path))``) serves with the host
+    unreachable; its requests wait in ``storage-searching`` until the host arrives and the
+    engine reconnects (within a few seconds), then go on to ``done``.
+    """
+
+    def __init__(self, path: Path, node_xml: str = "host_basic.xml") -> None:
+        self.path = path
+        self.node_xml = node_xml
+
+    def arrive(self) -> None:
+        """Put the node XML in place: the daemon's next reconnect attempt succeeds."""
+        partial = self.path.with_name(self.path.name + ".partial")
+        shutil.copy(DATA / self.node_xml, partial)
+        os.replace(partial, self.path)  # never a half-written file for libvirt to read
+
+
+@pytest.fixture
+def late_host(daemon_dir: Path) -> LateHost:
+    """A host that is unreachable until ``late_host.arrive()``."""
+    return LateHost(daemon_dir / "late-host.xml")
