@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import socket
 import struct
 from datetime import datetime, timezone
@@ -21,6 +22,7 @@ from daemon import __version__
 from daemon.auth import CLOUD_ADMIN, CLOUD_CREATE, Identity
 from daemon.engine import Engine, ProvisioningRequest
 from daemon.errors import InvalidInput, PermissionDenied, ProvisiondError, UnknownName
+from daemon.openapi import openapi_document
 from daemon.placement import Decision
 from daemon.reconcile import find_orphans, remove_orphans
 from daemon.store import LogEntry, RequestRecord
@@ -32,6 +34,7 @@ ENGINE = web.AppKey("engine", Engine)
 MAX_BODY_BYTES = 64 * 1024
 CREATE_FIELDS = {"template", "size", "resource_pool", "name"}
 EXPLAIN_FIELDS = {"template", "size", "resource_pool"}
+LIST_QUERY = ("state", "owner", "resource_pool", "since", "until")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -107,7 +110,7 @@ async def json_body(request: web.Request, allowed: set[str],
             raise InvalidInput(f"unknown field {key!r} (expected: "
                                f"{', '.join(sorted(allowed))})", field=key)
     for key in sorted(required):
-        if key not in body:
+        if body.get(key) is None:
             raise InvalidInput(f"missing field {key!r}", field=key)
     for key, value in body.items():
         if value is not None and not isinstance(value, str):
@@ -178,19 +181,71 @@ async def create_request(request: web.Request) -> web.Response:
                              headers={"Location": f"/v1/requests/{record.id}"})
 
 
+def query_names(request: web.Request, key: str) -> list[str] | None:
+    """The values of a repeatable query parameter (None when absent), each 1-200 chars."""
+    if key not in request.query:
+        return None
+    values = request.query.getall(key)
+    for value in values:
+        if not 0 < len(value) <= 200:
+            raise InvalidInput(f"{key} must be 1-200 characters", field=key)
+    return values
+
+
+def query_time(request: web.Request, key: str) -> float | None:
+    """A query parameter given at most once as an ISO-8601 time or epoch seconds.
+
+    An ISO time without a UTC offset is taken as UTC. Returns epoch seconds, or None.
+    """
+    if key not in request.query:
+        return None
+    values = request.query.getall(key)
+    if len(values) > 1:
+        raise InvalidInput(f"give {key} at most once", field=key)
+    value = values[0].strip()
+    try:
+        epoch = float(value)
+    except ValueError:
+        try:
+            when = datetime.fromisoformat(value)
+        except ValueError:
+            raise InvalidInput(f"{key} must be an ISO-8601 time (e.g. 2026-01-31T12:00:00Z) "
+                               f"or epoch seconds, got {value[:64]!r}", field=key) from None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=timezone.utc)
+        return when.timestamp()
+    if not math.isfinite(epoch):
+        raise InvalidInput(f"{key} must be a finite number of epoch seconds", field=key)
+    return epoch
+
+
 async def list_requests(request: web.Request) -> web.Response:
-    """GET /v1/requests[?state=S...]: the caller's requests, and those of pools they admin."""
+    """GET /v1/requests[?state=&owner=&resource_pool=&since=&until=]: what the caller sees.
+
+    That is the caller's requests and those of the pools they hold CLOUD_ADMIN on; the
+    filters narrow it (``since <= created_at < until``).
+    """
     engine = request.app[ENGINE]
     who = peer_identity(request)
+    for key in request.query:
+        if key not in LIST_QUERY:
+            raise InvalidInput(f"unknown query parameter {key!r} (expected: "
+                               f"{', '.join(LIST_QUERY)})", field=key)
     states = None
     if "state" in request.query:
-        try:
-            states = [State(s) for s in request.query.getall("state")]
-        except ValueError:
-            raise InvalidInput(f"unknown state (expected one of: "
-                               f"{', '.join(s.value for s in State)})", field="state") from None
-    records = engine.store.list_requests(states=states, owner=who.user,
-                                         resource_pools=engine.pools_granting(who, CLOUD_ADMIN))
+        known = [s.value for s in State]
+        for value in request.query.getall("state"):
+            if value not in known:
+                raise InvalidInput(f"unknown state {value[:64]!r} (expected one of: "
+                                   f"{', '.join(known)})", field="state")
+        states = [State(s) for s in request.query.getall("state")]
+    since, until = query_time(request, "since"), query_time(request, "until")
+    if since is not None and until is not None and until < since:
+        raise InvalidInput("until is before since", field="until")
+    records = engine.store.list_requests(
+        states=states, owner=who.user, resource_pools=engine.pools_granting(who, CLOUD_ADMIN),
+        owners=query_names(request, "owner"), pools=query_names(request, "resource_pool"),
+        created_since=since, created_until=until)
     return web.json_response({"requests": [request_json(r) for r in records]})
 
 
@@ -264,6 +319,11 @@ async def reconcile(request: web.Request) -> web.Response:
                               "orphans": [o.to_json() for o in orphans]})
 
 
+async def openapi_json(request: web.Request) -> web.Response:
+    """GET /v1/openapi.json: this API's OpenAPI 3.1 document (no privilege needed)."""
+    return web.json_response(openapi_document())
+
+
 # --------------------------------------------------------------------------- errors
 
 
@@ -312,4 +372,5 @@ def make_app() -> web.Application:
     app.router.add_post("/v1/requests/{id}/cancel", cancel_request)
     app.router.add_post("/v1/placement/explain", explain)
     app.router.add_post("/v1/reconcile", reconcile)
+    app.router.add_get("/v1/openapi.json", openapi_json)
     return app

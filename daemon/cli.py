@@ -20,10 +20,13 @@ import argparse
 import http.client
 import json
 import os
+import re
+import shlex
 import socket
 import sys
 import time
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 from urllib.parse import quote, urlencode
@@ -37,13 +40,16 @@ SOCKET_ENV = "PROVISIOND_SOCKET"
 CALL_TIMEOUT = 30.0
 """Seconds for one API call: connecting, sending, and reading the whole answer."""
 POLL_INTERVAL = 0.2
-"""Seconds between two reads of a request's log under ``create --wait``."""
+"""Seconds between two reads of a request's log under ``create --wait`` and ``log --follow``."""
+ROLLBACK_GRACE = 2.0
+"""Seconds ``log --follow`` waits after ``failed`` for the rollback's note to be logged."""
 
 STATES: tuple[str, ...] = tuple(s.value for s in State)
 TERMINAL_STATES: frozenset[str] = frozenset(s.value for s in TERMINAL)
 
 EXIT_OK = 0
 EXIT_FAILED = 1
+EXIT_USAGE = 2
 EXIT_UNREACHABLE = 4
 EXIT_INTERRUPTED = 130
 
@@ -178,9 +184,15 @@ class Client:
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key is not None else None
         return self.call("POST", "/v1/requests", body, headers)
 
-    def list(self, states: Sequence[str] = ()) -> dict[str, Any]:
-        """GET /v1/requests, optionally only those in the given states."""
-        query = f"?{urlencode([('state', s) for s in states])}" if states else ""
+    def list(self, states: Sequence[str] = (), owners: Sequence[str] = (),
+             pools: Sequence[str] = (), since: float | None = None,
+             until: float | None = None) -> dict[str, Any]:
+        """GET /v1/requests, optionally filtered by state, owner, pool and creation time."""
+        params = [("state", s) for s in states] + [("owner", o) for o in owners]
+        params += [("resource_pool", p) for p in pools]
+        params += [(key, f"{value:.3f}") for key, value in (("since", since), ("until", until))
+                   if value is not None]
+        query = f"?{urlencode(params)}" if params else ""
         return self.call("GET", f"/v1/requests{query}")[1]
 
     def get(self, request_id: str) -> dict[str, Any]:
@@ -427,6 +439,60 @@ def render_log(entries: Sequence[dict[str, Any]]) -> str:
     return table
 
 
+class Timeline:
+    """A request's log rendered one entry at a time, in fixed columns (``log --follow``).
+
+    The columns are ``render_log``'s; TOOK is the time spent in the state a transition
+    leaves. Events (libvirt's, e.g. ``libvirt:DEFINED``) and notes show the state they
+    happened in.
+    """
+
+    WIDTHS = (24, 10, 2 * max(len(s) for s in STATES) + 4, 18, 10)
+    HEADERS = ("TIME", "KIND", "STATE", "TRIGGER", "TOOK", "DETAIL")
+
+    def __init__(self) -> None:
+        self.first_at: datetime | None = None
+        self.last_at: datetime | None = None
+        self.first_state: str | None = None
+        self.last_state: str | None = None
+        self.transitions = 0
+
+    def _row(self, cells: Sequence[str]) -> str:
+        parts = [cell.rjust(width) if i == 4 else cell.ljust(width)
+                 for i, (cell, width) in enumerate(zip(cells[:-1], self.WIDTHS, strict=True))]
+        return "  ".join([*parts, cells[-1]]).rstrip()
+
+    def header(self) -> str:
+        """The column headers."""
+        return self._row(self.HEADERS)
+
+    def line(self, entry: dict[str, Any]) -> str:
+        """One entry as one line; a transition's TOOK is measured from the previous one."""
+        took = ""
+        if entry.get("kind") == "transition":
+            at = _parse_time(entry.get("at"))
+            if at is not None and self.last_at is not None:
+                took = format_duration((at - self.last_at).total_seconds())
+            if at is not None:
+                self.last_at = at
+                self.first_at = self.first_at or at
+            self.first_state = self.first_state or entry.get("from") or entry.get("to")
+            self.last_state = entry.get("to")
+            self.transitions += 1
+        width = max(len(s) for s in STATES)
+        cells = [str(entry.get("at") or "-"), str(entry.get("kind") or "-"),
+                 _states_text(entry, width), str(entry.get("trigger") or "-"), took,
+                 _one_line(entry.get("detail") or "")]
+        return self._row(cells)
+
+    def summary(self) -> str | None:
+        """``requested -> done in +0.044s`` once at least two transitions were seen."""
+        if self.transitions < 2 or self.first_at is None or self.last_at is None:
+            return None
+        total = format_duration((self.last_at - self.first_at).total_seconds())
+        return f"{self.first_state} -> {self.last_state} in {total}"
+
+
 def render_explain(result: dict[str, Any]) -> str:
     """The placement decision as one line, then a table of every candidate's verdict."""
     action = result.get("action") or "none"
@@ -569,20 +635,78 @@ def cmd_show(client: Client, args: argparse.Namespace) -> int:
 
 
 def cmd_list(client: Client, args: argparse.Namespace) -> int:
-    """``provctl list``."""
-    data = client.list(args.state or ())
-    if args.json:
+    """``provctl list``: filtered by state, owner, pool and age (the daemon filters)."""
+    now = time.time()
+    since = args.since.epoch(now) if args.since else None
+    until = args.older_than.epoch(now) if args.older_than else None
+    if since is not None and until is not None and until < since:
+        raise CliError(f"--older-than {args.older_than.text} and --since {args.since.text} "
+                       "leave no time between them", EXIT_USAGE)
+    data = client.list(args.state or (), args.owner or (), args.pool or (), since, until)
+    requests = data.get("requests") or []
+    if args.quiet:
+        for req in requests:
+            print(req.get("id"))
+    elif args.json:
         _print_json(data)
     else:
-        print(render_list(data.get("requests") or []))
+        print(render_list(requests))
     return EXIT_OK
 
 
 def cmd_log(client: Client, args: argparse.Namespace) -> int:
-    """``provctl log ID``."""
+    """``provctl log ID [--follow]``."""
+    if args.follow:
+        return follow_log(client, args.id, as_json=args.json)
     entries = client.log(args.id).get("log") or []
     _out(args, entries, render_log)
     return EXIT_OK
+
+
+def _rolled_back(entries: Sequence[dict[str, Any]]) -> bool:
+    """Whether the rollback of a failed request has logged its outcome."""
+    return any(e.get("kind") == "note" and e.get("trigger") == "rollback" for e in entries)
+
+
+def follow_log(client: Client, request_id: str, *, as_json: bool = False) -> int:
+    """Print a request's log as it grows until it is done (exit 0) or failed (exit 1).
+
+    Polls every ``POLL_INTERVAL`` seconds. After ``failed`` it goes on until the
+    rollback's note is in (at most ``ROLLBACK_GRACE`` seconds more). With ``as_json``
+    each entry is one JSON line. A request already done or failed prints its whole log.
+    """
+    timeline = Timeline()
+    seen: list[dict[str, Any]] = []
+    terminal: str | None = None
+    failed_at = 0.0
+    if not as_json:
+        print(timeline.header(), flush=True)
+    try:
+        while True:
+            entries = client.log(request_id).get("log") or []
+            for entry in entries[len(seen):]:
+                print(json.dumps(entry) if as_json else timeline.line(entry), flush=True)
+                if entry.get("kind") == "transition" and entry.get("to") in TERMINAL_STATES:
+                    terminal = entry.get("to")
+                    failed_at = time.monotonic()
+            seen = list(entries)
+            if terminal == "done" or (terminal == "failed" and (
+                    _rolled_back(seen) or time.monotonic() - failed_at > ROLLBACK_GRACE)):
+                break
+            time.sleep(POLL_INTERVAL)
+        final = client.get(request_id)
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted; request {request_id} goes on "
+              f"(see: {PROG} show {request_id})", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    summary = timeline.summary()
+    if summary and not as_json:
+        print(f"\n{summary}")
+    if final.get("state") == "done":
+        return EXIT_OK
+    reason = _one_line(final.get("reason") or "no reason given")
+    print(f"{PROG}: request {request_id} {final.get('state')}: {reason}", file=sys.stderr)
+    return EXIT_FAILED
 
 
 def cmd_cancel(client: Client, args: argparse.Namespace) -> int:
@@ -608,7 +732,51 @@ def cmd_reconcile(client: Client, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_completion(_client: Client, args: argparse.Namespace) -> int:
+    """``provctl completion bash|zsh``: print the shell completion script."""
+    parser = build_parser()
+    print(bash_completion(parser) if args.shell == "bash" else zsh_completion(parser), end="")
+    return EXIT_OK
+
+
 # --------------------------------------------------------------------------- arguments
+
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+DURATION_PART_RE = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
+DURATION_RE = re.compile(r"(?:\d+(?:\.\d+)?[smhd])+")
+
+
+@dataclass(frozen=True)
+class TimeBound:
+    """A time given on the command line: an age (``10m`` ago) or an absolute time."""
+
+    text: str
+    age: float | None = None
+    """Seconds before now."""
+    at: float | None = None
+    """Epoch seconds."""
+
+    def epoch(self, now: float) -> float:
+        """The bound as epoch seconds, ages counted back from ``now``."""
+        return now - self.age if self.age is not None else float(self.at or 0.0)
+
+
+def parse_time_bound(text: str) -> TimeBound:
+    """argparse type: a duration (``90s``, ``10m``, ``2h``, ``7d``, ``1h30m``) or ISO time."""
+    value = text.strip()
+    if DURATION_RE.fullmatch(value):
+        return TimeBound(text, age=sum(float(n) * DURATION_UNITS[u]
+                                       for n, u in DURATION_PART_RE.findall(value)))
+    try:
+        when = datetime.fromisoformat(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is neither a duration (e.g. 90s, 10m, 2h, 7d, 1h30m) nor an ISO-8601 "
+            "time (e.g. 2026-01-31T12:00:00Z)") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return TimeBound(text, at=when.timestamp())
+
 
 
 class _Formatter(argparse.RawDescriptionHelpFormatter):
@@ -638,9 +806,11 @@ def build_parser() -> argparse.ArgumentParser:
                "examples:\n"
                "  provctl catalog\n"
                "  provctl create --template ipxe --size small --wait\n"
-               "  provctl list --state failed\n"
-               "  provctl log 3f2a9c...")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+               "  provctl list --state failed --since 1d\n"
+               "  provctl log --follow 3f2a9c...\n"
+               "  source <(provctl completion bash)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True,
+                                help="what to do; 'provctl COMMAND --help' says more")
 
     def add(name: str, summary: str, description: str, epilog: str = "") -> Any:
         p = sub.add_parser(name, help=summary, description=description, epilog=epilog or None,
@@ -684,18 +854,48 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("list", "list your requests (all of a pool's for its admins)",
             "List the requests you can see: your own, and all those of the pools you hold\n"
-            "CLOUD_ADMIN on.",
-            "examples:\n  provctl list\n  provctl list --state failed --state done")
+            "CLOUD_ADMIN on, oldest first. The filters narrow that down; each repeatable one\n"
+            "matches any of its values, and all the filters given must match.",
+            "examples:\n"
+            "  provctl list\n"
+            "  provctl list --state failed --state done\n"
+            "  provctl list --pool rp --owner alice --since 1d\n"
+            "  provctl list --state defining --older-than 10m    # stuck?\n"
+            "  provctl list --since 2026-01-31T00:00:00Z -q      # ids only\n\n"
+            "AGE is a duration back from now (90s, 10m, 2h, 7d, 1h30m) or an ISO-8601 time\n"
+            "(UTC unless it has an offset).")
     p.add_argument("--state", action="append", choices=STATES, metavar="STATE",
                    help=f"only requests in this state; repeat for several "
                         f"({', '.join(STATES)})")
+    p.add_argument("--owner", "-o", action="append", metavar="USER",
+                   help="only requests of this user; repeat for several (you see others' "
+                        "requests only in pools you hold CLOUD_ADMIN on)")
+    p.add_argument("--pool", "-p", action="append", metavar="POOL",
+                   help="only requests in this resource pool; repeat for several")
+    p.add_argument("--since", type=parse_time_bound, metavar="AGE",
+                   help="only requests created at or after this (e.g. 10m: in the last 10 "
+                        "minutes)")
+    p.add_argument("--older-than", type=parse_time_bound, metavar="AGE",
+                   help="only requests created before this (e.g. 2h: more than 2 hours ago)")
+    p.add_argument("--quiet", "-q", action="store_true",
+                   help="print only the ids, one per line")
     p.set_defaults(func=cmd_list)
 
-    p = add("log", "show a request's state log",
-            "Show a request's log: every transition, libvirt event and note, with the time\n"
-            "spent in each state (TOOK: time since the previous transition, i.e. in the\n"
-            "state that was left).")
+    p = add("log", "show a request's state log, or follow it live",
+            "Show a request's log: every transition, libvirt event (e.g. libvirt:DEFINED) and\n"
+            "note, with the time spent in each state (TOOK: time since the previous\n"
+            "transition, i.e. in the state that was left).\n\n"
+            "With --follow, print the entries as they come until the request is done or\n"
+            f"failed (polling every {POLL_INTERVAL:g} s); exit 0 when done, 1 when failed. A "
+            "request that\nis already done or failed prints its log and exits the same way.",
+            "examples:\n"
+            "  provctl log 3f2a9c...\n"
+            "  provctl log --follow 3f2a9c...\n"
+            "  provctl log -f --json 3f2a9c...    # one JSON entry per line")
     p.add_argument("id", metavar="ID", help="request id (see 'list')")
+    p.add_argument("--follow", "-f", action="store_true",
+                   help="stream new entries until the request is done or failed (with "
+                        "--json: one JSON object per line)")
     p.set_defaults(func=cmd_log)
 
     p = add("cancel", "cancel a request in progress",
@@ -721,7 +921,175 @@ def build_parser() -> argparse.ArgumentParser:
             "volumes (a volume some domain still uses is kept). Needs CLOUD_ADMIN.")
     p.add_argument("--apply", action="store_true", help="remove what is listed")
     p.set_defaults(func=cmd_reconcile)
+
+    p = add("completion", "print a shell completion script (bash or zsh)",
+            "Print a completion script for provctl's commands, options, state names and\n"
+            "(for show, log and cancel) request ids, generated from provctl's own options.",
+            "examples:\n"
+            "  source <(provctl completion bash)        # this shell only\n"
+            "  provctl completion bash > ~/.local/share/bash-completion/completions/provctl\n"
+            "  source <(provctl completion zsh)         # in ~/.zshrc, after compinit")
+    p.add_argument("shell", choices=("bash", "zsh"), metavar="SHELL",
+                   help="bash or zsh")
+    p.set_defaults(func=cmd_completion)
     return parser
+
+
+# --------------------------------------------------------------------------- completion
+
+_BASH_TEMPLATE = r"""# bash completion for provctl, generated from its argument parser by
+# 'provctl completion bash'. Use it with:  source <(provctl completion bash)
+# or save it as ~/.local/share/bash-completion/completions/provctl
+
+_provctl_ids() {
+    # Request ids for show/log/cancel, asked of the daemon (quietly, briefly).
+    timeout 3 "${COMP_WORDS[0]}" list --quiet "$@" 2>/dev/null
+}
+
+_provctl() {
+    local cur prev word cmd="" npos=0 i opts="" words=""
+    local -a socket=()
+    COMPREPLY=()
+    cur="${COMP_WORDS[COMP_CWORD]}"
+    prev=""
+    if [[ $COMP_CWORD -gt 0 ]]; then prev="${COMP_WORDS[COMP_CWORD-1]}"; fi
+    for (( i = 1; i < COMP_CWORD; i++ )); do
+        word="${COMP_WORDS[i]}"
+        case "$word" in
+            @SOCKET_OPTIONS@)
+                socket=(--socket "${COMP_WORDS[i+1]}"); i=$((i + 1)) ;;
+            @VALUE_OPTIONS@)
+                i=$((i + 1)) ;;
+            -*) ;;
+            *)
+                if [[ -z "$cmd" ]]; then cmd="$word"; else npos=$((npos + 1)); fi ;;
+        esac
+    done
+    case "$prev" in
+@PREV_CASES@
+    esac
+    case "$cmd" in
+        "")
+            opts="@GLOBAL_OPTIONS@"
+            words="@COMMANDS@" ;;
+@COMMAND_CASES@
+    esac
+    if [[ "$cur" == -* || -z "$words" ]]; then
+        COMPREPLY=( $(compgen -W "$opts" -- "$cur") )
+    else
+        COMPREPLY=( $(compgen -W "$words" -- "$cur") )
+    fi
+    return 0
+}
+
+complete -F _provctl provctl
+"""
+
+_ZSH_HEAD = """#compdef provctl
+# zsh completion for provctl: the bash one, through zsh's bashcompinit. Use it with:
+#   source <(provctl completion zsh)      (in ~/.zshrc, after compinit)
+autoload -U +X bashcompinit && bashcompinit
+
+"""
+
+ID_FILTERS: dict[str, tuple[str, ...]] = {
+    "cancel": tuple(a for s in STATES if s not in TERMINAL_STATES for a in ("--state", s)),
+}
+"""Extra ``provctl list`` arguments when completing a command's request id."""
+
+
+def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    """The parser's subcommands by name."""
+    for action in parser._actions:  # argparse has no public way to walk a parser
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    return {}
+
+
+def _options(parser: argparse.ArgumentParser) -> list[str]:
+    """Every option string of a parser, long ones first."""
+    found = [s for a in parser._actions for s in a.option_strings]
+    return sorted(found, key=lambda s: (not s.startswith("--"), s))
+
+
+def _value_options(parsers: Iterable[argparse.ArgumentParser]
+                   ) -> dict[str, argparse.Action]:
+    """Options that take a value, each with its action; the same string means one thing."""
+    found: dict[str, argparse.Action] = {}
+    flags: set[str] = set()
+    for parser in parsers:
+        for action in parser._actions:
+            for option in action.option_strings:
+                if action.nargs == 0:
+                    flags.add(option)
+                    continue
+                known = found.setdefault(option, action)
+                if (known.choices, known.type) != (action.choices, action.type):
+                    raise AssertionError(f"{option} takes different values in two commands")
+    if flags & set(found):
+        raise AssertionError(f"{sorted(flags & set(found))} are flags in one command and take "
+                             "a value in another")
+    return found
+
+
+def _words(items: Iterable[Any]) -> str:
+    return " ".join(str(i) for i in items)
+
+
+def bash_completion(parser: argparse.ArgumentParser) -> str:
+    """A bash completion script for provctl, generated from its argument parser."""
+    commands = _subcommands(parser)
+    values = _value_options([parser, *commands.values()])
+    paths = sorted(o for o, a in values.items() if a.type is Path)
+    sockets = sorted(o for o, a in values.items() if a.dest == "socket")
+    others = sorted(o for o in values if o not in sockets)
+    prev_cases = []
+    by_choices: dict[tuple[str, ...], list[str]] = {}
+    for option, action in values.items():
+        if action.choices:
+            by_choices.setdefault(tuple(action.choices), []).append(option)
+    for choices, options in by_choices.items():
+        prev_cases.append(f'        {"|".join(sorted(options))})\n'
+                          f'            COMPREPLY=( $(compgen -W "{_words(choices)}" -- "$cur") )'
+                          f"\n            return 0 ;;")
+    if paths:
+        prev_cases.append(f'        {"|".join(paths)})\n'
+                          '            COMPREPLY=( $(compgen -f -- "$cur") )\n'
+                          "            return 0 ;;")
+    free = sorted(o for o, a in values.items() if not a.choices and a.type is not Path)
+    if free:
+        prev_cases.append(f'        {"|".join(free)})\n'
+                          "            return 0 ;;  # free text")
+    command_cases = []
+    for name, sub in commands.items():
+        lines = [f"        {name})", f'            opts="{_words(_options(sub))}"']
+        positionals = [a for a in sub._actions if not a.option_strings]
+        if positionals and positionals[0].choices:
+            lines.append(f'            [[ $npos -eq 0 ]] && words="'
+                         f'{_words(positionals[0].choices)}"')
+        elif positionals and positionals[0].dest == "id":
+            extra = " ".join(shlex.quote(a) for a in ID_FILTERS.get(name, ()))
+            lines.append(f'            [[ $npos -eq 0 ]] && words="$(_provctl_ids '
+                         f'{extra + " " if extra else ""}"${{socket[@]}}")"')
+        lines[-1] += " ;;"
+        command_cases.append("\n".join(lines))
+    replacements = {
+        "@SOCKET_OPTIONS@": "|".join(sockets) or "--socket",
+        "@VALUE_OPTIONS@": "|".join(others) or "--",
+        "@PREV_CASES@": "\n".join(prev_cases),
+        "@GLOBAL_OPTIONS@": _words(_options(parser)),
+        "@COMMANDS@": _words(commands),
+        "@COMMAND_CASES@": "\n".join(command_cases),
+    }
+    script = _BASH_TEMPLATE
+    for token, text in replacements.items():
+        script = script.replace(token, text)
+    return script
+
+
+def zsh_completion(parser: argparse.ArgumentParser) -> str:
+    """A zsh completion script for provctl: the bash one, loaded through bashcompinit."""
+    return _ZSH_HEAD + bash_completion(parser)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

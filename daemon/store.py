@@ -313,12 +313,33 @@ class Store:
 
     def list_requests(self, *, states: Sequence[State] | None = None, owner: str | None = None,
                       resource_pools: Sequence[str] | None = None,
-                      limit: int | None = None) -> list[RequestRecord]:
-        """Requests, oldest first, filtered by state, owner and resource pool."""
-        where, params = [], []
+                      limit: int | None = None, owners: Sequence[str] | None = None,
+                      pools: Sequence[str] | None = None, created_since: float | None = None,
+                      created_until: float | None = None) -> list[RequestRecord]:
+        """Requests, oldest first, filtered by state, owner and resource pool.
+
+        ``owner`` and ``resource_pools`` say what a caller may see (its own requests, or
+        those of these pools: either one when both are given). ``owners``, ``pools`` and
+        the creation window ``created_since <= created_at < created_until`` (epoch
+        seconds) narrow that down; every filter given must hold.
+        """
+        where: list[str] = []
+        params: list[Any] = []
         if states is not None:
             where.append(f"state IN ({','.join('?' * len(states))})")
             params += [str(s) for s in states]
+        if owners is not None:
+            where.append(f"owner IN ({','.join('?' * len(owners))})")
+            params += list(owners)
+        if pools is not None:
+            where.append(f"resource_pool IN ({','.join('?' * len(pools))})")
+            params += list(pools)
+        if created_since is not None:
+            where.append("created_at >= ?")
+            params.append(float(created_since))
+        if created_until is not None:
+            where.append("created_at < ?")
+            params.append(float(created_until))
         if owner is not None and resource_pools is not None:
             where.append(f"(owner = ? OR resource_pool IN ({','.join('?' * len(resource_pools))}))")
             params += [owner, *resource_pools]
@@ -335,6 +356,11 @@ class Store:
         if limit is not None:
             sql += f" LIMIT {int(limit)}"
         return [RequestRecord.from_row(r) for r in self.db.query(sql, params)]
+
+    def count_by_state(self) -> dict[str, int]:
+        """How many requests are in each state."""
+        return {state: count for state, count in self.db.execute(
+            "SELECT state, COUNT(*) FROM requests GROUP BY state").fetchall()}
 
     def live_requests(self) -> list[RequestRecord]:
         """Requests not in a terminal state, oldest first."""
