@@ -7,6 +7,7 @@ import asyncio
 import sys
 from pathlib import Path
 
+from daemon import __version__
 from daemon.config import DEFAULT_CONFIG, load_config
 from daemon.errors import ConfigError
 from daemon.logs import FORMATS, setup_logging
@@ -17,8 +18,32 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The daemon's options."""
     parser = argparse.ArgumentParser(
         prog="provisiond",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Self-service VM provisioning daemon for libvirt. With no options it "
-                    "serves the embedded default configuration (libvirt's test driver).")
+                    "serves the embedded default configuration (libvirt's test driver).",
+        epilog="""\
+where it listens and stores (unless daemon.socket / daemon.database say otherwise):
+  socket    $XDG_RUNTIME_DIR/provisiond/provisiond.sock, else
+            /tmp/provisiond-$UID/provisiond.sock (mode 0660); under systemd's
+            provisiond.socket, the socket it passes
+  database  $XDG_STATE_HOME/provisiond/provisiond.db, else
+            ~/.local/state/provisiond/provisiond.db
+
+signals:
+  SIGTERM, SIGINT  stop accepting, let requests reach a durable state, exit 0
+  SIGHUP           re-read sizes, templates, pools and grants; an invalid
+                   configuration is refused and the old one stays in force
+
+exit codes:
+  0  stopped cleanly, or --check-config found the configuration valid
+  1  could not start (socket in use, database unusable, ...)
+  2  the configuration is invalid (each problem printed with file and key)
+
+examples:
+  provisiond                                  # the embedded test-driver host
+  provisiond --check-config --config /etc/provisiond/provisiond.yml
+  provisiond --config /etc/provisiond/provisiond.yml --log-format text""")
+    parser.add_argument("--version", action="version", version=f"provisiond {__version__}")
     parser.add_argument("--config", type=Path, default=None, metavar="FILE",
                         help=f"main configuration file (default: {DEFAULT_CONFIG})")
     parser.add_argument("--check-config", action="store_true",

@@ -23,6 +23,7 @@ from daemon.auth import CLOUD_ADMIN, CLOUD_CREATE, Identity
 from daemon.engine import Engine, ProvisioningRequest
 from daemon.errors import InvalidInput, PermissionDenied, ProvisiondError, UnknownName
 from daemon.openapi import openapi_document
+from daemon.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from daemon.placement import Decision
 from daemon.reconcile import find_orphans, remove_orphans
 from daemon.store import LogEntry, RequestRecord
@@ -319,6 +320,13 @@ async def reconcile(request: web.Request) -> web.Response:
                               "orphans": [o.to_json() for o in orphans]})
 
 
+async def metrics(request: web.Request) -> web.Response:
+    """GET /metrics: Prometheus text format (anyone who can reach the socket)."""
+    engine = request.app[ENGINE]
+    return web.Response(body=engine.metrics.exposition(),
+                        headers={"Content-Type": METRICS_CONTENT_TYPE})
+
+
 async def openapi_json(request: web.Request) -> web.Response:
     """GET /v1/openapi.json: this API's OpenAPI 3.1 document (no privilege needed)."""
     return web.json_response(openapi_document())
@@ -373,4 +381,5 @@ def make_app() -> web.Application:
     app.router.add_post("/v1/placement/explain", explain)
     app.router.add_post("/v1/reconcile", reconcile)
     app.router.add_get("/v1/openapi.json", openapi_json)
+    app.router.add_get("/metrics", metrics)
     return app

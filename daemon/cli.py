@@ -37,6 +37,7 @@ from statemachines import TERMINAL, State
 
 PROG = "provctl"
 SOCKET_ENV = "PROVISIOND_SOCKET"
+SYSTEM_SOCKET_TEXT = "/run/provisiond/provisiond.sock"
 CALL_TIMEOUT = 30.0
 """Seconds for one API call: connecting, sending, and reading the whole answer."""
 POLL_INTERVAL = 0.2
@@ -789,7 +790,7 @@ def _global_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--socket", metavar="PATH", type=Path, default=argparse.SUPPRESS,
         help=f"provisiond's Unix socket (default: ${SOCKET_ENV}, else "
-             f"{default_socket_path()})")
+             f"{default_socket_path()} if it exists, else {SYSTEM_SOCKET_TEXT})")
     parser.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
                         help="print the API's JSON instead of tables")
 
@@ -1099,8 +1100,20 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         args.json = False
     if not hasattr(args, "socket"):
         env = os.environ.get(SOCKET_ENV)
-        args.socket = Path(env) if env else default_socket_path()
+        args.socket = Path(env) if env else find_socket()
     return args
+
+
+SYSTEM_SOCKET = Path(SYSTEM_SOCKET_TEXT)
+"""Where the systemd units put the socket of the system's provisiond."""
+
+
+def find_socket() -> Path:
+    """The caller's own daemon's socket if there is one, else the system service's."""
+    own = default_socket_path()
+    if not own.exists() and SYSTEM_SOCKET.exists():
+        return SYSTEM_SOCKET
+    return own
 
 
 def main(argv: list[str] | None = None) -> int:

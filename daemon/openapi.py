@@ -318,6 +318,15 @@ PATHS: dict[str, Any] = {
                                                   "required": ["openapi", "info", "paths"]}),
                       **errors()},
     }},
+    "/metrics": {"get": {
+        "operationId": "metrics", "tags": ["daemon"], "summary": "Prometheus metrics",
+        "description": "Requests by state, time spent in each state, libvirt call latency "
+                       "and errors, placement outcomes, libvirt events received, "
+                       "reconnects; Prometheus text format. Needs no privilege.",
+        "responses": {"200": {"description": "The metrics.",
+                              "content": {"text/plain": {"schema": {"type": "string"}}}},
+                      **errors()},
+    }},
     "/v1/catalog": {"get": {
         "operationId": "catalog", "tags": ["requests"], "summary": "What may be asked for",
         "responses": {"200": ok("The catalog.", ref("schemas", "Catalog")), **errors(403)},

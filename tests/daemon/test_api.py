@@ -190,3 +190,14 @@ def test_reconcile_is_for_admins_only(daemon: Daemon) -> None:
     assert admin.body == {"applied": False, "hosts": ["testhost"], "orphans": []}
     bad = daemon.call("POST", "/v1/reconcile", {"apply": "yes"}, as_user=OTHER_USER)
     assert bad.status == 400 and bad.body["error"]["field"] == "apply"
+
+
+def test_metrics_over_the_socket(daemon: Daemon) -> None:
+    rid = create(daemon, resource_pool="rp").body["id"]
+    daemon.wait_terminal(rid)
+    reply = daemon.call("GET", "/metrics")
+    assert reply.status == 200
+    assert reply.headers["Content-Type"].startswith("text/plain")
+    assert 'provisiond_requests{state="done"} 1.0' in reply.body
+    assert 'provisiond_placements_total{outcome="reused"} 1.0' in reply.body
+    assert "provisiond_libvirt_call_seconds_bucket" in reply.body

@@ -568,3 +568,16 @@ def test_interrupt_exits_130_without_a_traceback(fake, capsys, monkeypatch):
     assert code == 130
     assert err == (f"provctl: interrupted; request {RID} goes on "
                    f"(see: provctl show {RID})\n")
+
+
+def test_socket_falls_back_to_the_system_service(tmp_path, monkeypatch) -> None:
+    from daemon import cli
+
+    system = tmp_path / "system.sock"
+    monkeypatch.setattr(cli, "SYSTEM_SOCKET", system)
+    monkeypatch.setattr(cli, "default_socket_path", lambda: tmp_path / "mine.sock")
+    assert cli.find_socket() == tmp_path / "mine.sock"  # neither exists: the user's own
+    system.touch()
+    assert cli.find_socket() == system  # only the system service's exists
+    (tmp_path / "mine.sock").touch()
+    assert cli.find_socket() == tmp_path / "mine.sock"  # the user's own daemon first

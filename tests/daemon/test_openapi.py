@@ -221,6 +221,7 @@ def test_every_answer_matches_the_document(daemon: Daemon, checker: OpenAPICheck
     # health, catalog, the document itself
     assert call("GET", "/v1/health").status == 200
     assert call("GET", "/v1/openapi.json", as_user=OTHER_USER).status == 200
+    assert "provisiond_requests" in call("GET", "/metrics").body
     assert call("GET", "/v1/catalog").status == 200
     assert call("GET", "/v1/catalog", as_user=OTHER_USER).status == 403
 
