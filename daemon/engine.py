@@ -39,7 +39,7 @@ from daemon.errors import (
     VirtError,
 )
 from daemon.metrics import Metrics
-from daemon.placement import Decision, place_storage
+from daemon.placement import Decision, place_storage, place_storage_fast
 from daemon.store import RequestRecord, Store
 from daemon.virt import ConnectionClosed, DomainEvent, HostConnection, Opener, PoolEvent
 from statemachines import TERMINAL, State, Trigger, build_machine
@@ -104,6 +104,7 @@ class Engine:
         self._host_up: dict[str, asyncio.Event] = {}
         self._down_since: dict[str, float] = {}
         self._reconnects: dict[str, asyncio.Task[None]] = {}
+        self._inventory_updates: set[asyncio.Task[None]] = set()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -113,6 +114,8 @@ class Engine:
         self._consumer = asyncio.create_task(self._consume_events(), name="libvirt-events")
         for name, host in self.hosts.items():
             self._host_up[name] = asyncio.Event()
+            for pool, volume in self.store.claims_on(name):
+                host.inventory.hold(pool, volume)
             try:
                 await host.open(self.enqueue_event)
                 self._host_up[name].set()
@@ -240,7 +243,9 @@ class Engine:
         size = self.config.sizes[req.size]
         hardware = self.config.hardware_pool_of(pool_name)
         host = self.hosts[hardware.hosts[0].name]
-        inventory = await host.inventory([p.name for p in hardware.storage_pools])
+        if not self.host_reachable(host.name):
+            raise HostUnreachable(f"host {host.name} is unreachable")
+        inventory = host.inventory.snapshot([p.name for p in hardware.storage_pools])
         return self.decide_placement(host.name, hardware, size.storage_bytes, "(dry run)",
                                      inventory)
 
@@ -260,6 +265,17 @@ class Engine:
             template_volumes=[(t.volume.pool, t.volume.name) for t in templates if t.volume],
             template_paths=[t.path for t in templates if t.path],
         )
+
+    def place(self, host: HostConnection, hardware: HardwarePool, size_bytes: int,
+              request_id: str) -> Decision:
+        """Placement for a request, from the host's live inventory (no libvirt call)."""
+        templates = self.config.templates.values()
+        return place_storage_fast(
+            host.inventory, hardware.storage_pools, size_bytes=size_bytes,
+            request_id=request_id, tolerance_bytes=hardware.reuse_tolerance_gb * 1024**3,
+            reservations=self.store.reservations_on(host.name),
+            template_volumes=[(t.volume.pool, t.volume.name) for t in templates if t.volume],
+            template_paths=[t.path for t in templates if t.path])
 
     async def wait_terminal(self, request_id: str, timeout: float | None = None) -> RequestRecord:
         """Wait until the request is terminal (and rolled back if it failed); return it."""
@@ -480,6 +496,22 @@ class Engine:
 
     # ------------------------------------------------------------------ events
 
+    def _update_inventory(self, event: PoolEvent | DomainEvent) -> None:
+        host = self.hosts[event.host]
+        update = (host.note_pool_event(event.pool, event.event) if isinstance(event, PoolEvent)
+                  else host.note_domain_event(event.uuid, event.event, event.detail))
+
+        async def run() -> None:
+            try:
+                await update
+            except ProvisiondError as exc:  # a reconnect reloads the inventory anyway
+                log.warning("inventory of %s not updated after %s: %s", event.host,
+                            event.event, exc.message)
+
+        task = asyncio.create_task(run())
+        self._inventory_updates.add(task)
+        task.add_done_callback(self._inventory_updates.discard)
+
     def enqueue_event(self, event: object) -> None:
         """libvirt's callbacks land here: enqueue and return at once."""
         if self._inbox is not None:
@@ -512,6 +544,8 @@ class Engine:
             log.warning("libvirt connection to %s closed (reason %d)", event.host, event.reason)
             self._host_lost(event.host, f"libvirt closed the connection (reason {event.reason})")
             return
+        if isinstance(event, (PoolEvent, DomainEvent)) and event.host in self.hosts:
+            self._update_inventory(event)
         if isinstance(event, PoolEvent):
             for record in self.store.requests_on_pool(event.host, event.pool):
                 self.store.append_log(record.id, "event", record.state,

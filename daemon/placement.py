@@ -22,6 +22,7 @@ from typing import Iterable, Literal
 
 from daemon.config import StoragePoolRef
 from daemon.inventory import GiB, HostInventory, PoolInfo, VolumeInfo, gib
+from daemon.live_inventory import LiveInventory, is_image
 from daemon.store import Reservation
 
 CREATABLE_POOL_TYPES = frozenset(
@@ -31,8 +32,6 @@ CREATABLE_POOL_TYPES = frozenset(
 
 QCOW2_POOL_TYPES = frozenset({"dir", "fs", "netfs", "gluster", "vstorage"})
 """Pool types whose volumes are files, so qcow2 is available."""
-
-IMAGE_FORMATS = frozenset({"iso"})
 
 
 @dataclass(frozen=True)
@@ -122,7 +121,8 @@ def place_storage(
     for ref in pools:
         pool = inventory.pools.get(ref.name)
         why = _pool_unusable(pool, ref.name) or _creation_refusal(
-            pool, ref, size_bytes, pending.get(ref.name, 0))
+            pool, ref, size_bytes, pending.get(ref.name, 0),
+            sum(v.capacity for v in pool.volumes) if pool else 0)
         if why is None and chosen_pool is None:
             chosen_pool = pool
             verdicts.append(Verdict("create", ref.name, None, True, _room_text(
@@ -158,7 +158,7 @@ def _volume_refusal(vol: VolumeInfo, inventory: HostInventory, claims: dict[tupl
         return f"in use by domain {user}"
     if (vol.pool, vol.name) in templates or vol.path in template_paths:
         return "template image"
-    if (vol.format or "") in IMAGE_FORMATS or vol.name.lower().endswith(".iso"):
+    if is_image(vol):
         return "ISO image"
     holder = claims.get((vol.pool, vol.name))
     if holder is not None and holder != request_id:
@@ -189,7 +189,7 @@ def _pending_reservations(inventory: HostInventory, reservations: Iterable[Reser
 
 
 def _creation_refusal(pool: PoolInfo | None, ref: StoragePoolRef, size_bytes: int,
-                      reserved: int) -> str | None:
+                      reserved: int, volumes_capacity: int) -> str | None:
     assert pool is not None
     if pool.type not in CREATABLE_POOL_TYPES:
         return f"pool type '{pool.type}' cannot create volumes"
@@ -198,7 +198,7 @@ def _creation_refusal(pool: PoolInfo | None, ref: StoragePoolRef, size_bytes: in
         held = f" minus {gib(reserved)} reserved" if reserved else ""
         return (f"not enough space: {gib(pool.available)} available{held}, "
                 f"need {gib(size_bytes)}")
-    provisioned = sum(v.capacity for v in pool.volumes) + reserved
+    provisioned = volumes_capacity + reserved
     limit = int(pool.capacity * ref.overcommit)
     if provisioned + size_bytes > limit:
         return (f"would over-commit: {gib(provisioned)} provisioned + {gib(size_bytes)} "
@@ -212,5 +212,49 @@ def _room_text(pool: PoolInfo | None, size_bytes: int, reserved: int) -> str:
             f"{gib(size_bytes)}")
 
 
+def place_storage_fast(
+    inventory: LiveInventory,
+    pools: Iterable[StoragePoolRef],
+    *,
+    size_bytes: int,
+    request_id: str,
+    tolerance_bytes: int = 0,
+    reservations: Iterable[Reservation] = (),
+    template_volumes: Iterable[tuple[str, str]] = (),
+    template_paths: Iterable[str] = (),
+) -> Decision:
+    """The same decision as ``place_storage``, from the live inventory's indexes.
+
+    Its cost does not grow with the number of volumes: free volumes are looked up by
+    capacity; only the pools are walked (for room). Verdicts are given for the pools
+    only when nothing fits (they make the failure's reason); ``place_storage`` gives
+    every candidate's, for the dry run.
+    """
+    pools = list(pools)
+    templates = set(template_volumes)
+    paths = set(template_paths)
+    vol = inventory.best_free_volume(
+        [p.name for p in pools], size_bytes, size_bytes + tolerance_bytes,
+        lambda v: (v.pool, v.name) in templates or v.path in paths)
+    if vol is not None:
+        return Decision("reuse", vol.pool, vol)
+    pending: dict[str, int] = {}
+    for r in reservations:
+        if r.request_id != request_id and not inventory.has_volume(r.pool, r.volume):
+            pending[r.pool] = pending.get(r.pool, 0) + r.bytes
+    verdicts = []
+    for ref in pools:
+        found = inventory.pool(ref.name)
+        info, provisioned = found if found else (None, 0)
+        why = _pool_unusable(info, ref.name) or _creation_refusal(
+            info, ref, size_bytes, pending.get(ref.name, 0), provisioned)
+        if why is None:
+            assert info is not None
+            fmt = "qcow2" if info.type in QCOW2_POOL_TYPES else None
+            return Decision("create", info.name, None, size_bytes, fmt)
+        verdicts.append(Verdict("create", ref.name, None, False, why))
+    return Decision("none", verdicts=tuple(verdicts))
+
+
 __all__ = ["CREATABLE_POOL_TYPES", "QCOW2_POOL_TYPES", "Decision", "GiB", "Verdict",
-           "place_storage"]
+           "place_storage", "place_storage_fast"]

@@ -57,7 +57,7 @@ async def find_orphans(engine: "Engine", hosts: list[str]) -> list[Orphan]:
         host = engine.hosts[host_name]
         pools = sorted({p.name for hw in engine.config.hardware_pools.values()
                         if any(h.name == host_name for h in hw.hosts) for p in hw.storage_pools})
-        inventory = await host.inventory(pools)
+        inventory = await host.read_inventory(pools)
         for dom in await host.tagged_domains():
             record = engine.store.get_request(dom.request_id)
             why = _why_orphan(record)

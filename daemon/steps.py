@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Awaitable, Callable
 from daemon import domain_xml
 from daemon.auth import CLOUD_CREATE, Identity, holds, quota_refusal
 from daemon.errors import (
+    HostUnreachable,
     NoStorage,
     PermissionDenied,
     ProvisiondError,
@@ -70,10 +71,16 @@ async def search_storage(engine: "Engine", req: RequestRecord) -> None:
     if hardware is None:
         raise UnknownName(f"hardware pool {req.hardware_pool} is no longer configured")
     host = engine.host_of(req)
-    inventory = await host.inventory([p.name for p in hardware.storage_pools])
-    # From here to the transition: no await, so no other request decides in between.
+    if not engine.host_reachable(host.name):
+        raise HostUnreachable(f"host {host.name} is unreachable")
     size_bytes = req.storage_gb * 1024**3
-    decision = engine.decide_placement(host.name, hardware, size_bytes, req.id, inventory)
+    decision = engine.place(host, hardware, size_bytes, req.id)
+    if decision.action == "none":
+        # Look again before failing: the inventory may lag (a pool restarted with libvirtd,
+        # volumes changed outside provisiond: libvirt has no volume events).
+        await host.refresh_pools([p.name for p in hardware.storage_pools])
+        decision = engine.place(host, hardware, size_bytes, req.id)
+    # From here to the transition: no await, so no other request decides in between.
     engine.metrics.placements.labels(
         {"reuse": "reused", "create": "created"}.get(decision.action, "no_storage")).inc()
     with engine.store.atomic():
@@ -81,6 +88,7 @@ async def search_storage(engine: "Engine", req: RequestRecord) -> None:
             assert decision.volume is not None
             vol = decision.volume
             engine.store.claim_volume(host.name, vol.pool, vol.name, req.id)
+            host.inventory.hold(vol.pool, vol.name)
             engine.set_state(req.id, Trigger.REUSE_VOLUME, decision.reason,
                              volume_pool=vol.pool, volume_name=vol.name, volume_path=vol.path,
                              volume_format=vol.format, volume_owned=0)
@@ -91,6 +99,7 @@ async def search_storage(engine: "Engine", req: RequestRecord) -> None:
                                                    decision.new_volume_bytes))
             # Claim the name too: once created, the volume must not look free to others.
             engine.store.claim_volume(host.name, decision.pool, name, req.id)
+            host.inventory.hold(decision.pool, name)
             engine.set_state(req.id, Trigger.CREATE_STORAGE, decision.reason,
                              volume_pool=decision.pool, volume_name=name,
                              volume_format=decision.volume_format, volume_owned=1)
@@ -111,7 +120,10 @@ async def create_storage(engine: "Engine", req: RequestRecord) -> None:
         volume = await host.create_volume(req.volume_pool, xml)
         detail = (f"created volume {req.volume_pool}/{req.volume_name} "
                   f"({gib(volume.capacity)}, {req.volume_format or 'raw'})")
-    engine.set_state(req.id, Trigger.DEFINE, detail, volume_path=volume.path)
+    with engine.store.atomic():
+        # The volume exists: libvirt's figures count it now, the reservation is done.
+        engine.store.drop_reservation(req.id)
+        engine.set_state(req.id, Trigger.DEFINE, detail, volume_path=volume.path)
 
 
 async def define(engine: "Engine", req: RequestRecord) -> None:
@@ -154,7 +166,7 @@ async def define(engine: "Engine", req: RequestRecord) -> None:
     waiter = engine.expect_defined(host.name, uuid)
     timeout = engine.config.daemon.define_event_timeout
     try:
-        await host.define_domain(xml)
+        await host.define_domain(uuid, req.name, xml)
         try:
             event = await asyncio.wait_for(waiter, timeout)
         except asyncio.TimeoutError:
@@ -208,6 +220,8 @@ async def rollback(engine: "Engine", request_id: str) -> None:
     had_claim = req.volume_pool is not None
     with engine.store.atomic():
         engine.store.release_storage(req.id)
+        if had_claim and req.host in engine.hosts and req.volume_pool and req.volume_name:
+            engine.hosts[req.host].inventory.release(req.volume_pool, req.volume_name)
         engine.store.update_request(req.id, cleaned_up=1)
         if had_claim and not req.volume_owned:
             undone.append(f"released volume {req.volume_pool}/{req.volume_name}")

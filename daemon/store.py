@@ -429,6 +429,10 @@ class Store:
             (reservation.request_id, reservation.host, reservation.pool, reservation.volume,
              reservation.bytes, self.clock()))
 
+    def drop_reservation(self, request_id: str) -> None:
+        """A request's volume exists: its reservation has done its job."""
+        self.db.execute("DELETE FROM pool_reservations WHERE request_id = ?", [request_id])
+
     def reservations_on(self, host: str) -> list[Reservation]:
         """Space held in the pools of a host by live requests."""
         return [Reservation(**r) for r in self.db.query(

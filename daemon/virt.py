@@ -12,6 +12,7 @@ import asyncio
 import collections
 import concurrent.futures
 import threading
+import xml.etree.ElementTree as ET
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ import libvirtaio
 from daemon import domain_xml
 from daemon.errors import HostUnreachable, VirtError, VirtTimeout
 from daemon.inventory import DiskUse, HostInventory, PoolInfo, VolumeInfo
+from daemon.live_inventory import LiveInventory
 
 T = TypeVar("T")
 Opener = Callable[[str], "libvirt.virConnect"]
@@ -247,6 +249,8 @@ class HostConnection:
         self._executor = concurrent.futures.ThreadPoolExecutor(
             max_workers=workers, thread_name_prefix=f"libvirt-{name}")
         self._conn: Any = None
+        self.inventory = LiveInventory(name)
+        """The host's pools, volumes and disks in use, kept current (see live_inventory)."""
         self._callback_ids: list[int] = []
         self._pool_callback_ids: list[int] = []
         self._on_event: Callable[[object], None] | None = None
@@ -277,10 +281,59 @@ class HostConnection:
                 self._pool_callback_ids.append(conn.storagePoolEventRegisterAny(
                     None, libvirt.VIR_STORAGE_POOL_EVENT_ID_LIFECYCLE, self._pool_callback,
                     None))
+                self._pool_callback_ids.append(conn.storagePoolEventRegisterAny(
+                    None, libvirt.VIR_STORAGE_POOL_EVENT_ID_REFRESH, self._refresh_callback,
+                    None))
                 conn.registerCloseCallback(self._close_callback, None)
+            # Events first, then the full read: a change racing the read is not lost.
+            await self.load_inventory()
         except BaseException:
             await self.disconnect()
             raise
+
+    async def load_inventory(self) -> None:
+        """Read every pool, volume and domain of the host into ``inventory``."""
+        self.inventory.begin_reload()
+        snapshot, domains = await self._call(f"cannot read the inventory of {self.name}",
+                                             _read_everything, self._conn, self.name)
+        self.inventory.load(snapshot, domains)
+
+    async def note_domain_event(self, uuid: str, event: str, detail: int) -> None:
+        """Keep the inventory current after a domain event (someone else's, too)."""
+        if event == "UNDEFINED":
+            self.inventory.remove_domain(uuid)
+        elif event == "DEFINED" and (detail != libvirt.VIR_DOMAIN_EVENT_DEFINED_ADDED
+                                     or not self.inventory.knows_domain(uuid)):
+            found = await self.find_domain(uuid)
+            if found is None:
+                self.inventory.remove_domain(uuid)
+            else:
+                self.inventory.set_domain(uuid, _disk_uses(found.name, found.xml))
+
+    async def note_pool_event(self, pool: str, event: str) -> None:
+        """Keep the inventory current after a pool event (re-read that pool)."""
+        if event in ("UNDEFINED", "DELETED"):
+            self.inventory.remove_pool(pool)
+            return
+        info = await self._call(f"cannot read pool {pool}", _read_pool, self._conn, pool)
+        if info is None:
+            self.inventory.remove_pool(pool)
+        else:
+            self.inventory.set_pool(info)
+
+    async def refresh_pools(self, names: list[str]) -> None:
+        """Re-read these pools (and their volumes) from libvirt into the inventory."""
+        pools = await self._call(f"cannot read the pools of {self.name}", _read_pools,
+                                 self._conn, names)
+        for name, info in pools.items():
+            if info is None:
+                self.inventory.remove_pool(name)
+            else:
+                self.inventory.set_pool(info)
+
+    def _refresh_callback(self, _conn: Any, pool: Any, _opaque: Any) -> None:
+        if self._on_event is not None:
+            self._on_event(PoolEvent(self.name, pool.name(), "REFRESH", time.time()))
 
     async def reopen(self) -> None:
         """Drop the old connection (quietly) and open a new one, events registered again."""
@@ -362,8 +415,8 @@ class HostConnection:
             self._caps = domain_xml.capabilities_summary(caps_xml)
         return self._caps
 
-    async def inventory(self, pool_names: list[str]) -> HostInventory:
-        """A snapshot of the named pools (and their volumes) and of all domains' disks."""
+    async def read_inventory(self, pool_names: list[str]) -> HostInventory:
+        """A fresh read of the named pools (and their volumes) and of all domains' disks."""
         conn = self._conn
         return await self._call(f"cannot read the inventory of {self.name}",
                                 _read_inventory, conn, self.name, pool_names)
@@ -386,22 +439,35 @@ class HostConnection:
 
     async def create_volume(self, pool: str, xml: str) -> VolumeInfo:
         """Create a volume from XML in ``pool``."""
-        return await self._call(f"cannot create a volume in pool {pool}", _create_volume,
-                                self._conn, pool, xml)
+        vol = await self._call(f"cannot create a volume in pool {pool}", _create_volume,
+                               self._conn, pool, xml)
+        self.inventory.add_volume(vol)
+        return vol
 
     async def delete_volume(self, pool: str, name: str) -> bool:
         """Delete a volume; False if it did not exist."""
-        return await self._call(f"cannot delete volume {pool}/{name}", _delete_volume,
-                                self._conn, pool, name)
+        deleted = await self._call(f"cannot delete volume {pool}/{name}", _delete_volume,
+                                   self._conn, pool, name)
+        self.inventory.remove_volume(pool, name)
+        return deleted
 
-    async def define_domain(self, xml: str) -> None:
-        """Define (not start) a domain from XML."""
-        await self._call("cannot define the domain", _define_domain, self._conn, xml)
+    async def define_domain(self, uuid: str, name: str, xml: str) -> None:
+        """Define (not start) a domain from XML; ``uuid`` and ``name`` are the XML's."""
+        # In the inventory before its DEFINED event can arrive, so that the event needs
+        # no look-up; taken out again if the define fails.
+        self.inventory.set_domain(uuid, _disk_uses(name, xml))
+        try:
+            await self._call("cannot define the domain", _define_domain, self._conn, xml)
+        except BaseException:
+            self.inventory.remove_domain(uuid)
+            raise
 
     async def undefine_domain(self, uuid: str) -> bool:
         """Stop (if running) and undefine a domain; False if it did not exist."""
-        return await self._call(f"cannot undefine domain {uuid}", _undefine_domain,
+        gone = await self._call(f"cannot undefine domain {uuid}", _undefine_domain,
                                 self._conn, uuid)
+        self.inventory.remove_domain(uuid)
+        return gone
 
 
 # --------------------------------------------------------------------------- blocking parts
@@ -431,14 +497,66 @@ def _read_inventory(conn: Any, host: str, pool_names: list[str]) -> HostInventor
     return HostInventory(host, pools, tuple(uses), time.time())
 
 
+def _disk_uses(domain_name: str, xml: str) -> tuple[DiskUse, ...]:
+    try:
+        disks = domain_xml.disks_of(xml)
+    except ET.ParseError:
+        return ()  # libvirt will refuse it and say why
+    return tuple(DiskUse(domain_name, path, pool, volume) for path, pool, volume in disks)
+
+
+def _read_everything(conn: Any, host: str) -> tuple[HostInventory, dict[str, str]]:
+    pools = {}
+    for pool in conn.listAllStoragePools():
+        try:
+            pools[pool.name()] = _pool_info(pool)
+        except libvirt.libvirtError as exc:
+            if not _is_not_found(exc):
+                raise
+    uses: list[DiskUse] = []
+    domains: dict[str, str] = {}
+    for dom in conn.listAllDomains():
+        try:
+            xml = dom.XMLDesc(0)
+        except libvirt.libvirtError as exc:
+            if _is_not_found(exc):
+                continue
+            raise
+        name = dom.name()
+        domains[dom.UUIDString()] = name
+        uses.extend(_disk_uses(name, xml))
+    return HostInventory(host, pools, tuple(uses), time.time()), domains
+
+
+def _read_pools(conn: Any, names: list[str]) -> dict[str, PoolInfo | None]:
+    return {name: _read_pool(conn, name) for name in names}
+
+
+def _read_pool(conn: Any, name: str) -> PoolInfo | None:
+    try:
+        return _pool_info(conn.storagePoolLookupByName(name))
+    except libvirt.libvirtError as exc:
+        if _is_not_found(exc):
+            return None
+        raise
+
+
 def _pool_info(pool: Any) -> PoolInfo:
     pool_type = domain_xml.pool_type_of(pool.XMLDesc(0))
     active = bool(pool.isActive())
     _state, capacity, allocation, available = pool.info()
-    volumes: tuple[VolumeInfo, ...] = ()
+    volumes: list[VolumeInfo] = []
     if active:
-        volumes = tuple(_volume_info(pool.name(), v) for v in pool.listAllVolumes())
-    return PoolInfo(pool.name(), pool_type, active, capacity, allocation, available, volumes)
+        for vol in pool.listAllVolumes():
+            try:
+                volumes.append(_volume_info(pool.name(), vol))
+            except libvirt.libvirtError as exc:
+                # A volume being created (or deleted) is listed before (after) its file
+                # exists: info() then says "no storage vol". It is not a disk to offer.
+                if not _is_not_found(exc):
+                    raise
+    return PoolInfo(pool.name(), pool_type, active, capacity, allocation, available,
+                    tuple(volumes))
 
 
 def _volume_info(pool_name: str, vol: Any) -> VolumeInfo:

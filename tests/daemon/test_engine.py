@@ -119,6 +119,12 @@ async def test_pool_room_is_reserved_under_concurrency(make_harness, pool, overc
 
 async def test_inactive_pools_are_skipped(harness):
     harness.conn.storagePoolLookupByName("pool-dir").destroy()
+    # provisiond learns it from the pool's STOPPED event (its inventory is event-driven).
+    inventory = harness.engine.hosts["testhost"].inventory
+    for _ in range(200):
+        if not inventory.pool("pool-dir")[0].active:
+            break
+        await asyncio.sleep(0.01)
     done = await harness.run(template="ipxe-file", size="small")
 
     assert done.state == State.DONE, done.reason
@@ -262,19 +268,19 @@ class DroppedConnection(libvirt.libvirtError):
 async def test_lost_connection_is_reopened_and_the_request_carries_on(make_harness):
     drops = {"left": 1}
 
-    def list_pools_or_drop(conn):
-        def lookup(name):
+    def lookup_or_drop(conn):
+        def lookup(uuid):
             if drops["left"]:
                 drops["left"] -= 1
                 raise DroppedConnection()
-            return conn.storagePoolLookupByName(name)
+            return conn.lookupByUUIDString(uuid)
         return lookup
 
     h = await make_harness(daemon={"host_wait_timeout": 10})
-    # From now on the engine's connection drops once, at its next storage pool lookup.
+    # From now on the engine's connection drops once, at its next domain look-up.
     original = h.engine.hosts["testhost"]._conn
     h.engine.hosts["testhost"]._conn = Faulty(original, {
-        "storagePoolLookupByName": list_pools_or_drop(original)})
+        "lookupByUUIDString": lookup_or_drop(original)})
     done = await h.run(template="ipxe-file", size="small")
 
     assert done.state == State.DONE, done.reason
@@ -313,3 +319,16 @@ async def test_reconcile_finds_and_removes_only_orphans(make_harness):
     assert done.volume_name in h.volume_names("pool-dir")
     h.conn.lookupByUUIDString(domain_uuid_for(done.id))  # still there
     assert await find_orphans(h.engine, ["testhost"]) == []
+
+
+async def test_placement_looks_again_before_failing_for_lack_of_storage(make_harness):
+    # A free volume made outside provisiond: libvirt fires no volume event, so the
+    # inventory does not know it; a request that would otherwise fail looks again.
+    h = await make_harness(sizes={"three": {"cpus": 1, "memory": 1024,
+                                            "storage_size_in_gb": 3}},
+                           storage_pools=["pool-iscsi"])
+    h.conn.storagePoolLookupByName("pool-iscsi").createXML(
+        "<volume><name>lun-3g</name><capacity unit='G'>3</capacity></volume>", 0)
+    done = await h.run(template="ipxe-file", size="three")
+    assert done.state == State.DONE, done.reason
+    assert done.volume_name == "lun-3g"

@@ -85,7 +85,7 @@ async def test_defines_from_worker_threads_deliver_every_defined_event(
         domain_type, arch = await host.capabilities()
         specs = [domain_spec(i, domain_type, arch) for i in range(50)]
 
-        await asyncio.gather(*(host.define_domain(domain_xml.build_domain_xml(s))
+        await asyncio.gather(*(host.define_domain(s.uuid, s.name, domain_xml.build_domain_xml(s))
                                for s in specs))
 
         def defined() -> set[tuple[str, str]]:
@@ -107,7 +107,8 @@ async def test_a_defined_domain_is_found_with_its_request_metadata() -> None:
     try:
         await host.open(lambda _e: None)
         domain_type, arch = await host.capabilities()
-        await host.define_domain(domain_xml.build_domain_xml(domain_spec(7, domain_type, arch)))
+        spec = domain_spec(7, domain_type, arch)
+        await host.define_domain(spec.uuid, spec.name, domain_xml.build_domain_xml(spec))
 
         found = await host.find_domain(domain_xml.domain_uuid_for("req-007"))
         assert found is not None and found.name == "vm-007"
@@ -127,7 +128,7 @@ async def test_inventory_reports_pools_volumes_and_disks_in_use() -> None:
     host = HostConnection("testhost", BASIC_URI)
     try:
         await host.open(lambda _e: None)
-        inv = await host.inventory(ALL_POOLS)
+        inv = await host.read_inventory(ALL_POOLS)
 
         assert inv.host == "testhost"
         assert list(inv.pools) == ALL_POOLS
@@ -159,7 +160,7 @@ async def test_a_missing_pool_is_absent_from_the_inventory() -> None:
     host = HostConnection("testhost", BASIC_URI)
     try:
         await host.open(lambda _e: None)
-        inv = await host.inventory(["pool-dir", "no-such-pool"])
+        inv = await host.read_inventory(["pool-dir", "no-such-pool"])
         assert list(inv.pools) == ["pool-dir"]
     finally:
         await host.close()
@@ -171,7 +172,7 @@ async def test_an_inactive_pool_is_reported_without_volumes() -> None:
     try:
         await host.open(lambda _e: None)
         opener.opened[0].storagePoolLookupByName("pool-dir").destroy()
-        inv = await host.inventory(["pool-dir", "pool-nfs"])
+        inv = await host.read_inventory(["pool-dir", "pool-nfs"])
         assert not inv.pools["pool-dir"].active and inv.pools["pool-dir"].volumes == ()
         assert inv.pools["pool-nfs"].active and inv.pools["pool-nfs"].volumes
     finally:
@@ -221,7 +222,8 @@ async def test_other_libvirt_errors_name_their_action() -> None:
         with pytest.raises(VirtError, match="^cannot create a volume in pool nope: .*nope"):
             await host.create_volume("nope", volume)
         with pytest.raises(VirtError, match="^cannot define the domain: "):
-            await host.define_domain("<domain type='qemu'><name>x</name>")
+            await host.define_domain("00000000-0000-4000-8000-000000000001", "x",
+                                     "<domain type='qemu'><name>x</name>")
         assert await host.find_domain(domain_xml.domain_uuid_for("never-defined")) is None
     finally:
         await host.close()
@@ -233,7 +235,7 @@ async def test_calls_after_close_say_the_host_is_unreachable() -> None:
     await host.close()
     assert not host.connected
     with pytest.raises(HostUnreachable, match="not connected"):
-        await host.inventory(["pool-dir"])
+        await host.read_inventory(["pool-dir"])
 
 
 async def test_a_host_that_cannot_be_opened_is_a_virt_error() -> None:
