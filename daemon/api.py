@@ -177,6 +177,7 @@ async def create_request(request: web.Request) -> web.Response:
                               body.get("name"), key)
     earlier = engine.store.find_by_idempotency_key(who.user, key) if key else None
     record = engine.submit(who, req)
+    await engine.store.durable()  # 202 means stored: a crash from now on loses nothing
     status = 200 if earlier is not None and earlier.id == record.id else 202
     return web.json_response(request_json(record), status=status,
                              headers={"Location": f"/v1/requests/{record.id}"})

@@ -110,6 +110,7 @@ class Engine:
 
     async def start(self) -> None:
         """Open every host (events first), then resume requests left in progress."""
+        self.store.enable_group_commit()
         self._inbox = asyncio.Queue()
         self._consumer = asyncio.create_task(self._consume_events(), name="libvirt-events")
         for name, host in self.hosts.items():
@@ -355,6 +356,7 @@ class Engine:
         model = self._models[request_id]
         try:
             while model.state not in TERMINAL:
+                await self.store.durable()  # the state is on disk before its work starts
                 by = self._cancels.get(request_id)
                 if by is not None:
                     self.fail(request_id, f"cancelled by {by}")
@@ -378,6 +380,7 @@ class Engine:
                     self.fail(request_id, f"internal error in {model.state}: "
                                           f"{type(exc).__name__}: {exc}")
             if model.state == State.FAILED:
+                await self.store.durable()
                 await self._rollback_until_done(request_id)
         finally:
             self.machine.remove_model(model)

@@ -163,6 +163,7 @@ async def define(engine: "Engine", req: RequestRecord) -> None:
         size=req.size, resource_pool=req.resource_pool))
     # Recorded first, so a rollback after a crash knows to look for the domain.
     engine.store.update_request(req.id, domain_uuid=uuid, domain_name=req.name)
+    await engine.store.durable()
     waiter = engine.expect_defined(host.name, uuid)
     timeout = engine.config.daemon.define_event_timeout
     try:

@@ -6,10 +6,17 @@ migrations applied at start-up (``PRAGMA user_version`` records the last one app
 
 Writes that belong together go through ``atomic()`` (one transaction, nested blocks are
 savepoints): a new state and its log row; a claim and the transition it enables.
+
+Group commit (``enable_group_commit``, used by the daemon): writes join one open
+transaction that is committed once per pass of the event loop, so one fsync covers the
+transitions of every request that moved in that pass. Whoever is about to act on what it
+wrote awaits ``durable()`` first: the state is on disk before its work starts, and a
+crash before the commit loses only writes whose work never started.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 import time
@@ -204,6 +211,8 @@ class Store:
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.execute("PRAGMA foreign_keys=ON")
         self.db.execute("PRAGMA busy_timeout=5000")
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._pending: asyncio.Future[None] | None = None
 
     # -- lifecycle
 
@@ -226,12 +235,40 @@ class Store:
         return int(self.db.execute("PRAGMA user_version").fetchone()[0])
 
     def close(self) -> None:
-        """Close the database."""
+        """Commit what is pending and close the database."""
+        self._flush()
+        self._loop = None
         self.db.close()
+
+    def enable_group_commit(self) -> None:
+        """From now on, commit once per event-loop pass; callers await ``durable()``."""
+        self._loop = asyncio.get_running_loop()
+
+    async def durable(self) -> None:
+        """Return once everything written so far is committed."""
+        if self._pending is not None:
+            await asyncio.shield(self._pending)
+
+    def _flush(self) -> None:
+        pending, self._pending = self._pending, None
+        try:
+            if self.db.conn.in_transaction:
+                self.db.conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self.db.rollback()
+            if pending is not None and not pending.done():
+                pending.set_exception(exc)
+            return
+        if pending is not None and not pending.done():
+            pending.set_result(None)
 
     @contextmanager
     def atomic(self) -> Iterator[None]:
-        """One transaction (a savepoint when nested)."""
+        """One transaction (a savepoint when nested, or inside the group's transaction)."""
+        if self._loop is not None and not self.db.conn.in_transaction:
+            self.db.conn.execute("BEGIN IMMEDIATE")
+            self._pending = self._loop.create_future()
+            self._loop.call_soon(self._flush)
         with self.db.atomic():
             yield
 
@@ -248,7 +285,7 @@ class Store:
         row = dict(values)
         row["owner_groups"] = json.dumps(sorted(row.get("owner_groups", [])))
         row.update(state=str(State.REQUESTED), created_at=now, updated_at=now)
-        with self.db.atomic():
+        with self.atomic():
             self.db["requests"].insert(row)
             self._insert_log(row["id"], "transition", None, State.REQUESTED, trigger, now, detail)
         return self.get_request(row["id"])
@@ -268,7 +305,7 @@ class Store:
                 raise ValueError(f"request field {key!r} cannot be updated")
             sets[key] = value
         assignments = ", ".join(f"{k} = :{k}" for k in sets)
-        with self.db.atomic():
+        with self.atomic():
             cursor = self.db.execute(
                 f"UPDATE requests SET {assignments} WHERE id = :_id AND state = :_from",
                 {**sets, "_id": request_id, "_from": str(from_state)},
@@ -283,12 +320,14 @@ class Store:
         if bad:
             raise ValueError(f"request fields {sorted(bad)} cannot be updated")
         if updates:
-            self.db["requests"].update(request_id, {**updates, "updated_at": self.clock()})
+            with self.atomic():
+                self.db["requests"].update(request_id, {**updates, "updated_at": self.clock()})
 
     def append_log(self, request_id: str, kind: str, state: State, trigger: str,
                    detail: str | None = None) -> None:
         """Record a libvirt event or a note in a request's log (its state does not change)."""
-        self._insert_log(request_id, kind, state, state, trigger, self.clock(), detail)
+        with self.atomic():
+            self._insert_log(request_id, kind, state, state, trigger, self.clock(), detail)
 
     def _insert_log(self, request_id: str, kind: str, from_state: State | None,
                     to_state: State | None, trigger: str, at: float,
@@ -404,7 +443,7 @@ class Store:
     def claim_volume(self, host: str, pool: str, volume: str, request_id: str) -> None:
         """Claim a volume for a request; raises AlreadyClaimed if another request holds it."""
         try:
-            with self.db.atomic():
+            with self.atomic():
                 self.db.execute(
                     "INSERT INTO volume_claims (host, pool, volume, request_id, at)"
                     " VALUES (?, ?, ?, ?, ?)", (host, pool, volume, request_id, self.clock()))
@@ -423,6 +462,10 @@ class Store:
 
     def reserve_space(self, reservation: Reservation) -> None:
         """Hold space in a pool for a request's new volume (replaces its earlier one)."""
+        with self.atomic():
+            self._reserve(reservation)
+
+    def _reserve(self, reservation: Reservation) -> None:
         self.db.execute(
             "INSERT OR REPLACE INTO pool_reservations (request_id, host, pool, volume, bytes, at)"
             " VALUES (?, ?, ?, ?, ?, ?)",
@@ -431,7 +474,8 @@ class Store:
 
     def drop_reservation(self, request_id: str) -> None:
         """A request's volume exists: its reservation has done its job."""
-        self.db.execute("DELETE FROM pool_reservations WHERE request_id = ?", [request_id])
+        with self.atomic():
+            self.db.execute("DELETE FROM pool_reservations WHERE request_id = ?", [request_id])
 
     def reservations_on(self, host: str) -> list[Reservation]:
         """Space held in the pools of a host by live requests."""
@@ -441,7 +485,7 @@ class Store:
 
     def release_storage(self, request_id: str) -> None:
         """Drop a request's volume claims and space reservations."""
-        with self.db.atomic():
+        with self.atomic():
             self.db.execute("DELETE FROM volume_claims WHERE request_id = ?", [request_id])
             self.db.execute("DELETE FROM pool_reservations WHERE request_id = ?", [request_id])
 

@@ -343,3 +343,25 @@ def test_a_database_from_a_newer_release_is_refused(tmp_path: Path) -> None:
     store.close()
     with pytest.raises(RuntimeError, match="newer than this provisiond knows"):
         Store(path).migrate()
+
+
+async def test_group_commit_makes_writes_durable_together(tmp_path: Path) -> None:
+    store = Store(tmp_path / "group.db")
+    store.migrate()
+    store.enable_group_commit()
+    other = sqlite3.connect(tmp_path / "group.db")  # what is on disk, as a reader sees it
+    commits = []
+    store.db.conn.set_trace_callback(lambda sql: commits.append(sql) if sql == "COMMIT" else None)
+    try:
+        for i in range(3):
+            store.insert_request({"id": f"r{i}", "name": f"vm{i}", "owner": "alice",
+                                  "template": "ipxe", "size": "small", "resource_pool": "rp",
+                                  "hardware_pool": "hw", "cpus": 1, "memory_kib": 1024,
+                                  "storage_gb": 1})
+        assert other.execute("SELECT COUNT(*) FROM requests").fetchone()[0] == 0
+        await store.durable()
+        assert other.execute("SELECT COUNT(*) FROM requests").fetchone()[0] == 3
+        assert len(commits) == 1  # one commit for the three requests and their log rows
+    finally:
+        other.close()
+        store.close()
