@@ -14,6 +14,7 @@ wait for an event (``defining`` waits for DEFINED) and records events in request
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import random
 import re
@@ -40,9 +41,9 @@ from daemon.errors import (
 )
 from daemon.metrics import Metrics
 from daemon.placement import Decision, place_storage, place_storage_fast
-from daemon.store import RequestRecord, Store
+from daemon.store import QuotaUsage, RequestRecord, Store
 from daemon.virt import ConnectionClosed, DomainEvent, HostConnection, Opener, PoolEvent
-from statemachines import TERMINAL, State, Trigger, build_machine
+from statemachines import HOLDS_QUOTA, TERMINAL, State, Trigger, build_machine
 
 log = logging.getLogger("provisiond.engine")
 
@@ -53,12 +54,14 @@ IDEMPOTENCY_KEY_RE = re.compile(r"^[\x21-\x7e]{1,200}$")
 
 
 class RequestModel:
-    """A live request's handle on the shared state machine (only its id and state)."""
+    """A live request's handle on the shared state machine, with its stored record."""
 
-    def __init__(self, request_id: str, entered_at: float) -> None:
-        self.id = request_id
+    def __init__(self, record: RequestRecord) -> None:
+        self.id = record.id
         self.state: State
-        self.entered_at = entered_at
+        self.record = record
+        """The request as stored; ``set_state`` keeps it in step with the database."""
+        self.entered_at = record.updated_at
 
 
 class RequestCancelled(Exception):
@@ -105,6 +108,7 @@ class Engine:
         self._down_since: dict[str, float] = {}
         self._reconnects: dict[str, asyncio.Task[None]] = {}
         self._inventory_updates: set[asyncio.Task[None]] = set()
+        self._usage: dict[str, QuotaUsage] = {}
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -309,6 +313,13 @@ class Engine:
         now = self.clock()
         self.metrics.state_seconds.labels(left.value).observe(max(0.0, now - model.entered_at))
         model.entered_at = now
+        record = model.record
+        record.state, record.updated_at = model.state, now
+        for key, value in updates.items():
+            setattr(record, key, bool(value) if key in ("volume_owned", "cleaned_up")
+                    else value)
+        if (left in HOLDS_QUOTA) != (model.state in HOLDS_QUOTA):
+            self._count_usage(record, +1 if model.state in HOLDS_QUOTA else -1)
         log.info("request %s: %s", request_id, model.state,
                  extra={"request_id": request_id, "state": str(model.state)})
         return model.state
@@ -320,6 +331,18 @@ class Engine:
         self.store.record_transition(event.model.id, source, dest, event.event.name,
                                      event.kwargs.get("detail"), event.kwargs.get("updates"))
 
+    def quota_usage(self, resource_pool: str) -> QuotaUsage:
+        """What the pool's quota-holding requests add up to (counted in memory)."""
+        if resource_pool not in self._usage:
+            self._usage[resource_pool] = self.store.quota_usage(resource_pool)
+        return self._usage[resource_pool]
+
+    def _count_usage(self, record: RequestRecord, sign: int) -> None:
+        usage = self.quota_usage(record.resource_pool)
+        self._usage[record.resource_pool] = QuotaUsage(
+            usage.vms + sign, usage.cpus + sign * record.cpus,
+            usage.memory + sign * record.memory_kib, usage.storage_gb + sign * record.storage_gb)
+
     def fail(self, request_id: str, reason: str) -> None:
         """Move a live request to ``failed`` with ``reason`` (its rollback follows)."""
         self.set_state(request_id, Trigger.FAIL, reason, reason=reason)
@@ -327,7 +350,7 @@ class Engine:
     # ------------------------------------------------------------------ driving
 
     def _spawn(self, record: RequestRecord) -> None:
-        model = RequestModel(record.id, record.updated_at)
+        model = RequestModel(dataclasses.replace(record))  # its own copy, moved by set_state
         self.machine.add_model(model, initial=record.state)
         self._models[record.id] = model
         self._tasks[record.id] = asyncio.create_task(self._drive(record.id),
@@ -361,10 +384,8 @@ class Engine:
                 if by is not None:
                     self.fail(request_id, f"cancelled by {by}")
                     break
-                record = self.store.get_request(request_id)
-                assert record is not None
                 try:
-                    await steps.STEPS[model.state](self, record)
+                    await steps.STEPS[model.state](self, model.record)
                 except RequestCancelled:
                     continue
                 except HostUnreachable as exc:

@@ -47,17 +47,25 @@ class LiveInventory:
         # free (unused, unclaimed, not an image) volumes: capacity -> pool -> sorted names
         self._free: dict[int, dict[str, list[str]]] = {}
         self._capacities: list[int] = []
-        self._journal: list[Callable[[], None]] | None = None
+        self._journals: list[list[Callable[[], None]]] = []
 
     # ------------------------------------------------------------------ loading
 
-    def begin_reload(self) -> None:
-        """A full read starts: own changes made meanwhile are replayed onto its result."""
-        self._journal = []
+    def begin_read(self) -> list[Callable[[], None]]:
+        """A read from libvirt starts: the daemon's own changes made until its result is
+        applied are recorded, and replayed onto that (older) result."""
+        journal: list[Callable[[], None]] = []
+        self._journals.append(journal)
+        return journal
 
-    def load(self, snapshot: HostInventory, domains: dict[str, str]) -> None:
+    def _end_read(self, journal: list[Callable[[], None]]) -> list[Callable[[], None]]:
+        self._journals.remove(journal)
+        return journal
+
+    def load(self, journal: list[Callable[[], None]], snapshot: HostInventory,
+             domains: dict[str, str]) -> None:
         """Replace everything with a full read (``domains``: uuid -> name of each domain)."""
-        journal, self._journal = self._journal or [], None
+        changes = self._end_read(journal)
         self._pools = {}
         self._domain_disks = {}
         self._users_by_path = {}
@@ -70,20 +78,28 @@ class LiveInventory:
         for use in snapshot.disks_in_use:
             by_domain.setdefault(use.domain, []).append(use)
         for uuid, name in domains.items():
-            self.set_domain(uuid, tuple(by_domain.get(name, ())))
-        for change in journal:
+            self._set_domain(uuid, tuple(by_domain.get(name, ())))
+        for change in changes:
+            change()
+
+    def apply_pools(self, journal: list[Callable[[], None]],
+                    pools: dict[str, PoolInfo | None]) -> None:
+        """Replace these pools with a read of them (None: the pool is gone)."""
+        changes = self._end_read(journal)
+        for name, info in pools.items():
+            if info is None:
+                self._remove_pool(name)
+            else:
+                self._set_pool(info)
+        for change in changes:
             change()
 
     def _journaled(self, change: Callable[[], None]) -> None:
         change()
-        if self._journal is not None:
-            self._journal.append(change)
+        for journal in self._journals:
+            journal.append(change)
 
     # ------------------------------------------------------------------ changes
-
-    def set_pool(self, pool: PoolInfo) -> None:
-        """A pool as just read from libvirt (started, stopped, refreshed)."""
-        self._journaled(lambda: self._set_pool(pool))
 
     def _set_pool(self, pool: PoolInfo) -> None:
         old = self._pools.pop(pool.name, None)
@@ -276,10 +292,6 @@ class LiveInventory:
             if vol is not None and vol.path == path:
                 return vol
         return None
-
-    def remove_pool(self, name: str) -> None:
-        """A pool undefined."""
-        self._journaled(lambda: self._remove_pool(name))
 
     def _remove_pool(self, name: str) -> None:
         entry = self._pools.pop(name, None)

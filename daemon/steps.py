@@ -46,7 +46,7 @@ async def authorize(engine: "Engine", req: RequestRecord) -> None:
         raise PermissionDenied(f"{req.owner} does not hold CLOUD_CREATE on resource pool "
                                f"{req.resource_pool}")
     with engine.store.atomic():
-        usage = engine.store.quota_usage(req.resource_pool, excluding=req.id)
+        usage = engine.quota_usage(req.resource_pool)
         refusal = quota_refusal(pool.quota, usage, req.cpus, req.memory_kib, req.storage_gb)
         if refusal:
             raise QuotaExceeded(f"{refusal} in resource pool {req.resource_pool}")
@@ -163,6 +163,7 @@ async def define(engine: "Engine", req: RequestRecord) -> None:
         size=req.size, resource_pool=req.resource_pool))
     # Recorded first, so a rollback after a crash knows to look for the domain.
     engine.store.update_request(req.id, domain_uuid=uuid, domain_name=req.name)
+    req.domain_uuid, req.domain_name = uuid, req.name
     await engine.store.durable()
     waiter = engine.expect_defined(host.name, uuid)
     timeout = engine.config.daemon.define_event_timeout

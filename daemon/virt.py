@@ -293,10 +293,14 @@ class HostConnection:
 
     async def load_inventory(self) -> None:
         """Read every pool, volume and domain of the host into ``inventory``."""
-        self.inventory.begin_reload()
-        snapshot, domains = await self._call(f"cannot read the inventory of {self.name}",
-                                             _read_everything, self._conn, self.name)
-        self.inventory.load(snapshot, domains)
+        journal = self.inventory.begin_read()
+        try:
+            snapshot, domains = await self._call(f"cannot read the inventory of {self.name}",
+                                                 _read_everything, self._conn, self.name)
+        except BaseException:
+            self.inventory.apply_pools(journal, {})
+            raise
+        self.inventory.load(journal, snapshot, domains)
 
     async def note_domain_event(self, uuid: str, event: str, detail: int) -> None:
         """Keep the inventory current after a domain event (someone else's, too)."""
@@ -313,23 +317,22 @@ class HostConnection:
     async def note_pool_event(self, pool: str, event: str) -> None:
         """Keep the inventory current after a pool event (re-read that pool)."""
         if event in ("UNDEFINED", "DELETED"):
-            self.inventory.remove_pool(pool)
+            self.inventory.apply_pools(self.inventory.begin_read(), {pool: None})
             return
-        info = await self._call(f"cannot read pool {pool}", _read_pool, self._conn, pool)
-        if info is None:
-            self.inventory.remove_pool(pool)
-        else:
-            self.inventory.set_pool(info)
+        await self.refresh_pools([pool])
 
     async def refresh_pools(self, names: list[str]) -> None:
         """Re-read these pools (and their volumes) from libvirt into the inventory."""
-        pools = await self._call(f"cannot read the pools of {self.name}", _read_pools,
-                                 self._conn, names)
-        for name, info in pools.items():
-            if info is None:
-                self.inventory.remove_pool(name)
-            else:
-                self.inventory.set_pool(info)
+        journal = self.inventory.begin_read()
+        try:
+            pools = await self._call(f"cannot read the pools of {self.name}", _read_pools,
+                                     self._conn, names)
+        except BaseException:
+            pools = {}
+            raise
+        finally:
+            # Own changes made while reading are replayed onto the (older) read.
+            self.inventory.apply_pools(journal, pools)
 
     def _refresh_callback(self, _conn: Any, pool: Any, _opaque: Any) -> None:
         if self._on_event is not None:
