@@ -17,10 +17,13 @@ from datetime import datetime, timezone
 from typing import Any, Awaitable, Callable
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_exceptions import HTTPExpectationFailed
+from aiohttp.web_urldispatcher import _default_expect_handler as _aiohttp_expect_handler
 
 from daemon import __version__
 from daemon.auth import CLOUD_ADMIN, CLOUD_CREATE, Identity
-from daemon.engine import Engine, ProvisioningRequest
+from daemon.engine import IDEMPOTENCY_KEY_RE, Engine, ProvisioningRequest
 from daemon.errors import InvalidInput, PermissionDenied, ProvisiondError, UnknownName
 from daemon.openapi import openapi_document
 from daemon.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -94,16 +97,26 @@ def decision_json(d: Decision) -> dict[str, Any]:
 # --------------------------------------------------------------------------- input
 
 
+async def read_json(request: web.Request) -> Any:
+    """The request's body, decoded as JSON; a clear 4xx for anything else."""
+    if request.content_type != "application/json":
+        raise web.HTTPUnsupportedMediaType(text="expected Content-Type: application/json")
+    try:
+        raw = await request.read()  # raises 413 past client_max_size
+    except (web.RequestPayloadError, HttpProcessingError) as exc:
+        raise InvalidInput(f"the body cannot be read (Content-Encoding?): {exc}") from None
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidInput(f"the body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise InvalidInput("the body is nested too deeply") from None
+
+
 async def json_body(request: web.Request, allowed: set[str],
                     required: set[str]) -> dict[str, str]:
     """The request's JSON object body, checked: known fields only, string values."""
-    if request.content_type != "application/json":
-        raise web.HTTPUnsupportedMediaType(text="expected Content-Type: application/json")
-    raw = await request.read()  # raises 413 past client_max_size
-    try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidInput(f"the body is not valid JSON: {exc}") from None
+    body = await read_json(request)
     if not isinstance(body, dict):
         raise InvalidInput("the body must be a JSON object")
     for key in body:
@@ -173,6 +186,9 @@ async def create_request(request: web.Request) -> web.Response:
     who = peer_identity(request)
     body = await json_body(request, CREATE_FIELDS, {"template", "size"})
     key = request.headers.get("Idempotency-Key")
+    if key is not None and not IDEMPOTENCY_KEY_RE.match(key):
+        raise InvalidInput("idempotency key must be 1-200 printable ASCII characters",
+                           field="idempotency_key")
     req = ProvisioningRequest(body["template"], body["size"], body.get("resource_pool"),
                               body.get("name"), key)
     earlier = engine.store.find_by_idempotency_key(who.user, key) if key else None
@@ -302,12 +318,7 @@ async def reconcile(request: web.Request) -> web.Response:
         raise PermissionDenied(f"{who.user} holds CLOUD_ADMIN on no resource pool")
     apply = False
     if request.can_read_body:
-        if request.content_type != "application/json":
-            raise web.HTTPUnsupportedMediaType(text="expected Content-Type: application/json")
-        try:
-            body = json.loads(await request.read())
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise InvalidInput(f"the body is not valid JSON: {exc}") from None
+        body = await read_json(request)
         if not isinstance(body, dict) or set(body) - {"apply"} or not isinstance(
                 body.get("apply", False), bool):
             raise InvalidInput('the body must be {"apply": true|false}', field="apply")
@@ -369,18 +380,28 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         return error_response(500, "internal", "internal error; see the daemon's log")
 
 
+async def expect_handler(request: web.Request) -> web.StreamResponse | None:
+    """``Expect: 100-continue`` as aiohttp does; anything else a JSON 400 (aiohttp's own
+    answer would be text, before the error middleware can see it)."""
+    try:
+        return await _aiohttp_expect_handler(request)
+    except HTTPExpectationFailed:
+        return error_response(400, "invalid", "unsupported Expect header (only "
+                              "100-continue)", "Expect")
+
+
 def make_app() -> web.Application:
     """The aiohttp application; its ``cleanup_ctx`` must provide ``app[ENGINE]``."""
     app = web.Application(middlewares=[errors_middleware], client_max_size=MAX_BODY_BYTES)
-    app.router.add_get("/v1/health", health)
-    app.router.add_get("/v1/catalog", catalog)
-    app.router.add_post("/v1/requests", create_request)
-    app.router.add_get("/v1/requests", list_requests)
-    app.router.add_get("/v1/requests/{id}", show_request)
-    app.router.add_get("/v1/requests/{id}/log", request_log)
-    app.router.add_post("/v1/requests/{id}/cancel", cancel_request)
-    app.router.add_post("/v1/placement/explain", explain)
-    app.router.add_post("/v1/reconcile", reconcile)
-    app.router.add_get("/v1/openapi.json", openapi_json)
-    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/v1/health", health, expect_handler=expect_handler)
+    app.router.add_get("/v1/catalog", catalog, expect_handler=expect_handler)
+    app.router.add_post("/v1/requests", create_request, expect_handler=expect_handler)
+    app.router.add_get("/v1/requests", list_requests, expect_handler=expect_handler)
+    app.router.add_get("/v1/requests/{id}", show_request, expect_handler=expect_handler)
+    app.router.add_get("/v1/requests/{id}/log", request_log, expect_handler=expect_handler)
+    app.router.add_post("/v1/requests/{id}/cancel", cancel_request, expect_handler=expect_handler)
+    app.router.add_post("/v1/placement/explain", explain, expect_handler=expect_handler)
+    app.router.add_post("/v1/reconcile", reconcile, expect_handler=expect_handler)
+    app.router.add_get("/v1/openapi.json", openapi_json, expect_handler=expect_handler)
+    app.router.add_get("/metrics", metrics, expect_handler=expect_handler)
     return app

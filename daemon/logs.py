@@ -36,6 +36,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TextIO
 
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
+
 CONTEXT_FIELDS = ("request_id", "state")
 """``extra`` attributes carried by every format (the journal names them in upper case)."""
 
@@ -215,6 +218,21 @@ def make_handler(fmt: str, stream: TextIO | None = None,
     return handler
 
 
+class ClientErrorFilter(logging.Filter):
+    """aiohttp logs a request its HTTP parser refuses (malformed by the client) with a full
+    traceback: keep one line, so a local user cannot fill the log with junk requests."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, (HttpProcessingError, RequestPayloadError)):
+            record.msg = f"{record.getMessage()}: refused a malformed request: {exc}"
+            record.args = ()
+            record.exc_info = None
+            record.exc_text = None
+            record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
+
+
 def setup_logging(fmt: str = "auto", level: int = logging.INFO) -> str:
     """Route every logger to one handler of the chosen format; return the format used."""
     chosen = choose_format(fmt)
@@ -225,4 +243,7 @@ def setup_logging(fmt: str = "auto", level: int = logging.INFO) -> str:
     root.addHandler(make_handler(chosen))
     root.setLevel(level)
     logging.getLogger("transitions").setLevel(logging.WARNING)  # logs every callback at INFO
+    server_log = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, ClientErrorFilter) for f in server_log.filters):
+        server_log.addFilter(ClientErrorFilter())
     return chosen

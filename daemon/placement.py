@@ -4,8 +4,8 @@
    used as a disk by no domain, claimed by no other live request, not a template or ISO
    image, capacity within [size, size + tolerance]. Best fit (smallest capacity) wins.
 2. Else the first pool, in configured order, whose type can create volumes and that has
-   room: libvirt's available space minus other requests' pending reservations holds the
-   size, and the pool's provisioned capacity (its volumes' capacities + pending
+   room: libvirt's available space minus what other requests' pending reservations
+   will allocate (nothing for thin qcow2, the whole size for raw) holds the size, and the pool's provisioned capacity (its volumes' capacities + pending
    reservations + this one) stays within capacity x over-commit ratio.
 3. Else no storage, with each pool's reason.
 
@@ -18,7 +18,7 @@ event loop between deciding and claiming.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterable, Literal
+from typing import Callable, Iterable, Literal
 
 from daemon.config import StoragePoolRef
 from daemon.inventory import GiB, HostInventory, PoolInfo, VolumeInfo, gib
@@ -116,17 +116,20 @@ def place_storage(
 
     # Stage 2: the first pool that can create volumes and has room (always evaluated,
     # so the dry run shows every pool's verdict).
-    pending = _pending_reservations(inventory, reservations, request_id)
+    names = {name: {v.name for v in p.volumes} for name, p in inventory.pools.items()}
+    pending = _pending_reservations(
+        reservations, request_id, lambda pool, vol: vol in names.get(pool, ()),
+        lambda pool: inventory.pools[pool].type if pool in inventory.pools else None)
     chosen_pool: PoolInfo | None = None
     for ref in pools:
         pool = inventory.pools.get(ref.name)
+        held = pending.get(ref.name, _Pending())
         why = _pool_unusable(pool, ref.name) or _creation_refusal(
-            pool, ref, size_bytes, pending.get(ref.name, 0),
-            sum(v.capacity for v in pool.volumes) if pool else 0)
+            pool, ref, size_bytes, held, sum(v.capacity for v in pool.volumes) if pool else 0)
         if why is None and chosen_pool is None:
             chosen_pool = pool
             verdicts.append(Verdict("create", ref.name, None, True, _room_text(
-                pool, size_bytes, pending.get(ref.name, 0))))
+                pool, size_bytes, held)))
         elif why is None:
             verdicts.append(Verdict("create", ref.name, None, True,
                                     "has room, but an earlier pool comes first"))
@@ -173,32 +176,43 @@ def _volume_refusal(vol: VolumeInfo, inventory: HostInventory, claims: dict[tupl
     return None
 
 
-def _pending_reservations(inventory: HostInventory, reservations: Iterable[Reservation],
-                          request_id: str) -> dict[str, int]:
-    """Reserved bytes per pool, for volumes not yet in the snapshot (the rest are counted
-    by libvirt already). The request's own reservation is not counted against itself."""
-    pending: dict[str, int] = {}
+@dataclass
+class _Pending:
+    """What other requests' reservations hold in a pool: capacity (for the over-commit
+    check) and space (what their volumes allocate when created: nothing for thin
+    qcow2, the whole size for raw volumes)."""
+
+    capacity: int = 0
+    space: int = 0
+
+
+def _pending_reservations(reservations: Iterable[Reservation], request_id: str,
+                          exists: Callable[[str, str], bool],
+                          pool_type: Callable[[str], str | None]) -> dict[str, _Pending]:
+    """Reservations per pool for volumes not created yet (the rest are counted by libvirt
+    already). The request's own reservation is not counted against itself."""
+    pending: dict[str, _Pending] = {}
     for r in reservations:
-        if r.request_id == request_id:
+        if r.request_id == request_id or exists(r.pool, r.volume):
             continue
-        pool = inventory.pools.get(r.pool)
-        if pool is not None and any(v.name == r.volume for v in pool.volumes):
-            continue
-        pending[r.pool] = pending.get(r.pool, 0) + r.bytes
+        entry = pending.setdefault(r.pool, _Pending())
+        entry.capacity += r.bytes
+        if pool_type(r.pool) not in QCOW2_POOL_TYPES:
+            entry.space += r.bytes
     return pending
 
 
 def _creation_refusal(pool: PoolInfo | None, ref: StoragePoolRef, size_bytes: int,
-                      reserved: int, volumes_capacity: int) -> str | None:
+                      reserved: _Pending, volumes_capacity: int) -> str | None:
     assert pool is not None
     if pool.type not in CREATABLE_POOL_TYPES:
         return f"pool type '{pool.type}' cannot create volumes"
-    free = pool.available - reserved
+    free = pool.available - reserved.space
     if free < size_bytes:
-        held = f" minus {gib(reserved)} reserved" if reserved else ""
+        held = f" minus {gib(reserved.space)} reserved" if reserved.space else ""
         return (f"not enough space: {gib(pool.available)} available{held}, "
                 f"need {gib(size_bytes)}")
-    provisioned = volumes_capacity + reserved
+    provisioned = volumes_capacity + reserved.capacity
     limit = int(pool.capacity * ref.overcommit)
     if provisioned + size_bytes > limit:
         return (f"would over-commit: {gib(provisioned)} provisioned + {gib(size_bytes)} "
@@ -206,9 +220,9 @@ def _creation_refusal(pool: PoolInfo | None, ref: StoragePoolRef, size_bytes: in
     return None
 
 
-def _room_text(pool: PoolInfo | None, size_bytes: int, reserved: int) -> str:
+def _room_text(pool: PoolInfo | None, size_bytes: int, reserved: _Pending) -> str:
     assert pool is not None
-    return (f"type {pool.type}, {gib(pool.available - reserved)} free for "
+    return (f"type {pool.type}, {gib(pool.available - reserved.space)} free for "
             f"{gib(size_bytes)}")
 
 
@@ -238,16 +252,17 @@ def place_storage_fast(
         lambda v: (v.pool, v.name) in templates or v.path in paths)
     if vol is not None:
         return Decision("reuse", vol.pool, vol)
-    pending: dict[str, int] = {}
-    for r in reservations:
-        if r.request_id != request_id and not inventory.has_volume(r.pool, r.volume):
-            pending[r.pool] = pending.get(r.pool, 0) + r.bytes
+    def pool_type(name: str) -> str | None:
+        found = inventory.pool(name)
+        return found[0].type if found else None
+
+    pending = _pending_reservations(reservations, request_id, inventory.has_volume, pool_type)
     verdicts = []
     for ref in pools:
         found = inventory.pool(ref.name)
         info, provisioned = found if found else (None, 0)
         why = _pool_unusable(info, ref.name) or _creation_refusal(
-            info, ref, size_bytes, pending.get(ref.name, 0), provisioned)
+            info, ref, size_bytes, pending.get(ref.name, _Pending()), provisioned)
         if why is None:
             assert info is not None
             fmt = "qcow2" if info.type in QCOW2_POOL_TYPES else None
