@@ -62,6 +62,8 @@ class RequestModel:
         self.record = record
         """The request as stored; ``set_state`` keeps it in step with the database."""
         self.entered_at = record.updated_at
+        self.repeating = False
+        """The current state's step ran before (a restart or a lost connection cut it)."""
 
 
 class RequestCancelled(Exception):
@@ -136,6 +138,7 @@ class Engine:
             if record.id not in self._tasks:
                 log.info("resuming request %s in state %s", record.id, record.state)
                 self._spawn(record)
+                self._models[record.id].repeating = True
         for record in self.store.failed_needing_cleanup():
             if record.id not in self._tasks:
                 self._tasks[record.id] = asyncio.create_task(self._rollback_task(record.id))
@@ -361,6 +364,11 @@ class Engine:
         if not ok:
             self.metrics.libvirt_call_errors.labels(host, call).inc()
 
+    def repeating(self, request_id: str) -> bool:
+        """Whether the request's current step ran before and may have acted already."""
+        model = self._models.get(request_id)
+        return model is None or model.repeating
+
     def host_config(self, name: str) -> Host:
         """The configured ``Host`` of this name."""
         for hw in self.config.hardware_pools.values():
@@ -384,11 +392,14 @@ class Engine:
                 if by is not None:
                     self.fail(request_id, f"cancelled by {by}")
                     break
+                state = model.state
                 try:
-                    await steps.STEPS[model.state](self, model.record)
+                    await steps.STEPS[state](self, model.record)
+                    model.repeating = model.repeating and model.state == state
                 except RequestCancelled:
                     continue
                 except HostUnreachable as exc:
+                    model.repeating = True  # the step may have acted before the loss
                     if not await self._wait_for_host(request_id, exc):
                         self.fail(request_id, exc.message + f" (host unreachable for more "
                                   f"than {self.config.daemon.host_wait_timeout:g} s)")

@@ -59,7 +59,8 @@ class LiveInventory:
         return journal
 
     def _end_read(self, journal: list[Callable[[], None]]) -> list[Callable[[], None]]:
-        self._journals.remove(journal)
+        # By identity: two journals of concurrent reads may be equal (both empty).
+        self._journals = [j for j in self._journals if j is not journal]
         return journal
 
     def load(self, journal: list[Callable[[], None]], snapshot: HostInventory,

@@ -111,15 +111,25 @@ async def create_storage(engine: "Engine", req: RequestRecord) -> None:
     """storage-creating: create the request's volume unless it already exists."""
     host = engine.host_of(req)
     assert req.volume_pool and req.volume_name
-    volume = await host.find_volume(req.volume_pool, req.volume_name)
+    # Look first only when this step runs again (after a restart or a lost connection);
+    # a first attempt creates, and looks only if creating fails.
+    volume = (await host.find_volume(req.volume_pool, req.volume_name)
+              if engine.repeating(req.id) else None)
     if volume is not None:
         detail = f"volume {req.volume_pool}/{req.volume_name} already exists (adopted)"
     else:
         xml = domain_xml.build_volume_xml(req.volume_name, req.storage_gb * 1024**3,
                                           req.volume_format)
-        volume = await host.create_volume(req.volume_pool, xml)
-        detail = (f"created volume {req.volume_pool}/{req.volume_name} "
-                  f"({gib(volume.capacity)}, {req.volume_format or 'raw'})")
+        try:
+            volume = await host.create_volume(req.volume_pool, xml)
+        except VirtError:
+            volume = await host.find_volume(req.volume_pool, req.volume_name)
+            if volume is None:
+                raise
+            detail = f"volume {req.volume_pool}/{req.volume_name} already exists (adopted)"
+        else:
+            detail = (f"created volume {req.volume_pool}/{req.volume_name} "
+                      f"({gib(volume.capacity)}, {req.volume_format or 'raw'})")
     with engine.store.atomic():
         # The volume exists: libvirt's figures count it now, the reservation is done.
         engine.store.drop_reservation(req.id)
@@ -130,7 +140,8 @@ async def define(engine: "Engine", req: RequestRecord) -> None:
     """defining: define the domain and wait for libvirt's DEFINED event for its UUID."""
     host = engine.host_of(req)
     uuid = domain_xml.domain_uuid_for(req.id)
-    existing = await host.find_domain(uuid)
+    # Only a repeated step can find its domain already there (the UUID is the request's).
+    existing = await host.find_domain(uuid) if engine.repeating(req.id) else None
     if existing is not None:
         if existing.metadata.get("request_id") != req.id:
             raise VirtError(f"domain {existing.name} already has this request's UUID {uuid} "
@@ -142,7 +153,8 @@ async def define(engine: "Engine", req: RequestRecord) -> None:
     template = engine.config.templates.get(req.template)
     if template is None:
         raise UnknownName(f"template {req.template} is no longer configured")
-    if template.volume is not None:
+    if template.volume is not None and not host.inventory.has_volume(
+            template.volume.pool, template.volume.name):
         iso = await host.find_volume(template.volume.pool, template.volume.name)
         if iso is None:
             raise VirtError(f"template {req.template}: ISO volume {template.volume.pool}/"

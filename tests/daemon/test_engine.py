@@ -268,19 +268,19 @@ class DroppedConnection(libvirt.libvirtError):
 async def test_lost_connection_is_reopened_and_the_request_carries_on(make_harness):
     drops = {"left": 1}
 
-    def lookup_or_drop(conn):
-        def lookup(uuid):
+    def define_or_drop(conn):
+        def define(xml):
             if drops["left"]:
                 drops["left"] -= 1
                 raise DroppedConnection()
-            return conn.lookupByUUIDString(uuid)
-        return lookup
+            return conn.defineXML(xml)
+        return define
 
     h = await make_harness(daemon={"host_wait_timeout": 10})
-    # From now on the engine's connection drops once, at its next domain look-up.
+    # From now on the engine's connection drops once, at its next define.
     original = h.engine.hosts["testhost"]._conn
     h.engine.hosts["testhost"]._conn = Faulty(original, {
-        "lookupByUUIDString": lookup_or_drop(original)})
+        "defineXML": define_or_drop(original)})
     done = await h.run(template="ipxe-file", size="small")
 
     assert done.state == State.DONE, done.reason
