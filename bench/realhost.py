@@ -17,7 +17,6 @@ implementation, no asyncio): it needs no events.
 
 from __future__ import annotations
 
-import hashlib
 import http.client
 import json
 import os
@@ -40,6 +39,8 @@ for _p in (REPO / "tests" / "e2e", REPO):
         sys.path.insert(0, str(_p))
 
 import libvirt  # noqa: E402
+
+from bench.common import code_version  # noqa: E402,F401 (re-exported for the benches)
 import yaml  # noqa: E402
 
 from daemon import domain_xml  # noqa: E402
@@ -391,24 +392,6 @@ class RealHost:
         undefined = self.empty_host()
         self.wait_events(before, {"UNDEFINED": undefined}, timeout=30)
         self.wait_events(before, {"REFRESH": 1}, timeout=1)
-
-
-def code_version() -> str:
-    """Which provisiond was measured: the commit, and a digest of uncommitted changes to
-    daemon/ and statemachines/ (the daemon is being worked on while benchmarks run)."""
-    def git(*args: str) -> str:
-        run = subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True)
-        return run.stdout if run.returncode == 0 else ""
-    head = git("rev-parse", "--short", "HEAD").strip() or "unknown"
-    paths = ["daemon", "statemachines"]
-    diff = git("diff", "HEAD", "--", *paths)
-    untracked = git("ls-files", "--others", "--exclude-standard", "--", *paths).split()
-    if not diff and not untracked:
-        return f"commit {head}"
-    digest = hashlib.sha1(diff.encode())
-    for name in sorted(untracked):
-        digest.update(name.encode() + (REPO / name).read_bytes())
-    return f"commit {head} + uncommitted changes to daemon/ (digest {digest.hexdigest()[:10]})"
 
 
 def ms(seconds: float) -> str:
