@@ -38,7 +38,9 @@ ENGINE = web.AppKey("engine", Engine)
 MAX_BODY_BYTES = 64 * 1024
 CREATE_FIELDS = {"template", "size", "resource_pool", "name"}
 EXPLAIN_FIELDS = {"template", "size", "resource_pool"}
-LIST_QUERY = ("state", "owner", "resource_pool", "since", "until")
+LIST_QUERY = ("state", "owner", "resource_pool", "since", "until", "limit", "after")
+LIST_LIMIT_DEFAULT = 1000
+LIST_LIMIT_MAX = 10000
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -238,10 +240,12 @@ def query_time(request: web.Request, key: str) -> float | None:
 
 
 async def list_requests(request: web.Request) -> web.Response:
-    """GET /v1/requests[?state=&owner=&resource_pool=&since=&until=]: what the caller sees.
+    """GET /v1/requests[?state=&owner=&resource_pool=&since=&until=&limit=&after=]:
+    what the caller sees, a page at a time.
 
     That is the caller's requests and those of the pools they hold CLOUD_ADMIN on; the
-    filters narrow it (``since <= created_at < until``).
+    filters narrow it (``since <= created_at < until``). ``next`` in the answer, passed
+    as ``after``, gives the next page.
     """
     engine = request.app[ENGINE]
     who = peer_identity(request)
@@ -260,11 +264,25 @@ async def list_requests(request: web.Request) -> web.Response:
     since, until = query_time(request, "since"), query_time(request, "until")
     if since is not None and until is not None and until < since:
         raise InvalidInput("until is before since", field="until")
+    limit = LIST_LIMIT_DEFAULT
+    if "limit" in request.query:
+        text = request.query["limit"]
+        if not text.isdigit() or not 1 <= int(text) <= LIST_LIMIT_MAX:
+            raise InvalidInput(f"limit must be an integer from 1 to {LIST_LIMIT_MAX}",
+                               field="limit")
+        limit = int(text)
+    after = request.query.get("after")
+    if after is not None and not 0 < len(after) <= 64:
+        raise InvalidInput("after must be the id of a request (from 'next')", field="after")
+    # One page at a time: a long history must not hold the event loop (or memory).
     records = engine.store.list_requests(
         states=states, owner=who.user, resource_pools=engine.pools_granting(who, CLOUD_ADMIN),
         owners=query_names(request, "owner"), pools=query_names(request, "resource_pool"),
-        created_since=since, created_until=until)
-    return web.json_response({"requests": [request_json(r) for r in records]})
+        created_since=since, created_until=until, after=after, limit=limit + 1)
+    more = len(records) > limit
+    page = records[:limit]
+    return web.json_response({"requests": [request_json(r) for r in page],
+                              "next": page[-1].id if more else None})
 
 
 async def show_request(request: web.Request) -> web.Response:

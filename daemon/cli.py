@@ -193,8 +193,16 @@ class Client:
         params += [("resource_pool", p) for p in pools]
         params += [(key, f"{value:.3f}") for key, value in (("since", since), ("until", until))
                    if value is not None]
-        query = f"?{urlencode(params)}" if params else ""
-        return self.call("GET", f"/v1/requests{query}")[1]
+        requests: list[Any] = []
+        after = None
+        while True:  # the daemon answers a page at a time
+            page = params + ([("after", after)] if after else [])
+            query = f"?{urlencode(page)}" if page else ""
+            data = self.call("GET", f"/v1/requests{query}")[1]
+            requests += data.get("requests") or []
+            after = data.get("next")
+            if not after:
+                return {"requests": requests, "next": None}
 
     def get(self, request_id: str) -> dict[str, Any]:
         """GET /v1/requests/{id}."""

@@ -164,8 +164,11 @@ SCHEMAS: dict[str, Schema] = {
                  "pattern": "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"},
         "name": NAME,
     }, description="The libvirt domain of a done request."),
-    "RequestList": closed({"requests": {"type": "array", "items": ref("schemas", "Request")}},
-                          description="Requests, oldest first."),
+    "RequestList": closed({
+        "requests": {"type": "array", "items": ref("schemas", "Request")},
+        "next": {"type": ["string", "null"],
+                 "description": "Pass as `after` for the next page; null on the last one."},
+    }, description="Requests, oldest first, one page."),
     "LogEntry": closed({
         "kind": {"type": "string", "enum": ["transition", "event", "note"],
                  "description": "transition: the state changed; event: a libvirt event "
@@ -294,6 +297,12 @@ LIST_PARAMETERS: list[dict[str, Any]] = [
      "description": "Only requests created before this time (same forms as `since`; not "
                     "before it).",
      "schema": {"type": "string"}},
+    {"name": "limit", "in": "query",
+     "description": "At most this many requests in the answer (default 1000).",
+     "schema": {"type": "integer", "minimum": 1, "maximum": 10000}},
+    {"name": "after", "in": "query",
+     "description": "The next page: the `next` of the previous answer.",
+     "schema": {"type": "string", "minLength": 1, "maxLength": 64}},
 ]
 
 LOCATION = {"Location": {"description": "The request's URL, `/v1/requests/{id}`.",

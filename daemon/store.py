@@ -354,13 +354,15 @@ class Store:
                       resource_pools: Sequence[str] | None = None,
                       limit: int | None = None, owners: Sequence[str] | None = None,
                       pools: Sequence[str] | None = None, created_since: float | None = None,
-                      created_until: float | None = None) -> list[RequestRecord]:
+                      created_until: float | None = None,
+                      after: str | None = None) -> list[RequestRecord]:
         """Requests, oldest first, filtered by state, owner and resource pool.
 
         ``owner`` and ``resource_pools`` say what a caller may see (its own requests, or
         those of these pools: either one when both are given). ``owners``, ``pools`` and
         the creation window ``created_since <= created_at < created_until`` (epoch
-        seconds) narrow that down; every filter given must hold.
+        seconds) narrow that down; every filter given must hold. ``after``: only requests
+        that come after this one (by id) in that order, for paging.
         """
         where: list[str] = []
         params: list[Any] = []
@@ -388,6 +390,9 @@ class Store:
         elif resource_pools is not None:
             where.append(f"resource_pool IN ({','.join('?' * len(resource_pools))})")
             params += list(resource_pools)
+        if after is not None:
+            where.append("(created_at, id) > (SELECT created_at, id FROM requests WHERE id = ?)")
+            params.append(after)
         sql = "SELECT * FROM requests"
         if where:
             sql += " WHERE " + " AND ".join(where)

@@ -201,3 +201,15 @@ def test_metrics_over_the_socket(daemon: Daemon) -> None:
     assert 'provisiond_requests{state="done"} 1.0' in reply.body
     assert 'provisiond_placements_total{outcome="reused"} 1.0' in reply.body
     assert "provisiond_libvirt_call_seconds_bucket" in reply.body
+
+
+def test_list_comes_a_page_at_a_time(daemon: Daemon) -> None:
+    ids = [create(daemon, resource_pool="rp").body["id"] for _ in range(3)]
+    first = daemon.call("GET", "/v1/requests?limit=2").body
+    assert [r["id"] for r in first["requests"]] == ids[:2] and first["next"] == ids[1]
+    rest = daemon.call("GET", f"/v1/requests?limit=2&after={first['next']}").body
+    assert [r["id"] for r in rest["requests"]] == ids[2:] and rest["next"] is None
+    assert daemon.call("GET", "/v1/requests").body["next"] is None
+    for bad in ("0", "10001", "x", "-1"):
+        reply = daemon.call("GET", f"/v1/requests?limit={bad}")
+        assert reply.status == 400 and reply.body["error"]["field"] == "limit"

@@ -121,3 +121,24 @@ def test_runs_out_of_the_box_with_no_flags(tmp_path: Path) -> None:
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(20) == 0
+
+
+def test_list_follows_every_page(daemon: Daemon, monkeypatch) -> None:
+    ids = [json.loads(provctl("create", "--json", "--template", "ipxe", "--size", "small",
+                              "--pool", "rp", socket=daemon.socket).stdout)["id"]
+           for _ in range(3)]
+    from daemon import cli
+
+    monkeypatch.setattr(cli.Client, "call", _paged(cli.Client.call))
+    client = cli.Client(daemon.socket)
+    assert [r["id"] for r in client.list()["requests"]] == ids
+
+
+def _paged(call):
+    """Client.call, asking for pages of one request so that paging is exercised."""
+    def paged(self, method, url, *args, **kwargs):
+        path, _, query = url.partition("?")
+        if method == "GET" and path == "/v1/requests":
+            url = f"{path}?{query}&limit=1" if query else f"{path}?limit=1"
+        return call(self, method, url, *args, **kwargs)
+    return paged

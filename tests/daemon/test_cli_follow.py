@@ -186,7 +186,7 @@ def test_list_filters_by_owner_and_pool_within_what_the_caller_sees(daemon: Daem
                     socket=daemon.socket)
     assert quiet.stdout.split() == [in_rp, in_rp2]
     nobody = provctl("list", "--owner", OTHER_USER, "--json", socket=daemon.socket)
-    assert json.loads(nobody.stdout) == {"requests": []}
+    assert json.loads(nobody.stdout) == {"requests": [], "next": None}
 
 
 def test_list_filters_by_age(daemon: Daemon) -> None:

@@ -535,7 +535,7 @@ def test_list_sends_each_state_and_prints_the_table_or_raw_json(fake, capsys):
     assert [line.split()[2] for line in out.splitlines()[1:]] == ["failed", "done"]
 
     code, out, _ = run(capsys, "list", "--state", "failed", "--state", "done", "--json")
-    assert json.loads(out) == {"requests": [FAILED_REQUEST, DONE_REQUEST]}
+    assert json.loads(out) == {"requests": [FAILED_REQUEST, DONE_REQUEST], "next": None}
 
 
 def test_log_json_prints_the_entries(fake, capsys):
