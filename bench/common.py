@@ -11,8 +11,9 @@ import sys
 import tempfile
 import time
 import http.client
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import yaml
 
@@ -236,26 +237,18 @@ def code_version() -> str:
     return f"commit {head} + uncommitted daemon/ changes (digest {digest.hexdigest()[:10]})"
 
 
-class _Interrupted(KeyboardInterrupt):
-    pass
-
-
-def interruptible() -> Any:
-    """A context manager: SIGTERM and SIGHUP raise KeyboardInterrupt like Ctrl-C does, so
-    every ``finally`` (stopping processes, removing directories) runs."""
-    from contextlib import contextmanager
-
-    @contextmanager
-    def manager() -> Any:
-        def raise_interrupt(signum: int, _frame: Any) -> None:
-            raise _Interrupted(f"signal {signum}")
-        old = {s: signal.signal(s, raise_interrupt) for s in (signal.SIGTERM, signal.SIGHUP)}
-        try:
-            yield
-        finally:
-            for s, handler in old.items():
-                signal.signal(s, handler)
-    return manager()
+@contextmanager
+def interruptible() -> Iterator[None]:
+    """SIGTERM and SIGHUP raise KeyboardInterrupt like Ctrl-C, so every ``finally``
+    (stopping processes, removing directories) runs."""
+    def raise_interrupt(signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+    old = {s: signal.signal(s, raise_interrupt) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
 
 
 def db_state_counts(database: Path | str) -> dict[str, int]:

@@ -40,8 +40,7 @@ for _p in (REPO / "tests" / "e2e", REPO):
 
 import libvirt  # noqa: E402
 
-from bench.common import code_version  # noqa: E402,F401 (re-exported for the benches)
-import yaml  # noqa: E402
+from bench.common import code_version, interruptible  # noqa: E402,F401 (re-exported)
 
 from daemon import domain_xml  # noqa: E402
 from libvirtd import LibvirtDaemon  # noqa: E402
@@ -82,19 +81,6 @@ def require_root_and_packages(extra_apt: tuple[str, ...] = ()) -> None:
     for tool in ("unshare", "libvirtd", "virtlogd", "virsh"):
         if shutil.which(tool) is None:
             sys.exit(f"{tool} not found after scripts/setup-libvirtd")
-
-
-@contextmanager
-def interruptible() -> Iterator[None]:
-    """SIGTERM and SIGHUP raise KeyboardInterrupt like Ctrl-C, so every ``finally`` runs."""
-    def raise_interrupt(signum: int, _frame: Any) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-    old = {s: signal.signal(s, raise_interrupt) for s in (signal.SIGTERM, signal.SIGHUP)}
-    try:
-        yield
-    finally:
-        for s, handler in old.items():
-            signal.signal(s, handler)
 
 
 @contextmanager
@@ -218,22 +204,19 @@ class RealHost:
 
     # -- provisiond
 
-    def fresh_provisiond(self) -> Daemon:
-        """Stop provisiond if it runs, start a new one on an empty database."""
+    def fresh_provisiond(self, storage_pools: list[str] | None = None) -> Daemon:
+        """Stop provisiond if it runs, start a new one on an empty database, placing on
+        ``storage_pools`` (default: the benchmark's pool)."""
         self.stop_provisiond()
         self.generation += 1
         sub = self.directory / f"provisiond-{self.generation}"
         sub.mkdir()
         sub.chmod(0o755)
         main = daemon_config(
-            sub, storage_pools=[self.pool], sizes={"bench": SIZE},
+            sub, storage_pools=storage_pools or [self.pool], sizes={"bench": SIZE},
             templates={"ipxe": {"kind": "iso", "volume": {"pool": self.pool, "name": ISO}}},
-            daemon={"define_event_timeout": 30, "host_wait_timeout": 60})
-        pools_file = sub / "pools.yml"
-        pools = yaml.safe_load(pools_file.read_text())
-        pools["hardware_pools"]["hw"]["hosts"] = [
-            {"name": "bench", "uri": self.libvirtd.uri, "domain_type": "qemu"}]
-        pools_file.write_text(yaml.safe_dump(pools))
+            daemon={"define_event_timeout": 30, "host_wait_timeout": 60},
+            hosts=[{"name": "bench", "uri": self.libvirtd.uri, "domain_type": "qemu"}])
         self.daemon = Daemon(sub, main)
         self.daemon.start(timeout=60)
         self.api = Api(self.daemon.socket)

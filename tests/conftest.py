@@ -51,8 +51,12 @@ def write_config(directory: Path, node_xml: str = "host_basic.xml", *,
                  sizes: dict[str, Any] | None = None, templates: dict[str, Any] | None = None,
                  daemon: dict[str, Any] | None = None, tolerance_gb: int = 0,
                  grants: dict[str, Any] | None = None,
-                 resource_pools: dict[str, Any] | None = None) -> Path:
-    """Write a complete configuration into ``directory``; return its main file."""
+                 resource_pools: dict[str, Any] | None = None,
+                 hosts: list[dict[str, str]] | None = None) -> Path:
+    """Write a complete configuration into ``directory``; return its main file.
+
+    The hardware pool's host is the test driver on ``node_xml`` unless ``hosts`` says
+    otherwise (e.g. a real libvirtd's URI)."""
     directory.mkdir(parents=True, exist_ok=True)
     pools = storage_pools or ["pool-iscsi", "pool-dir", "pool-nfs", "pool-lvm"]
     rp: dict[str, Any] = {
@@ -67,7 +71,7 @@ def write_config(directory: Path, node_xml: str = "host_basic.xml", *,
         "templates.yml": templates or TEMPLATES,
         "pools.yml": {
             "hardware_pools": {"hw": {
-                "hosts": [{"name": "testhost", "uri": f"test://{DATA / node_xml}"}],
+                "hosts": hosts or [{"name": "testhost", "uri": f"test://{DATA / node_xml}"}],
                 "storage_pools": [p if isinstance(p, dict) else {"name": p} for p in pools],
                 "reuse_tolerance_gb": tolerance_gb,
             }},

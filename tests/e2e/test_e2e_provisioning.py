@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
-import yaml
 
 from daemon.domain_xml import METADATA_NS, domain_uuid_for
 from libvirtd import LibvirtDaemon
@@ -45,12 +44,8 @@ class E2E:
             directory, storage_pools=[self.pool], sizes=SIZES,
             templates={"ipxe": {"kind": "iso", "volume": {"pool": self.pool,
                                                           "name": "ipxe.iso"}}},
-            daemon={"host_wait_timeout": 60, "define_event_timeout": 30})
-        pools_file = directory / "pools.yml"
-        pools = yaml.safe_load(pools_file.read_text())
-        pools["hardware_pools"]["hw"]["hosts"] = [
-            {"name": "e2e", "uri": libvirtd.uri, "domain_type": "qemu"}]
-        pools_file.write_text(yaml.safe_dump(pools))
+            daemon={"host_wait_timeout": 60, "define_event_timeout": 30},
+            hosts=[{"name": "e2e", "uri": libvirtd.uri, "domain_type": "qemu"}])
         self.started: list[Daemon] = []
 
     def daemon(self, crash_at: str | None = None) -> Daemon:
