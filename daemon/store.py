@@ -197,6 +197,14 @@ REQUEST_UPDATABLE = {
 }
 
 
+_REQUEST_DEFAULTS: dict[str, Any] = {
+    "host": None, "network": None, "reason": None, "volume_pool": None, "volume_name": None,
+    "volume_path": None, "volume_format": None, "volume_owned": 0, "domain_uuid": None,
+    "domain_name": None, "idempotency_key": None, "cleaned_up": 0,
+}
+"""What a new ``requests`` row holds in the columns ``insert_request`` leaves out."""
+
+
 class Store:
     """All persistent state of provisiond, behind methods; no SQL outside this class."""
 
@@ -213,6 +221,9 @@ class Store:
         self.db.execute("PRAGMA busy_timeout=5000")
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pending: asyncio.Future[None] | None = None
+        self._depth = 0
+        self._reservations: dict[str, dict[str, Reservation]] | None = None
+        """Reservations by host, read once; dropped when a transaction rolls back."""
 
     # -- lifecycle
 
@@ -256,6 +267,7 @@ class Store:
                 self.db.conn.execute("COMMIT")
         except sqlite3.Error as exc:
             self.db.rollback()
+            self._reservations = None
             if pending is not None and not pending.done():
                 pending.set_exception(exc)
             return
@@ -265,12 +277,50 @@ class Store:
     @contextmanager
     def atomic(self) -> Iterator[None]:
         """One transaction (a savepoint when nested, or inside the group's transaction)."""
-        if self._loop is not None and not self.db.conn.in_transaction:
-            self.db.conn.execute("BEGIN IMMEDIATE")
+        conn = self.db.conn
+        if self._loop is not None and not conn.in_transaction:
+            conn.execute("BEGIN IMMEDIATE")
             self._pending = self._loop.create_future()
             self._loop.call_soon(self._flush)
-        with self.db.atomic():
+        if not conn.in_transaction:
+            conn.execute("BEGIN IMMEDIATE")
+            self._depth += 1
+            try:
+                yield
+            except BaseException:
+                self._depth -= 1
+                self._rolled_back()
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            self._depth -= 1
+            try:
+                conn.execute("COMMIT")
+            except BaseException:
+                self._rolled_back()
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            return
+        # A fixed name per depth: the statements stay in sqlite3's statement cache.
+        savepoint = f"provisiond_{self._depth}"
+        conn.execute(f"SAVEPOINT {savepoint}")
+        self._depth += 1
+        try:
             yield
+        except BaseException:
+            self._depth -= 1
+            self._rolled_back()
+            # An error may have ended the whole transaction, savepoint and all.
+            if conn.in_transaction:
+                conn.execute(f"ROLLBACK TO SAVEPOINT {savepoint}")
+                conn.execute(f"RELEASE SAVEPOINT {savepoint}")
+            raise
+        self._depth -= 1
+        conn.execute(f"RELEASE SAVEPOINT {savepoint}")
+
+    def _rolled_back(self) -> None:
+        self._reservations = None  # may hold what was just undone; read again when asked
 
     def integrity_check(self) -> str:
         """SQLite's ``PRAGMA integrity_check`` answer ('ok' when sound)."""
@@ -285,10 +335,13 @@ class Store:
         row = dict(values)
         row["owner_groups"] = json.dumps(sorted(row.get("owner_groups", [])))
         row.update(state=str(State.REQUESTED), created_at=now, updated_at=now)
+        columns = ", ".join(row)
         with self.atomic():
-            self.db["requests"].insert(row)
+            self.db.conn.execute(
+                f"INSERT INTO requests ({columns}) VALUES ({', '.join(':' + k for k in row)})",
+                row)
             self._insert_log(row["id"], "transition", None, State.REQUESTED, trigger, now, detail)
-        return self.get_request(row["id"])
+        return RequestRecord.from_row({**_REQUEST_DEFAULTS, **row})
 
     def record_transition(self, request_id: str, from_state: State, to_state: State,
                           trigger: str, detail: str | None = None,
@@ -306,7 +359,7 @@ class Store:
             sets[key] = value
         assignments = ", ".join(f"{k} = :{k}" for k in sets)
         with self.atomic():
-            cursor = self.db.execute(
+            cursor = self.db.conn.execute(
                 f"UPDATE requests SET {assignments} WHERE id = :_id AND state = :_from",
                 {**sets, "_id": request_id, "_from": str(from_state)},
             )
@@ -320,8 +373,11 @@ class Store:
         if bad:
             raise ValueError(f"request fields {sorted(bad)} cannot be updated")
         if updates:
+            sets = {**updates, "updated_at": self.clock()}
             with self.atomic():
-                self.db["requests"].update(request_id, {**updates, "updated_at": self.clock()})
+                self.db.conn.execute(
+                    f"UPDATE requests SET {', '.join(f'{k} = :{k}' for k in sets)}"
+                    " WHERE id = :_id", {**sets, "_id": request_id})
 
     def append_log(self, request_id: str, kind: str, state: State, trigger: str,
                    detail: str | None = None) -> None:
@@ -332,7 +388,7 @@ class Store:
     def _insert_log(self, request_id: str, kind: str, from_state: State | None,
                     to_state: State | None, trigger: str, at: float,
                     detail: str | None) -> None:
-        self.db.execute(
+        self.db.conn.execute(
             "INSERT INTO state_log (request_id, kind, from_state, to_state, trigger, at, detail)"
             " VALUES (?, ?, ?, ?, ?, ?, ?)",
             (request_id, kind, from_state and str(from_state), to_state and str(to_state),
@@ -449,7 +505,7 @@ class Store:
         """Claim a volume for a request; raises AlreadyClaimed if another request holds it."""
         try:
             with self.atomic():
-                self.db.execute(
+                self.db.conn.execute(
                     "INSERT INTO volume_claims (host, pool, volume, request_id, at)"
                     " VALUES (?, ?, ?, ?, ?)", (host, pool, volume, request_id, self.clock()))
         except sqlite3.IntegrityError:
@@ -471,28 +527,47 @@ class Store:
             self._reserve(reservation)
 
     def _reserve(self, reservation: Reservation) -> None:
-        self.db.execute(
+        self.db.conn.execute(
             "INSERT OR REPLACE INTO pool_reservations (request_id, host, pool, volume, bytes, at)"
             " VALUES (?, ?, ?, ?, ?, ?)",
             (reservation.request_id, reservation.host, reservation.pool, reservation.volume,
              reservation.bytes, self.clock()))
+        self._forget_reservation(reservation.request_id)
+        self._reservations_by_host().setdefault(reservation.host, {})[
+            reservation.request_id] = reservation
 
     def drop_reservation(self, request_id: str) -> None:
         """A request's volume exists: its reservation has done its job."""
         with self.atomic():
-            self.db.execute("DELETE FROM pool_reservations WHERE request_id = ?", [request_id])
+            self.db.conn.execute("DELETE FROM pool_reservations WHERE request_id = ?",
+                                 [request_id])
+            self._forget_reservation(request_id)
 
     def reservations_on(self, host: str) -> list[Reservation]:
         """Space held in the pools of a host by live requests."""
-        return [Reservation(**r) for r in self.db.query(
-            "SELECT request_id, host, pool, volume, bytes FROM pool_reservations WHERE host = ?",
-            [host])]
+        return list(self._reservations_by_host().get(host, {}).values())
+
+    def _reservations_by_host(self) -> dict[str, dict[str, Reservation]]:
+        # Kept in memory: placement asks for them once per request.
+        if self._reservations is None:
+            by_host: dict[str, dict[str, Reservation]] = {}
+            for r in self.db.query("SELECT request_id, host, pool, volume, bytes"
+                                   " FROM pool_reservations ORDER BY rowid"):
+                by_host.setdefault(r["host"], {})[r["request_id"]] = Reservation(**r)
+            self._reservations = by_host
+        return self._reservations
+
+    def _forget_reservation(self, request_id: str) -> None:
+        for held in self._reservations_by_host().values():
+            held.pop(request_id, None)
 
     def release_storage(self, request_id: str) -> None:
         """Drop a request's volume claims and space reservations."""
         with self.atomic():
-            self.db.execute("DELETE FROM volume_claims WHERE request_id = ?", [request_id])
-            self.db.execute("DELETE FROM pool_reservations WHERE request_id = ?", [request_id])
+            self.db.conn.execute("DELETE FROM volume_claims WHERE request_id = ?", [request_id])
+            self.db.conn.execute("DELETE FROM pool_reservations WHERE request_id = ?",
+                                 [request_id])
+            self._forget_reservation(request_id)
 
 
 class StaleState(Exception):

@@ -306,6 +306,18 @@ def test_a_request_holds_one_reservation(store: Store) -> None:
         Reservation("r1", "testhost", "pool-nfs", "b", 10 * GiB)]
 
 
+def test_a_reservation_rolled_back_holds_no_space(store: Store) -> None:
+    store.reserve_space(Reservation("r1", "testhost", "pool-dir", "a", 15 * GiB))
+    with pytest.raises(RuntimeError), store.atomic():
+        store.reserve_space(Reservation("r2", "testhost", "pool-dir", "b", 10 * GiB))
+        store.drop_reservation("r1")
+        raise RuntimeError("the transition after it failed")
+    assert store.reservations_on("testhost") == [
+        Reservation("r1", "testhost", "pool-dir", "a", 15 * GiB)]
+    # As a fresh start of the daemon reads them from the database.
+    assert Store(store.path).reservations_on("testhost") == store.reservations_on("testhost")
+
+
 # --------------------------------------------------------------------------- quota
 
 
