@@ -43,7 +43,15 @@ from daemon.metrics import Metrics
 from daemon.placement import Decision, place_storage, place_storage_fast
 from daemon.store import QuotaUsage, RequestRecord, Store
 from daemon.virt import ConnectionClosed, DomainEvent, HostConnection, Opener, PoolEvent
-from statemachines import HOLDS_QUOTA, TERMINAL, State, Trigger, build_machine
+from statemachines import (
+    ACTS_OUTSIDE,
+    HOLDS_QUOTA,
+    TERMINAL,
+    State,
+    Trigger,
+    build_machine,
+    fire,
+)
 
 log = logging.getLogger("provisiond.engine")
 
@@ -58,7 +66,7 @@ class RequestModel:
 
     def __init__(self, record: RequestRecord) -> None:
         self.id = record.id
-        self.state: State
+        self.state: State = record.state
         self.record = record
         """The request as stored; ``set_state`` keeps it in step with the database."""
         self.entered_at = record.updated_at
@@ -309,7 +317,7 @@ class Engine:
         model = self._models[request_id]
         left = model.state
         try:
-            model.trigger(str(trigger), detail=detail, updates=updates)
+            fire(self.machine, model, trigger, detail=detail, updates=updates)
         except MachineError:
             raise InvalidState(f"request {request_id}: '{trigger}' is not allowed from "
                                f"{model.state}") from None
@@ -354,7 +362,6 @@ class Engine:
 
     def _spawn(self, record: RequestRecord) -> None:
         model = RequestModel(dataclasses.replace(record))  # its own copy, moved by set_state
-        self.machine.add_model(model, initial=record.state)
         self._models[record.id] = model
         self._tasks[record.id] = asyncio.create_task(self._drive(record.id),
                                                      name=f"request-{record.id}")
@@ -387,7 +394,10 @@ class Engine:
         model = self._models[request_id]
         try:
             while model.state not in TERMINAL:
-                await self.store.durable()  # the state is on disk before its work starts
+                if model.state in ACTS_OUTSIDE:
+                    await self.store.durable()  # on disk before its step acts on libvirt
+                else:
+                    await asyncio.sleep(0)  # one step per loop pass: others get their turn
                 by = self._cancels.get(request_id)
                 if by is not None:
                     self.fail(request_id, f"cancelled by {by}")
@@ -411,11 +421,10 @@ class Engine:
                     log.exception("request %s: step for %s crashed", request_id, model.state)
                     self.fail(request_id, f"internal error in {model.state}: "
                                           f"{type(exc).__name__}: {exc}")
+            await self.store.durable()  # whoever waits for the end is told a durable one
             if model.state == State.FAILED:
-                await self.store.durable()
                 await self._rollback_until_done(request_id)
         finally:
-            self.machine.remove_model(model)
             self._models.pop(request_id, None)
             self._tasks.pop(request_id, None)
             self._cancels.pop(request_id, None)

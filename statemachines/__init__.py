@@ -1,6 +1,7 @@
 """State tables of provisiond; pure declarations, no I/O."""
 
 from statemachines.provisioning import (
+    ACTS_OUTSIDE,
     HOLDS_QUOTA,
     IN_PROGRESS,
     INITIAL,
@@ -11,10 +12,11 @@ from statemachines.provisioning import (
     Trigger,
     build_machine,
     destination,
+    fire,
     render_mermaid,
 )
 
 __all__ = [
-    "HOLDS_QUOTA", "IN_PROGRESS", "INITIAL", "TERMINAL", "TRANSITIONS", "State", "Transition",
-    "Trigger", "build_machine", "destination", "render_mermaid",
+    "ACTS_OUTSIDE", "HOLDS_QUOTA", "IN_PROGRESS", "INITIAL", "TERMINAL", "TRANSITIONS", "State", "Transition",
+    "Trigger", "build_machine", "destination", "fire", "render_mermaid",
 ]

@@ -70,6 +70,14 @@ HOLDS_QUOTA: frozenset[State] = frozenset(
 )
 """States whose requests count against their resource pool's quota (they passed it)."""
 
+ACTS_OUTSIDE: frozenset[State] = frozenset({State.STORAGE_CREATING, State.DEFINING})
+"""States whose step acts on libvirt: the state is on disk before the step starts.
+
+The steps of the other states only read memory and write the store, in the transaction
+of the transition they fire; a crash before that commit replays them from the last state
+on disk, with nothing outside the database to undo. So they need not wait for a commit.
+"""
+
 INITIAL: State = State.REQUESTED
 
 
@@ -131,7 +139,7 @@ def destination(state: State, trigger: Trigger) -> State | None:
 
 
 def build_machine(before_state_change: Callable[[Any], None] | None = None) -> Machine:
-    """Build the one shared machine; models are added per live request.
+    """Build the one shared machine; models are moved with ``fire``.
 
     ``before_state_change`` receives transitions' ``EventData``; if it raises, the model's
     state does not move. The engine passes the function that persists the change.
@@ -145,10 +153,19 @@ def build_machine(before_state_change: Callable[[Any], None] | None = None) -> M
         ],
         auto_transitions=False,
         ignore_invalid_triggers=False,
-        queued="model",
         send_event=True,
         before_state_change=[before_state_change] if before_state_change else [],
     )
+
+
+def fire(machine: Machine, model: Any, trigger: Trigger, **kwargs: Any) -> None:
+    """Move ``model`` (any object with a ``state`` attribute) by ``trigger``.
+
+    Raises transitions' ``MachineError`` if the table forbids ``trigger`` from the model's
+    state. The model need not be added to the machine: adding binds a method per trigger
+    and per state to each model, which cost 5% of the daemon's CPU under load.
+    """
+    machine.events[str(trigger)].trigger(model, **kwargs)
 
 
 def render_mermaid() -> str:
@@ -170,8 +187,10 @@ def render_mermaid() -> str:
     for s in State:
         if s in TERMINAL:
             lines.append(f"    {name[s]} --> [*]")
-    lines += ["```", "", "| state | meaning |", "| --- | --- |"]
-    lines += [f"| `{s.value}` | {s.__doc__} |" for s in State]
+    lines += ["```", "", "| state | meaning | its step acts on libvirt (durable first) |",
+              "| --- | --- | --- |"]
+    lines += [f"| `{s.value}` | {s.__doc__} | {'yes' if s in ACTS_OUTSIDE else ''} |"
+              for s in State]
     lines += ["", "| trigger | from | to | fired by |", "| --- | --- | --- | --- |"]
     lines += [
         f"| `{t.trigger.value}` | `{t.source.value}` | `{t.dest.value}` | {t.fired_by} |"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 
 import libvirt
 import pytest
@@ -332,3 +333,39 @@ async def test_placement_looks_again_before_failing_for_lack_of_storage(make_har
     done = await h.run(template="ipxe-file", size="three")
     assert done.state == State.DONE, done.reason
     assert done.volume_name == "lun-3g"
+
+
+async def test_libvirt_is_asked_to_act_only_once_the_state_is_on_disk(make_harness, tmp_path):
+    # What another process (a restarted provisiond) would read when each call is made.
+    seen: list[tuple[str, str]] = []
+    holder: list = []
+
+    def on_disk() -> tuple[str, str | None]:
+        db = sqlite3.connect(holder[0].config.daemon.database)
+        try:
+            return db.execute("SELECT state, volume_pool FROM requests ORDER BY created_at DESC"
+                              " LIMIT 1").fetchone()
+        finally:
+            db.close()
+
+    def create_volume(xml: str, flags: int = 0):
+        state, pool = on_disk()
+        seen.append(("createXML", state))
+        return holder[0].conn.storagePoolLookupByName(pool).createXML(xml, flags)
+
+    def define(xml: str):
+        seen.append(("defineXML", on_disk()[0]))
+        return holder[0].conn.defineXML(xml)
+
+    h = await make_harness(faults={"createXML": create_volume, "defineXML": define})
+    holder.append(h)
+    # A slow disk: each group commit lands 50 ms after it is due, so a step that did not
+    # wait for its state to be on disk would act first.
+    commit = h.store._flush
+    h.store._flush = lambda: asyncio.get_running_loop().call_later(0.05, commit)
+    await h.run(size="small")  # reuses the free volume: no createXML
+    second = await h.run(size="small")  # creates one
+
+    assert second.state == State.DONE, h.store.get_log(second.id)
+    assert seen == [("defineXML", "defining"), ("createXML", "storage-creating"),
+                    ("defineXML", "defining")]
