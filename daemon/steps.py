@@ -121,7 +121,7 @@ async def create_storage(engine: "Engine", req: RequestRecord) -> None:
         xml = domain_xml.build_volume_xml(req.volume_name, req.storage_gb * 1024**3,
                                           req.volume_format)
         try:
-            volume = await host.create_volume(req.volume_pool, xml)
+            volume = await host.create_volume(req.volume_pool, xml, req.volume_format)
         except VirtError:
             volume = await host.find_volume(req.volume_pool, req.volume_name)
             if volume is None:

@@ -255,6 +255,8 @@ class HostConnection:
         self._pool_callback_ids: list[int] = []
         self._on_event: Callable[[object], None] | None = None
         self._caps: tuple[str, str] | None = None
+        self._pool_handles: dict[str, Any] = {}
+        """Storage pool objects by name, of the open connection (one look-up each)."""
 
     # -- connection
 
@@ -316,6 +318,7 @@ class HostConnection:
 
     async def note_pool_event(self, pool: str, event: str) -> None:
         """Keep the inventory current after a pool event (re-read that pool)."""
+        self._pool_handles.pop(pool, None)  # the name may now stand for another pool
         if event in ("UNDEFINED", "DELETED"):
             self.inventory.apply_pools(self.inventory.begin_read(), {pool: None})
             return
@@ -366,6 +369,7 @@ class HostConnection:
     async def disconnect(self) -> None:
         """Unsubscribe and close the connection, ignoring errors of a dead one."""
         conn, self._conn = self._conn, None
+        self._pool_handles = {}  # a new dict: calls still running keep the old one
         if conn is None:
             return
         for cid in self._callback_ids:
@@ -440,10 +444,10 @@ class HostConnection:
 
     # -- actions
 
-    async def create_volume(self, pool: str, xml: str) -> VolumeInfo:
-        """Create a volume from XML in ``pool``."""
+    async def create_volume(self, pool: str, xml: str, volume_format: str | None) -> VolumeInfo:
+        """Create a volume from XML (of this format) in ``pool``."""
         vol = await self._call(f"cannot create a volume in pool {pool}", _create_volume,
-                               self._conn, pool, xml)
+                               self._conn, self._pool_handles, pool, xml, volume_format)
         self.inventory.add_volume(vol)
         return vol
 
@@ -599,10 +603,24 @@ def _find_volume(conn: Any, pool_name: str, name: str) -> VolumeInfo | None:
     return _volume_info(pool_name, vol)
 
 
-def _create_volume(conn: Any, pool_name: str, xml: str) -> VolumeInfo:
-    pool = conn.storagePoolLookupByName(pool_name)
-    vol = pool.createXML(xml, 0)
-    return _volume_info(pool_name, vol)
+def _create_volume(conn: Any, handles: dict[str, Any], pool_name: str, xml: str,
+                   volume_format: str | None) -> VolumeInfo:
+    pool = handles.get(pool_name)
+    if pool is None:
+        pool = handles[pool_name] = conn.storagePoolLookupByName(pool_name)
+    try:
+        vol = pool.createXML(xml, 0)
+    except libvirt.libvirtError as exc:
+        if exc.get_error_code() != libvirt.VIR_ERR_NO_STORAGE_POOL:
+            raise
+        # Undefined and defined again under the same name before its event arrived.
+        handles.pop(pool_name, None)
+        pool = handles[pool_name] = conn.storagePoolLookupByName(pool_name)
+        vol = pool.createXML(xml, 0)
+    # What libvirt made of the size and where it put the file; the format is the one
+    # asked for (read back, it would cost one more round trip and an XML parse).
+    _type, capacity, allocation = vol.info()
+    return VolumeInfo(pool_name, vol.name(), vol.path(), capacity, allocation, volume_format)
 
 
 def _delete_volume(conn: Any, pool_name: str, name: str) -> bool:

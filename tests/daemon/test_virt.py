@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable
@@ -184,13 +185,39 @@ async def test_volumes_are_created_found_and_deleted() -> None:
     try:
         await host.open(lambda _e: None)
         xml = domain_xml.build_volume_xml("provisiond-r1.qcow2", 7 * GiB, "qcow2")
-        created = await host.create_volume("pool-dir", xml)
+        created = await host.create_volume("pool-dir", xml, "qcow2")
         assert (created.name, created.capacity, created.format) == (
             "provisiond-r1.qcow2", 7 * GiB, "qcow2")
         assert await host.find_volume("pool-dir", "provisiond-r1.qcow2") == created
         assert await host.delete_volume("pool-dir", "provisiond-r1.qcow2") is True
         assert await host.find_volume("pool-dir", "provisiond-r1.qcow2") is None
         assert await host.delete_volume("pool-dir", "provisiond-r1.qcow2") is False
+    finally:
+        await host.close()
+
+
+async def test_a_pool_defined_again_under_its_name_still_takes_new_volumes() -> None:
+    opened: list = []
+    host = HostConnection("testhost", BASIC_URI,
+                          opener=lambda uri: opened.append(libvirt.open(uri)) or opened[-1])
+    try:
+        await host.open(lambda _e: None)  # its events are not seen: the worst case
+        first = domain_xml.build_volume_xml("provisiond-r1.qcow2", GiB, "qcow2")
+        await host.create_volume("pool-dir", first, "qcow2")
+        # Someone replaces the pool by another of the same name (a new UUID).
+        old = opened[0].storagePoolLookupByName("pool-dir")
+        xml = re.sub(r"<uuid>.*</uuid>", "", old.XMLDesc(0))
+        old.destroy()
+        old.undefine()
+        opened[0].storagePoolCreateXML(xml, 0)
+
+        second = domain_xml.build_volume_xml("provisiond-r2.qcow2", GiB, "qcow2")
+        created = await host.create_volume("pool-dir", second, "qcow2")
+
+        assert created.name == "provisiond-r2.qcow2"
+        pool = opened[0].storagePoolLookupByName("pool-dir")
+        assert pool.UUIDString() != old.UUIDString()
+        assert "provisiond-r2.qcow2" in pool.listVolumes()
     finally:
         await host.close()
 
@@ -203,7 +230,7 @@ async def test_malformed_volume_xml_is_a_virt_error_naming_the_action() -> None:
     try:
         await host.open(lambda _e: None)
         with pytest.raises(VirtError) as err:
-            await host.create_volume("pool-dir", "<volume><name>broken")
+            await host.create_volume("pool-dir", "<volume><name>broken", None)
         assert type(err.value) is VirtError  # not "host unreachable"
         assert err.value.message.startswith("cannot create a volume in pool pool-dir: ")
         assert err.value.libvirt_code in (libvirt.VIR_ERR_XML_ERROR,
@@ -220,7 +247,7 @@ async def test_other_libvirt_errors_name_their_action() -> None:
         await host.open(lambda _e: None)
         volume = domain_xml.build_volume_xml("v", GiB, None)
         with pytest.raises(VirtError, match="^cannot create a volume in pool nope: .*nope"):
-            await host.create_volume("nope", volume)
+            await host.create_volume("nope", volume, None)
         with pytest.raises(VirtError, match="^cannot define the domain: "):
             await host.define_domain("00000000-0000-4000-8000-000000000001", "x",
                                      "<domain type='qemu'><name>x</name>")
