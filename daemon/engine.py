@@ -396,8 +396,8 @@ class Engine:
             while model.state not in TERMINAL:
                 if model.state in ACTS_OUTSIDE:
                     await self.store.durable()  # on disk before its step acts on libvirt
-                else:
-                    await asyncio.sleep(0)  # one step per loop pass: others get their turn
+                # Else no await: the steps up to the next one that acts run in one pass of
+                # the loop, and one commit covers their transitions.
                 by = self._cancels.get(request_id)
                 if by is not None:
                     self.fail(request_id, f"cancelled by {by}")

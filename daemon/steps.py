@@ -91,7 +91,7 @@ async def search_storage(engine: "Engine", req: RequestRecord) -> None:
             host.inventory.hold(vol.pool, vol.name)
             engine.set_state(req.id, Trigger.REUSE_VOLUME, decision.reason,
                              volume_pool=vol.pool, volume_name=vol.name, volume_path=vol.path,
-                             volume_format=vol.format, volume_owned=0)
+                             volume_format=vol.format, volume_owned=0, **_domain_of(req))
         elif decision.action == "create":
             assert decision.pool is not None
             name = domain_xml.volume_name_for(req.id, decision.volume_format)
@@ -133,7 +133,8 @@ async def create_storage(engine: "Engine", req: RequestRecord) -> None:
     with engine.store.atomic():
         # The volume exists: libvirt's figures count it now, the reservation is done.
         engine.store.drop_reservation(req.id)
-        engine.set_state(req.id, Trigger.DEFINE, detail, volume_path=volume.path)
+        engine.set_state(req.id, Trigger.DEFINE, detail, volume_path=volume.path,
+                         **_domain_of(req))
 
 
 async def define(engine: "Engine", req: RequestRecord) -> None:
@@ -173,10 +174,10 @@ async def define(engine: "Engine", req: RequestRecord) -> None:
         cdrom_volume=template.volume.name if template.volume else None,
         network=req.network, request_id=req.id, owner=req.owner, template=req.template,
         size=req.size, resource_pool=req.resource_pool))
-    # Recorded first, so a rollback after a crash knows to look for the domain.
-    engine.store.update_request(req.id, domain_uuid=uuid, domain_name=req.name)
-    req.domain_uuid, req.domain_name = uuid, req.name
-    await engine.store.durable()
+    if req.domain_uuid != uuid:  # a database of an older provisiond: record it first
+        engine.store.update_request(req.id, **_domain_of(req))
+        req.domain_uuid, req.domain_name = uuid, req.name
+        await engine.store.durable()
     waiter = engine.expect_defined(host.name, uuid)
     timeout = engine.config.daemon.define_event_timeout
     try:
@@ -192,6 +193,12 @@ async def define(engine: "Engine", req: RequestRecord) -> None:
                      f"domain {event.name} ({uuid}) defined on {host.name} "
                      f"({domain_type}, {req.cpus} vcpus, {req.memory_kib} KiB)",
                      domain_uuid=uuid, domain_name=event.name)
+
+
+def _domain_of(req: RequestRecord) -> dict[str, str]:
+    # Recorded with the move to defining, before the domain is: a rollback after a crash
+    # then knows which domain to look for.
+    return {"domain_uuid": domain_xml.domain_uuid_for(req.id), "domain_name": req.name}
 
 
 StepFn = Callable[["Engine", RequestRecord], Awaitable[None]]
