@@ -46,6 +46,12 @@ class DomainSpec:
     size: str
     resource_pool: str
 
+    def disks(self) -> list[tuple[str | None, str | None, str | None]]:
+        """(path, pool, volume) of each disk of its XML, as ``disks_of`` reads them back."""
+        cdrom = ((None, self.cdrom_pool, self.cdrom_volume)
+                 if self.cdrom_pool and self.cdrom_volume else (self.cdrom_path or "", None, None))
+        return [(None, self.disk_pool, self.disk_volume), cdrom]
+
 
 def build_domain_xml(spec: DomainSpec) -> str:
     """The domain XML: disk from the volume, ISO as CD-ROM, boot CD then disk, metadata."""

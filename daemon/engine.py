@@ -111,6 +111,7 @@ class Engine:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._cancels: dict[str, str] = {}
         self._define_waiters: dict[tuple[str, str], asyncio.Future[DomainEvent]] = {}
+        self._defining: dict[str, str] = {}  # domain UUID -> id of the request defining it
         self._terminal_waiters: dict[str, list[asyncio.Future[None]]] = {}
         self._inbox: asyncio.Queue[object] | None = None
         self._consumer: asyncio.Task[None] | None = None
@@ -561,15 +562,19 @@ class Engine:
         if self._inbox is not None:
             self._inbox.put_nowait(event)
 
-    def expect_defined(self, host: str, domain_uuid: str) -> asyncio.Future[DomainEvent]:
-        """A future resolved by the DEFINED event of this domain (register before defining)."""
+    def expect_defined(self, host: str, domain_uuid: str,
+                       request_id: str) -> asyncio.Future[DomainEvent]:
+        """A future resolved by the DEFINED event of the domain the request is defining
+        (register before defining)."""
         waiter: asyncio.Future[DomainEvent] = asyncio.get_running_loop().create_future()
         self._define_waiters[(host, domain_uuid)] = waiter
+        self._defining[domain_uuid] = request_id
         return waiter
 
     def forget_defined(self, host: str, domain_uuid: str) -> None:
         """Drop the DEFINED waiter of a domain."""
         self._define_waiters.pop((host, domain_uuid), None)
+        self._defining.pop(domain_uuid, None)
 
     async def _consume_events(self) -> None:
         assert self._inbox is not None
@@ -603,7 +608,9 @@ class Engine:
             waiter = self._define_waiters.get((event.host, event.uuid))
             if waiter is not None and not waiter.done():
                 waiter.set_result(event)
-        record = self.store.find_by_domain_uuid(event.uuid)
+        model = self._models.get(self._defining.get(event.uuid, ""))
+        record = (model.record if model is not None
+                  else self.store.find_by_domain_uuid(event.uuid))
         if record is not None and record.host == event.host:
             self.store.append_log(record.id, "event", record.state, f"libvirt:{event.event}",
                                   f"domain {event.name} {event.event} (detail {event.detail})")

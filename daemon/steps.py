@@ -165,7 +165,7 @@ async def define(engine: "Engine", req: RequestRecord) -> None:
     if configured != "auto":
         domain_type = configured
     assert req.volume_pool and req.volume_name
-    xml = domain_xml.build_domain_xml(domain_xml.DomainSpec(
+    spec = domain_xml.DomainSpec(
         name=req.name, uuid=uuid, domain_type=domain_type, arch=arch, cpus=req.cpus,
         memory_kib=req.memory_kib, disk_pool=req.volume_pool, disk_volume=req.volume_name,
         disk_format=req.volume_format,
@@ -173,15 +173,16 @@ async def define(engine: "Engine", req: RequestRecord) -> None:
         cdrom_pool=template.volume.pool if template.volume else None,
         cdrom_volume=template.volume.name if template.volume else None,
         network=req.network, request_id=req.id, owner=req.owner, template=req.template,
-        size=req.size, resource_pool=req.resource_pool))
+        size=req.size, resource_pool=req.resource_pool)
+    xml = domain_xml.build_domain_xml(spec)
     if req.domain_uuid != uuid:  # a database of an older provisiond: record it first
         engine.store.update_request(req.id, **_domain_of(req))
         req.domain_uuid, req.domain_name = uuid, req.name
         await engine.store.durable()
-    waiter = engine.expect_defined(host.name, uuid)
+    waiter = engine.expect_defined(host.name, uuid, req.id)
     timeout = engine.config.daemon.define_event_timeout
     try:
-        await host.define_domain(uuid, req.name, xml)
+        await host.define_domain(uuid, req.name, xml, spec.disks())
         try:
             event = await asyncio.wait_for(waiter, timeout)
         except asyncio.TimeoutError:

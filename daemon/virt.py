@@ -16,7 +16,7 @@ import xml.etree.ElementTree as ET
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any, Callable, Iterator, Sequence, TypeVar
 
 import libvirt
 import libvirtaio
@@ -458,11 +458,15 @@ class HostConnection:
         self.inventory.remove_volume(pool, name)
         return deleted
 
-    async def define_domain(self, uuid: str, name: str, xml: str) -> None:
-        """Define (not start) a domain from XML; ``uuid`` and ``name`` are the XML's."""
+    async def define_domain(self, uuid: str, name: str, xml: str,
+                            disks: Sequence[tuple[str | None, str | None, str | None]] |
+                            None = None) -> None:
+        """Define (not start) a domain from XML; ``uuid``, ``name`` and ``disks`` (as
+        ``domain_xml.disks_of`` reads them; read from the XML when not given) are the XML's."""
         # In the inventory before its DEFINED event can arrive, so that the event needs
         # no look-up; taken out again if the define fails.
-        self.inventory.set_domain(uuid, _disk_uses(name, xml))
+        self.inventory.set_domain(uuid, _disk_uses(name, xml) if disks is None else tuple(
+            DiskUse(name, path, pool, volume) for path, pool, volume in disks))
         try:
             await self._call("cannot define the domain", _define_domain, self._conn, xml)
         except BaseException:

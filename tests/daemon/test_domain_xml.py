@@ -16,6 +16,7 @@ from daemon.domain_xml import (
     DomainSpec,
     build_domain_xml,
     capabilities_summary,
+    disks_of,
     domain_uuid_for,
     parse_request_metadata,
 )
@@ -237,3 +238,14 @@ def test_redefining_the_same_request_finds_the_same_domain(conn: Any) -> None:
     assert again.UUIDString() == first.UUIDString()
     assert [d.name() for d in conn.listAllDomains()].count("web-42") == 1
     assert conn.lookupByUUIDString(first.UUIDString()).info()[3] == 4
+
+
+@pytest.mark.parametrize("overrides", [
+    {},
+    {"cdrom_pool": None, "cdrom_volume": None, "cdrom_path": "/srv/iso/ipxe.iso"},
+    {"network": "default", "disk_format": None},
+])
+def test_a_spec_names_the_disks_its_xml_has(overrides: dict) -> None:
+    # The inventory records a new domain's disks from its spec, without parsing its XML.
+    s = spec(**overrides)
+    assert s.disks() == disks_of(build_domain_xml(s))
