@@ -1,13 +1,14 @@
 """provisiond's overhead on a real libvirtd with QEMU: per-VM time through provisiond versus
 the bare libvirt calls it makes, same run, same host (issue 6, point 6).
 
-    ./dev bench real_overhead [--n 50] [--rounds 1] [--workers 4] [--poll 0.002]
+    ./dev bench real_overhead [--n 50] [--rounds 1] [--workers 4] [--poll 0]
                               [--no-concurrent] [--profile out.svg]
 
 One VM = a 1 GiB qcow2 volume created in a dir pool + a domain defined on it (not started).
 
-- provisiond: ``POST /v1/requests`` on its socket, then ``GET /v1/requests/{id}`` every
-  ``--poll`` s until ``done`` (client-observed); also the server-side time (request log:
+- provisiond: ``POST /v1/requests`` on its socket, then ``GET /v1/requests/{id}?wait=300``,
+  which the daemon answers once the request is done (``--poll S``: a plain GET every S s
+  instead); client-observed; also the server-side time (request log:
   ``requested`` -> ``done``) and, from ``/metrics``, where that time goes.
 - raw calls: the Python binding, synchronous, in this process: ``storagePool.createXML`` of
   the same volume XML (flags 0, like provisiond) + ``conn.defineXML`` of the same domain
@@ -150,8 +151,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n", type=int, default=50, help="VMs per phase (default 50)")
     parser.add_argument("--workers", type=int, default=4,
                         help="threads for the concurrent raw calls (default 4, as provisiond)")
-    parser.add_argument("--poll", type=float, default=0.002,
-                        help="seconds between two GETs while waiting for done (default 0.002)")
+    parser.add_argument("--poll", type=float, default=0,
+                        help="seconds between two GETs while waiting for done; 0 (default): "
+                             "one GET ?wait= the daemon answers when the request is done")
     parser.add_argument("--profile", metavar="FILE",
                         help="py-spy record provisiond during the sequential phase "
                              "(.svg flamegraph, .json speedscope, else raw)")
@@ -224,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
                 host.provision_sequential(WARMUP, args.poll)
                 host.reset()
                 say(f"provisiond, concurrent: {n} VMs ...")
-                _ids, prov_wall, failed = host.provision_concurrent(n, max(args.poll, 0.005))
+                _ids, prov_wall, failed = host.provision_concurrent(n, args.poll)
                 host.stop_provisiond()
                 host.reset()
                 say(f"raw calls, concurrent ({args.workers} threads): {n} VMs ...")

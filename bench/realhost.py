@@ -241,19 +241,22 @@ class RealHost:
             raise RuntimeError(f"POST /v1/requests: {status} {body}")
         return body["id"]
 
-    def state(self, request_id: str) -> dict[str, Any]:
+    def state(self, request_id: str, wait: float = 0) -> dict[str, Any]:
+        """The request; with ``wait``, once it has ended (or ``wait`` s have passed)."""
         assert self.api is not None
-        status, body = self.api.call("GET", f"/v1/requests/{request_id}")
+        query = f"?wait={wait:g}" if wait > 0 else ""
+        status, body = self.api.call("GET", f"/v1/requests/{request_id}{query}")
         if status != 200:
             raise RuntimeError(f"GET /v1/requests/{request_id}: {status} {body}")
         return body
 
     def provision_one(self, poll: float) -> tuple[str, float]:
-        """Submit one request and wait for ``done`` (polling every ``poll`` s); (id, seconds)."""
+        """Submit one request and wait for ``done``; (id, seconds). ``poll`` 0: the server
+        answers when it is done (``GET ?wait=``); else poll every ``poll`` s."""
         t0 = time.perf_counter()
         request_id = self.submit()
         while True:
-            body = self.state(request_id)
+            body = self.state(request_id, wait=300 if poll <= 0 else 0)
             if body["state"] == "done":
                 return request_id, time.perf_counter() - t0
             if body["state"] == "failed":
@@ -276,6 +279,10 @@ class RealHost:
         assert self.api is not None
         t0 = time.perf_counter()
         ids = [self.submit() for _ in range(n)]
+        if poll <= 0:
+            for request_id in ids:
+                while self.state(request_id, wait=300)["state"] not in ("done", "failed"):
+                    pass
         query = "&".join(f"state={s}" for s in IN_PROGRESS)
         while True:
             status, body = self.api.call("GET", f"/v1/requests?{query}")

@@ -2,13 +2,13 @@
 provisiond, ``virt-install``, and ``virsh vol-create-as`` + ``virsh define``; same run, same
 host (issue 6, point 7).
 
-    ./dev bench vs_tools [--n 20] [--rounds 1] [--poll 0.002] [--provctl 5]
+    ./dev bench vs_tools [--n 20] [--rounds 1] [--poll 0] [--provctl 5]
 
 One VM = a 1 GiB qcow2 volume in a dir pool + a domain defined on it (not started), one VM
 at a time (sequential), each path starting on an empty pool:
 
-- provisiond: ``POST /v1/requests`` on its socket, then ``GET`` every ``--poll`` s until
-  ``done`` (fresh provisiond and database, warmed up by 2 VMs first). Volume: createXML
+- provisiond: ``POST /v1/requests`` on its socket, then ``GET /v1/requests/{id}?wait=300``,
+  answered once the request is ``done`` (``--poll S``: a plain GET every S s instead) (fresh provisiond and database, warmed up by 2 VMs first). Volume: createXML
   flags 0, ``allocation 0`` (thin qcow2, no preallocation), as provisiond does today.
 - virt-install (Debian package ``virtinst``, installed with apt when missing), one process
   per VM: ``--disk pool=P,size=1,format=qcow2 --disk vol=P/ipxe.iso,device=cdrom --import
@@ -127,8 +127,9 @@ def run_provctl(host: RealHost, n: int) -> list[float]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=20, help="VMs per path (default 20)")
-    parser.add_argument("--poll", type=float, default=0.002,
-                        help="seconds between two GETs while waiting for done (default 0.002)")
+    parser.add_argument("--poll", type=float, default=0,
+                        help="seconds between two GETs while waiting for done; 0 (default): "
+                             "one GET ?wait= the daemon answers when the request is done")
     parser.add_argument("--provctl", type=int, default=5, metavar="K",
                         help="VMs through 'provctl create --wait' (informational; default 5)")
     parser.add_argument("--rounds", type=int, default=1,

@@ -8,6 +8,7 @@ with no detail, and its traceback goes to the daemon's log only.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import math
@@ -41,6 +42,8 @@ EXPLAIN_FIELDS = {"template", "size", "resource_pool"}
 LIST_QUERY = ("state", "owner", "resource_pool", "since", "until", "limit", "after")
 LIST_LIMIT_DEFAULT = 1000
 LIST_LIMIT_MAX = 10000
+WAIT_MAX = 300.0
+"""The longest ``GET /v1/requests/{id}?wait=`` holds a connection, in seconds."""
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -286,10 +289,29 @@ async def list_requests(request: web.Request) -> web.Response:
 
 
 async def show_request(request: web.Request) -> web.Response:
-    """GET /v1/requests/{id}."""
+    """GET /v1/requests/{id}[?wait=SECONDS]: the request; with ``wait``, once it has ended
+    (done, or failed and rolled back) or the seconds have passed, whichever comes first."""
     engine = request.app[ENGINE]
+    for key in request.query:
+        if key != "wait":
+            raise InvalidInput(f"unknown query parameter {key!r} (expected: wait)", field=key)
+    wait = None
+    if "wait" in request.query:
+        text = request.query.getall("wait")[-1]
+        try:
+            wait = float(text)
+        except ValueError:
+            wait = math.nan
+        if not 0 <= wait <= WAIT_MAX or len(request.query.getall("wait")) > 1:
+            raise InvalidInput(f"wait must be given once, as seconds from 0 to {WAIT_MAX:g}",
+                               field="wait")
     record = visible(engine, peer_identity(request),
                      engine.store.get_request(request.match_info["id"]))
+    if wait:
+        try:
+            record = await engine.wait_terminal(record.id, timeout=wait)
+        except asyncio.TimeoutError:
+            record = engine.store.get_request(record.id) or record
     return web.json_response(request_json(record))
 
 

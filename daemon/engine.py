@@ -295,17 +295,30 @@ class Engine:
             template_paths=[t.path for t in templates if t.path])
 
     async def wait_terminal(self, request_id: str, timeout: float | None = None) -> RequestRecord:
-        """Wait until the request is terminal (and rolled back if it failed); return it."""
+        """Wait until the request is terminal (and rolled back if it failed), or until the
+        daemon stops; return it. Raises ``asyncio.TimeoutError`` after ``timeout`` s."""
         record = self.store.get_request(request_id)
         if record is None:
             raise UnknownName(f"no request {request_id}")
         if request_id in self._tasks:
             waiter = asyncio.get_running_loop().create_future()
-            self._terminal_waiters.setdefault(request_id, []).append(waiter)
-            await asyncio.wait_for(waiter, timeout)
+            waiters = self._terminal_waiters.setdefault(request_id, [])
+            waiters.append(waiter)
+            try:
+                await asyncio.wait_for(waiter, timeout)
+            finally:
+                if waiter in waiters:
+                    waiters.remove(waiter)
             record = self.store.get_request(request_id)
             assert record is not None
         return record
+
+    def release_waiters(self) -> None:
+        """Let every ``wait_terminal`` return now, ended or not (the daemon is stopping)."""
+        for waiters in self._terminal_waiters.values():
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
 
     # ------------------------------------------------------------------ the choke point
 

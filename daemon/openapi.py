@@ -369,7 +369,14 @@ PATHS: dict[str, Any] = {
         "parameters": [ref("parameters", "RequestId")],
         "get": {
             "operationId": "showRequest", "tags": ["requests"], "summary": "One request",
-            "responses": {"200": ok("The request.", REQUEST), **errors(404)},
+            "description": "With `wait`, the answer comes when the request has ended (done, "
+                           "or failed and rolled back), when `wait` seconds have passed, or "
+                           "when the daemon stops, whichever is first: a client can wait for "
+                           "a request without polling.",
+            "parameters": [{"name": "wait", "in": "query",
+                            "description": "Seconds to wait at most for the request to end.",
+                            "schema": {"type": "number", "minimum": 0, "maximum": 300}}],
+            "responses": {"200": ok("The request.", REQUEST), **errors(400, 404)},
         },
     },
     "/v1/requests/{id}/log": {

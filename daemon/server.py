@@ -69,8 +69,15 @@ def build_app(config: Config, opener: Opener = libvirt.open) -> web.Application:
         yield
         await engine.stop(timeout=SHUTDOWN_TIMEOUT)
 
+    async def release_waiting_clients(app: web.Application) -> None:
+        # Before aiohttp waits (up to its shutdown timeout) for handlers in flight: a
+        # GET ?wait= answers at once with the request as it is.
+        if ENGINE in app:
+            app[ENGINE].release_waiters()
+
     app = make_app()
     app.cleanup_ctx.extend([store_ctx, engine_ctx])
+    app.on_shutdown.append(release_waiting_clients)
     return app
 
 

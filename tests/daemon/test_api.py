@@ -55,6 +55,21 @@ def test_create_then_show_and_log(daemon: Daemon) -> None:
     assert any(e["kind"] == "event" and e["trigger"] == "libvirt:DEFINED" for e in log)
 
 
+def test_show_with_wait_answers_once_the_request_has_ended(daemon: Daemon) -> None:
+    created = create(daemon, resource_pool="rp").body
+    ended = daemon.call("GET", f"/v1/requests/{created['id']}?wait=20")
+    assert ended.status == 200 and ended.body["state"] == "done"  # one call, no polling
+    again = daemon.call("GET", f"/v1/requests/{created['id']}?wait=20")  # ended: at once
+    assert again.body == ended.body
+
+    for query, field in [("wait=soon", "wait"), ("wait=-1", "wait"), ("wait=301", "wait"),
+                         ("wait=nan", "wait"), ("wait=1&wait=2", "wait"), ("watch=1", "watch")]:
+        reply = daemon.call("GET", f"/v1/requests/{created['id']}?{query}")
+        assert reply.status == 400, (query, reply.body)
+        assert reply.body["error"]["field"] == field, reply.body
+    assert daemon.call("GET", "/v1/requests/does-not-exist?wait=1").status == 404
+
+
 def test_pool_must_be_named_when_the_caller_has_several(daemon: Daemon) -> None:
     reply = create(daemon)
     assert reply.status == 400 and reply.body["error"]["field"] == "resource_pool"

@@ -369,3 +369,20 @@ async def test_libvirt_is_asked_to_act_only_once_the_state_is_on_disk(make_harne
     assert second.state == State.DONE, h.store.get_log(second.id)
     assert seen == [("defineXML", "defining"), ("createXML", "storage-creating"),
                     ("defineXML", "defining")]
+
+
+async def test_a_wait_ends_with_the_request_or_its_timeout_or_when_the_daemon_stops(
+        make_harness):
+    # DEFINED never arrives: the request stays in defining for 30 s.
+    h = await make_harness(faults={"domainEventRegisterAny": lambda *a: 0},
+                           daemon={"define_event_timeout": 30})
+    record = h.submit(size="small")
+    with pytest.raises(asyncio.TimeoutError):
+        await h.engine.wait_terminal(record.id, timeout=0.2)
+    assert h.engine._terminal_waiters.get(record.id) == []  # nothing left behind
+
+    waiting = asyncio.create_task(h.engine.wait_terminal(record.id, timeout=30))
+    await asyncio.sleep(0.05)
+    h.engine.release_waiters()  # what the server does when it starts to stop
+    answer = await asyncio.wait_for(waiting, 1)
+    assert answer.state == State.DEFINING

@@ -250,6 +250,8 @@ def test_every_answer_matches_the_document(daemon: Daemon, checker: OpenAPICheck
     assert done["state"] == "done"
     assert call("GET", f"/v1/requests/{rid}").status == 200
     assert call("GET", f"/v1/requests/{rid}", as_user=OTHER_USER).status == 200  # admin of rp
+    assert call("GET", f"/v1/requests/{rid}?wait=5").status == 200
+    assert call("GET", f"/v1/requests/{rid}?wait=forever").status == 400
     log = call("GET", f"/v1/requests/{rid}/log")
     assert log.status == 200 and {e["kind"] for e in log.body["log"]} >= {"transition", "event"}
     assert call("GET", "/v1/requests/" + "0" * 32).status == 404
@@ -294,6 +296,8 @@ def test_every_answer_matches_the_document(daemon: Daemon, checker: OpenAPICheck
     assert call("POST", "/v1/placement/explain", small).status == 503
     assert call("POST", "/v1/reconcile", {"apply": False}, as_user=OTHER_USER).status == 503
     live = call("POST", "/v1/requests", small).body["id"]
+    waited = call("GET", f"/v1/requests/{live}?wait=0.3")  # it waits for the host: time out
+    assert waited.status == 200 and waited.body["state"] not in ("done", "failed")
     cancelled = call("POST", f"/v1/requests/{live}/cancel")
     assert cancelled.status == 202 and cancelled.body["state"] not in ("done", "failed")
 

@@ -7,6 +7,8 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import threading
+import time
 
 from tests.conftest import REPO, Daemon
 
@@ -72,3 +74,21 @@ def test_an_unreachable_host_does_not_stop_the_daemon_and_requests_fail_clearly(
     assert "host unreachable for more than 1 s" in final["reason"]
     notes = [e["trigger"] for e in d.call("GET", f"/v1/requests/{rid}/log").body["log"]]
     assert "host-unreachable" in notes
+
+
+def test_sigterm_answers_a_client_waiting_on_a_request_at_once(make_daemon, late_host) -> None:
+    d: Daemon = make_daemon(str(late_host.path))  # its host never comes: requests wait
+    rid = d.call("POST", "/v1/requests", {"template": "ipxe", "size": "small",
+                                          "resource_pool": "rp"}).body["id"]
+    answers: list = []
+    waiter = threading.Thread(target=lambda: answers.append(
+        d.call("GET", f"/v1/requests/{rid}?wait=120")))
+    waiter.start()
+    time.sleep(0.5)  # the client is waiting now
+    started = time.monotonic()
+    assert d.stop(signal.SIGTERM) == 0, d.log()
+    waiter.join(30)
+    # Answered with the request as it is, not held for aiohttp's shutdown timeout (10 s).
+    assert time.monotonic() - started < 5
+    assert answers and answers[0].status == 200
+    assert answers[0].body["state"] in LIVE
