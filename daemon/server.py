@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import gc
 import grp
 import logging
 import os
@@ -266,6 +267,10 @@ async def _serve(config: Config, opener: Opener, stop: asyncio.Event,
             where = str(path)
             log.info("provisiond serving on %s", path)
         reloader.status = f"serving on {where}"
+        # What start-up made (modules, configuration, the hosts' inventories) lives as long
+        # as the process: out of the collector's sight, a full collection no longer walks
+        # it (those pauses were 20 ms with a large inventory, the latency tail).
+        gc.freeze()
         if not stop.is_set():
             systemd.notify("READY=1", f"STATUS={reloader.status}")
             reloader.ready = True
