@@ -204,9 +204,11 @@ class Client:
             if not after:
                 return {"requests": requests, "next": None}
 
-    def get(self, request_id: str) -> dict[str, Any]:
-        """GET /v1/requests/{id}."""
-        return self.call("GET", f"/v1/requests/{_seg(request_id)}")[1]
+    def get(self, request_id: str, wait: float = 0) -> dict[str, Any]:
+        """GET /v1/requests/{id}; with ``wait``, answered once it has ended (or after
+        ``wait`` seconds)."""
+        query = f"?wait={wait:g}" if wait > 0 else ""
+        return self.call("GET", f"/v1/requests/{_seg(request_id)}{query}")[1]
 
     def log(self, request_id: str) -> dict[str, Any]:
         """GET /v1/requests/{id}/log."""
@@ -596,6 +598,15 @@ def cmd_create(client: Client, args: argparse.Namespace) -> int:
     return wait_for(client, req, quiet=args.json, replay=status == 200)
 
 
+def pause_unless_ended(client: Client, request_id: str) -> None:
+    """Wait ``POLL_INTERVAL`` seconds, or less if the request ends meanwhile: the daemon
+    answers ``GET ?wait=`` as soon as the request has ended."""
+    started = time.monotonic()
+    if client.get(request_id, wait=POLL_INTERVAL).get("state") not in TERMINAL_STATES:
+        # An older daemon answers at once: do not ask again sooner than before.
+        time.sleep(max(0.0, POLL_INTERVAL - (time.monotonic() - started)))
+
+
 def wait_for(client: Client, req: dict[str, Any], *, quiet: bool = False,
              replay: bool = False) -> int:
     """Poll a request's log, print each state reached, end on done (0) or failed (1)."""
@@ -620,7 +631,7 @@ def wait_for(client: Client, req: dict[str, Any], *, quiet: bool = False,
             seen = len(log)
             if reached:
                 break
-            time.sleep(POLL_INTERVAL)
+            pause_unless_ended(client, request_id)
         final = client.get(request_id)
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted; request {request_id} goes on "
@@ -680,7 +691,7 @@ def _rolled_back(entries: Sequence[dict[str, Any]]) -> bool:
 def follow_log(client: Client, request_id: str, *, as_json: bool = False) -> int:
     """Print a request's log as it grows until it is done (exit 0) or failed (exit 1).
 
-    Polls every ``POLL_INTERVAL`` seconds. After ``failed`` it goes on until the
+    Reads the log every ``POLL_INTERVAL`` seconds, at once when the request ends. After ``failed`` it goes on until the
     rollback's note is in (at most ``ROLLBACK_GRACE`` seconds more). With ``as_json``
     each entry is one JSON line. A request already done or failed prints its whole log.
     """
@@ -702,7 +713,10 @@ def follow_log(client: Client, request_id: str, *, as_json: bool = False) -> int
             if terminal == "done" or (terminal == "failed" and (
                     _rolled_back(seen) or time.monotonic() - failed_at > ROLLBACK_GRACE)):
                 break
-            time.sleep(POLL_INTERVAL)
+            if terminal is None:
+                pause_unless_ended(client, request_id)
+            else:
+                time.sleep(POLL_INTERVAL)  # for the rollback's note
         final = client.get(request_id)
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted; request {request_id} goes on "

@@ -100,7 +100,8 @@ class FakeDaemon:
                 body = json.loads(raw) if raw else None
                 headers = dict(self.headers)
                 fake.calls.append((self.command, self.path, headers, body))
-                route = fake.routes.get((self.command, self.path))
+                route = fake.routes.get((self.command, self.path)) or fake.routes.get(
+                    (self.command, self.path.split("?")[0]))  # a route for any query
                 if route is None:
                     status, payload = error(404, "not_found", f"no route {self.path}")
                 elif callable(route):
@@ -449,6 +450,8 @@ def test_create_wait_prints_each_state_and_exits_0_on_done(fake, capsys):
     assert headers["Idempotency-Key"] == "k-1"
     assert headers["Content-Type"] == "application/json"
     assert fake.paths().count(f"/v1/requests/{RID}/log") == len(DONE_LOG)  # it polled
+    # Between two reads it waits on the daemon, which answers at once when the request ends.
+    assert f"/v1/requests/{RID}?wait={cli.POLL_INTERVAL:g}" in fake.paths()
 
 
 def test_create_wait_exits_1_on_failed_with_the_reason_on_stderr(fake, capsys):
