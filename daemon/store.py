@@ -8,10 +8,11 @@ Writes that belong together go through ``atomic()`` (one transaction, nested blo
 savepoints): a new state and its log row; a claim and the transition it enables.
 
 Group commit (``enable_group_commit``, used by the daemon): writes join one open
-transaction that is committed once per pass of the event loop, so one fsync covers the
-transitions of every request that moved in that pass. Whoever is about to act on what it
-wrote awaits ``durable()`` first: the state is on disk before its work starts, and a
-crash before the commit loses only writes whose work never started.
+transaction that is committed at the end of the next pass of the event loop, so one
+fsync covers the transitions of every request that moved in those passes (and what the
+first write woke, such as a new request's first steps, joins it). Whoever is about to
+act on what it wrote awaits ``durable()`` first: the state is on disk before its work
+starts, and a crash before the commit loses only writes whose work never started.
 """
 
 from __future__ import annotations
@@ -252,13 +253,17 @@ class Store:
         self.db.close()
 
     def enable_group_commit(self) -> None:
-        """From now on, commit once per event-loop pass; callers await ``durable()``."""
+        """From now on, commit by groups (one pass of the loop later); callers await
+        ``durable()``."""
         self._loop = asyncio.get_running_loop()
 
     async def durable(self) -> None:
         """Return once everything written so far is committed."""
         if self._pending is not None:
             await asyncio.shield(self._pending)
+
+    def _flush_now(self) -> None:
+        self._flush()  # looked up when due: a test may slow the disk down
 
     def _flush(self) -> None:
         pending, self._pending = self._pending, None
@@ -281,7 +286,10 @@ class Store:
         if self._loop is not None and not conn.in_transaction:
             conn.execute("BEGIN IMMEDIATE")
             self._pending = self._loop.create_future()
-            self._loop.call_soon(self._flush)
+            # Committed in the next pass of the loop, not this one: what this write woke
+            # (a new request's task, a step waiting for an event) writes its next state
+            # into the same commit before it waits for the disk.
+            self._loop.call_soon(self._loop.call_soon, self._flush_now)
         if not conn.in_transaction:
             conn.execute("BEGIN IMMEDIATE")
             self._depth += 1
