@@ -144,10 +144,25 @@ def pool_type_of(pool_xml: str) -> str:
     return ET.fromstring(pool_xml).get("type", "")
 
 
-def volume_format_of(volume_xml: str) -> str | None:
-    """The target format of a storage volume XML, if any."""
-    fmt = ET.fromstring(volume_xml).find("./target/format")
-    return fmt.get("type") if fmt is not None else None
+_UNITS = {"b": 1, "bytes": 1, "k": 1024, "kib": 1024, "m": 1024**2, "mib": 1024**2,
+          "g": 1024**3, "gib": 1024**3, "t": 1024**4, "tib": 1024**4, "kb": 1000,
+          "mb": 1000**2, "gb": 1000**3, "tb": 1000**4}
+
+
+def volume_facts_of(volume_xml: str) -> tuple[str, int, int, str | None]:
+    """(path, capacity, allocation in bytes, target format or None) of a storage volume
+    XML: what ``info()`` and ``path()`` would say, in the one answer of ``XMLDesc``."""
+    root = ET.fromstring(volume_xml)
+
+    def size(tag: str) -> int:
+        element = root.find(tag)
+        if element is None or element.text is None:
+            return 0
+        return int(element.text) * _UNITS[element.get("unit", "bytes").lower()]
+
+    fmt = root.find("./target/format")
+    return (root.findtext("./target/path") or "", size("capacity"), size("allocation"),
+            fmt.get("type") if fmt is not None else None)
 
 
 def capabilities_summary(caps_xml: str) -> tuple[str, str]:

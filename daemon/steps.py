@@ -111,17 +111,19 @@ async def create_storage(engine: "Engine", req: RequestRecord) -> None:
     """storage-creating: create the request's volume unless it already exists."""
     host = engine.host_of(req)
     assert req.volume_pool and req.volume_name
-    # Look first only when this step runs again (after a restart or a lost connection);
-    # a first attempt creates, and looks only if creating fails.
+    # Look first only when this step runs again (after a restart or a lost connection)
+    # and the inventory, read afresh since, lists the volume; otherwise create, and look
+    # only if creating fails (a volume of that name exists: libvirt refuses to create it).
     volume = (await host.find_volume(req.volume_pool, req.volume_name)
-              if engine.repeating(req.id) else None)
+              if engine.repeating(req.id)
+              and host.inventory.has_volume(req.volume_pool, req.volume_name) else None)
     if volume is not None:
         detail = f"volume {req.volume_pool}/{req.volume_name} already exists (adopted)"
     else:
         xml = domain_xml.build_volume_xml(req.volume_name, req.storage_gb * 1024**3,
                                           req.volume_format)
         try:
-            volume = await host.create_volume(req.volume_pool, xml, req.volume_format)
+            volume = await host.create_volume(req.volume_pool, xml)
         except VirtError:
             volume = await host.find_volume(req.volume_pool, req.volume_name)
             if volume is None:
@@ -141,8 +143,10 @@ async def define(engine: "Engine", req: RequestRecord) -> None:
     """defining: define the domain and wait for libvirt's DEFINED event for its UUID."""
     host = engine.host_of(req)
     uuid = domain_xml.domain_uuid_for(req.id)
-    # Only a repeated step can find its domain already there (the UUID is the request's).
-    existing = await host.find_domain(uuid) if engine.repeating(req.id) else None
+    # Only a repeated step can find its domain already there (the UUID is the request's),
+    # and only if the inventory (read afresh since, kept current by events) lists it.
+    existing = (await host.find_domain(uuid)
+                if engine.repeating(req.id) and host.inventory.knows_domain(uuid) else None)
     if existing is not None:
         if existing.metadata.get("request_id") != req.id:
             raise VirtError(f"domain {existing.name} already has this request's UUID {uuid} "

@@ -9,7 +9,6 @@ engine's inbox. libvirt errors become ``daemon.errors`` exceptions here and nowh
 from __future__ import annotations
 
 import asyncio
-import collections
 import concurrent.futures
 import threading
 import xml.etree.ElementTree as ET
@@ -69,20 +68,25 @@ class ThreadSafeAsyncIOImpl(libvirtaio.virEventAsyncIOImpl):
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         super().__init__(loop=loop)
         self._loop_thread = threading.get_ident()
-        self._ops: collections.deque[tuple[Callable[..., Any], tuple[Any, ...]]] = (
-            collections.deque())
+        self._lock = threading.Lock()
+        self._ops: list[tuple[Callable[..., Any], tuple[Any, ...]]] = []
+        self._wake_pending = False
 
     def _on_loop(self, fn: Callable[..., Any], *args: Any) -> None:
         if threading.get_ident() == self._loop_thread:
             self._apply_queued()
             fn(*args)
-        else:
+            return
+        with self._lock:
             self._ops.append((fn, args))
+            wake, self._wake_pending = not self._wake_pending, True
+        if wake:  # one wake-up of the loop for all the hooks queued until it runs
             self.loop.call_soon_threadsafe(self._apply_queued)
 
     def _apply_queued(self) -> None:
-        while self._ops:
-            fn, args = self._ops.popleft()
+        with self._lock:
+            ops, self._ops, self._wake_pending = self._ops, [], False
+        for fn, args in ops:
             try:
                 fn(*args)
             except Exception:  # one bad hook must not stop the others
@@ -444,10 +448,10 @@ class HostConnection:
 
     # -- actions
 
-    async def create_volume(self, pool: str, xml: str, volume_format: str | None) -> VolumeInfo:
-        """Create a volume from XML (of this format) in ``pool``."""
+    async def create_volume(self, pool: str, xml: str) -> VolumeInfo:
+        """Create a volume from XML in ``pool``."""
         vol = await self._call(f"cannot create a volume in pool {pool}", _create_volume,
-                               self._conn, self._pool_handles, pool, xml, volume_format)
+                               self._conn, self._pool_handles, pool, xml)
         self.inventory.add_volume(vol)
         return vol
 
@@ -571,9 +575,14 @@ def _pool_info(pool: Any) -> PoolInfo:
 
 
 def _volume_info(pool_name: str, vol: Any) -> VolumeInfo:
-    _type, capacity, allocation = vol.info()
-    return VolumeInfo(pool_name, vol.name(), vol.path(), capacity, allocation,
-                      domain_xml.volume_format_of(vol.XMLDesc(0)))
+    # One round trip: the XML holds what info() and path() would say (three otherwise,
+    # per volume, when the whole inventory is read at start-up).
+    try:
+        path, capacity, allocation, fmt = domain_xml.volume_facts_of(vol.XMLDesc(0))
+    except (ET.ParseError, ValueError, KeyError) as exc:
+        raise VirtError(f"volume {pool_name}/{vol.name()}: libvirt's XML for it is not "
+                        f"understood: {exc}") from None
+    return VolumeInfo(pool_name, vol.name(), path, capacity, allocation, fmt)
 
 
 def _tagged_domains(conn: Any) -> list[TaggedDomain]:
@@ -607,8 +616,7 @@ def _find_volume(conn: Any, pool_name: str, name: str) -> VolumeInfo | None:
     return _volume_info(pool_name, vol)
 
 
-def _create_volume(conn: Any, handles: dict[str, Any], pool_name: str, xml: str,
-                   volume_format: str | None) -> VolumeInfo:
+def _create_volume(conn: Any, handles: dict[str, Any], pool_name: str, xml: str) -> VolumeInfo:
     pool = handles.get(pool_name)
     if pool is None:
         pool = handles[pool_name] = conn.storagePoolLookupByName(pool_name)
@@ -621,10 +629,8 @@ def _create_volume(conn: Any, handles: dict[str, Any], pool_name: str, xml: str,
         handles.pop(pool_name, None)
         pool = handles[pool_name] = conn.storagePoolLookupByName(pool_name)
         vol = pool.createXML(xml, 0)
-    # What libvirt made of the size and where it put the file; the format is the one
-    # asked for (read back, it would cost one more round trip and an XML parse).
-    _type, capacity, allocation = vol.info()
-    return VolumeInfo(pool_name, vol.name(), vol.path(), capacity, allocation, volume_format)
+    # What libvirt made of it: the size it rounded to, where it put the file.
+    return _volume_info(pool_name, vol)
 
 
 def _delete_volume(conn: Any, pool_name: str, name: str) -> bool:

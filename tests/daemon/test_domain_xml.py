@@ -15,10 +15,12 @@ from daemon.domain_xml import (
     METADATA_NS,
     DomainSpec,
     build_domain_xml,
+    build_volume_xml,
     capabilities_summary,
     disks_of,
     domain_uuid_for,
     parse_request_metadata,
+    volume_facts_of,
 )
 
 DATA = Path(__file__).resolve().parent.parent / "data"
@@ -249,3 +251,17 @@ def test_a_spec_names_the_disks_its_xml_has(overrides: dict) -> None:
     # The inventory records a new domain's disks from its spec, without parsing its XML.
     s = spec(**overrides)
     assert s.disks() == disks_of(build_domain_xml(s))
+
+
+def test_a_volumes_xml_says_what_info_and_path_say(conn: Any) -> None:
+    # The inventory reads each volume with one XMLDesc instead of info() + path() + XMLDesc.
+    volumes = [v for pool in conn.listAllStoragePools() if pool.isActive()
+               for v in pool.listAllVolumes()]
+    assert len(volumes) > 5
+    for vol in volumes:
+        path, capacity, allocation, _fmt = volume_facts_of(vol.XMLDesc(0))
+        assert (path, capacity, allocation) == (vol.path(), *vol.info()[1:]), vol.name()
+    assert volume_facts_of(build_volume_xml("v", 7 * 1024**3, "qcow2"))[1:] == (
+        7 * 1024**3, 0, "qcow2")
+    assert volume_facts_of("<volume><capacity unit='KiB'>4</capacity>"
+                           "<target><path>/x</path></target></volume>") == ("/x", 4096, 0, None)

@@ -185,7 +185,7 @@ async def test_volumes_are_created_found_and_deleted() -> None:
     try:
         await host.open(lambda _e: None)
         xml = domain_xml.build_volume_xml("provisiond-r1.qcow2", 7 * GiB, "qcow2")
-        created = await host.create_volume("pool-dir", xml, "qcow2")
+        created = await host.create_volume("pool-dir", xml)
         assert (created.name, created.capacity, created.format) == (
             "provisiond-r1.qcow2", 7 * GiB, "qcow2")
         assert await host.find_volume("pool-dir", "provisiond-r1.qcow2") == created
@@ -203,7 +203,7 @@ async def test_a_pool_defined_again_under_its_name_still_takes_new_volumes() -> 
     try:
         await host.open(lambda _e: None)  # its events are not seen: the worst case
         first = domain_xml.build_volume_xml("provisiond-r1.qcow2", GiB, "qcow2")
-        await host.create_volume("pool-dir", first, "qcow2")
+        await host.create_volume("pool-dir", first)
         # Someone replaces the pool by another of the same name (a new UUID).
         old = opened[0].storagePoolLookupByName("pool-dir")
         xml = re.sub(r"<uuid>.*</uuid>", "", old.XMLDesc(0))
@@ -212,7 +212,7 @@ async def test_a_pool_defined_again_under_its_name_still_takes_new_volumes() -> 
         opened[0].storagePoolCreateXML(xml, 0)
 
         second = domain_xml.build_volume_xml("provisiond-r2.qcow2", GiB, "qcow2")
-        created = await host.create_volume("pool-dir", second, "qcow2")
+        created = await host.create_volume("pool-dir", second)
 
         assert created.name == "provisiond-r2.qcow2"
         pool = opened[0].storagePoolLookupByName("pool-dir")
@@ -230,7 +230,7 @@ async def test_malformed_volume_xml_is_a_virt_error_naming_the_action() -> None:
     try:
         await host.open(lambda _e: None)
         with pytest.raises(VirtError) as err:
-            await host.create_volume("pool-dir", "<volume><name>broken", None)
+            await host.create_volume("pool-dir", "<volume><name>broken")
         assert type(err.value) is VirtError  # not "host unreachable"
         assert err.value.message.startswith("cannot create a volume in pool pool-dir: ")
         assert err.value.libvirt_code in (libvirt.VIR_ERR_XML_ERROR,
@@ -247,7 +247,7 @@ async def test_other_libvirt_errors_name_their_action() -> None:
         await host.open(lambda _e: None)
         volume = domain_xml.build_volume_xml("v", GiB, None)
         with pytest.raises(VirtError, match="^cannot create a volume in pool nope: .*nope"):
-            await host.create_volume("nope", volume, None)
+            await host.create_volume("nope", volume)
         with pytest.raises(VirtError, match="^cannot define the domain: "):
             await host.define_domain("00000000-0000-4000-8000-000000000001", "x",
                                      "<domain type='qemu'><name>x</name>")

@@ -21,7 +21,7 @@ async def test_a_pool_replaced_under_its_name_still_takes_new_volumes(
     try:
         await host.open(lambda _e: None)  # its events are not seen: the worst case
         await host.create_volume("e2e-replaced", domain_xml.build_volume_xml(
-            "first.qcow2", 1 << 20, "qcow2"), "qcow2")
+            "first.qcow2", 1 << 20, "qcow2"))
         old_uuid = d.virsh("pool-uuid", "e2e-replaced").strip()
         d.virsh("pool-destroy", "e2e-replaced")
         d.virsh("pool-undefine", "e2e-replaced")
@@ -29,7 +29,7 @@ async def test_a_pool_replaced_under_its_name_still_takes_new_volumes(
         assert d.virsh("pool-uuid", "e2e-replaced").strip() != old_uuid
 
         created = await host.create_volume("e2e-replaced", domain_xml.build_volume_xml(
-            "second.qcow2", 1 << 20, "qcow2"), "qcow2")
+            "second.qcow2", 1 << 20, "qcow2"))
 
         assert created.name == "second.qcow2" and created.capacity == 1 << 20
         assert created.path == d.virsh("vol-path", "second.qcow2", "--pool",
