@@ -14,8 +14,9 @@ volume exists); ``--in-flight`` requests are POSTed as fast as
 figure is VmHWM (peak RSS) from ``/proc/<pid>/status`` at the end.
 
 For reference, same run: an idle provisiond on an empty database, and the same burst on
-an empty database (what the history adds). ``--list`` also times ``GET /v1/requests``
-(every request in the history) and shows the RSS after it.
+an empty database (what the history adds). ``--list`` also times listing the whole
+history with ``GET /v1/requests``, page by page as ``provctl list`` does, and shows the
+RSS after it.
 
 Note: the test-driver host lives inside the daemon process, so the volumes and domains it
 holds (one each per request) count in provisiond's RSS here; on a real host they are in
@@ -135,16 +136,22 @@ class Sampler:
 
 
 def list_all(sock: str) -> tuple[float, int]:
-    """GET /v1/requests: (seconds, requests listed)."""
-    conn = UnixHTTP(sock)
-    conn.timeout = 600
-    try:
-        t0 = time.monotonic()
-        conn.request("GET", "/v1/requests")
-        body = json.loads(conn.getresponse().read())
-        return time.monotonic() - t0, len(body.get("requests", []))
-    finally:
-        conn.close()
+    """GET /v1/requests, every page (``next`` passed back as ``after``), as ``provctl list``
+    does: (seconds, requests listed)."""
+    listed, after = 0, None
+    t0 = time.monotonic()
+    while True:
+        conn = UnixHTTP(sock)
+        conn.timeout = 600
+        try:
+            conn.request("GET", "/v1/requests" + (f"?after={after}" if after else ""))
+            body = json.loads(conn.getresponse().read())
+        finally:
+            conn.close()
+        listed += len(body.get("requests", []))
+        after = body.get("next")
+        if not after:
+            return time.monotonic() - t0, listed
 
 
 def run(history: int, in_flight: int, clients: int, do_list: bool) -> dict[str, Any]:

@@ -250,6 +250,7 @@ class HostConnection:
         self.uri = uri
         self.opener = opener
         self.call_timeout = call_timeout
+        self.workers = workers
         self._executor = concurrent.futures.ThreadPoolExecutor(
             max_workers=workers, thread_name_prefix=f"libvirt-{name}")
         self._conn: Any = None
@@ -299,14 +300,27 @@ class HostConnection:
 
     async def load_inventory(self) -> None:
         """Read every pool, volume and domain of the host into ``inventory``."""
+        action = f"cannot read the inventory of {self.name}"
         journal = self.inventory.begin_read()
         try:
-            snapshot, domains = await self._call(f"cannot read the inventory of {self.name}",
-                                                 _read_everything, self._conn, self.name)
+            pool_objects, domain_objects = await self._call(action, _list_everything,
+                                                            self._conn)
+            # Spread over the worker threads: libvirtd answers them in parallel.
+            shares = [domain_objects[i::self.workers] for i in range(self.workers)]
+            parts = await asyncio.gather(
+                *(self._call(action, _pool_entry, pool) for pool in pool_objects),
+                *(self._call(action, _domain_entries, share) for share in shares if share))
         except BaseException:
             self.inventory.apply_pools(journal, {})
             raise
-        self.inventory.load(journal, snapshot, domains)
+        pools = dict(part for part in parts[:len(pool_objects)] if part is not None)
+        domains: dict[str, str] = {}
+        uses: list[DiskUse] = []
+        for names, disks in parts[len(pool_objects):]:
+            domains.update(names)
+            uses.extend(disks)
+        self.inventory.load(journal, HostInventory(self.name, pools, tuple(uses), time.time()),
+                            domains)
 
     async def note_domain_event(self, uuid: str, event: str, detail: int) -> None:
         """Keep the inventory current after a domain event (someone else's, too)."""
@@ -520,27 +534,33 @@ def _disk_uses(domain_name: str, xml: str) -> tuple[DiskUse, ...]:
     return tuple(DiskUse(domain_name, path, pool, volume) for path, pool, volume in disks)
 
 
-def _read_everything(conn: Any, host: str) -> tuple[HostInventory, dict[str, str]]:
-    pools = {}
-    for pool in conn.listAllStoragePools():
-        try:
-            pools[pool.name()] = _pool_info(pool)
-        except libvirt.libvirtError as exc:
-            if not _is_not_found(exc):
-                raise
+def _list_everything(conn: Any) -> tuple[list[Any], list[Any]]:
+    return conn.listAllStoragePools(), conn.listAllDomains()
+
+
+def _pool_entry(pool: Any) -> tuple[str, PoolInfo] | None:
+    try:
+        return pool.name(), _pool_info(pool)
+    except libvirt.libvirtError as exc:
+        if _is_not_found(exc):  # undefined since it was listed
+            return None
+        raise
+
+
+def _domain_entries(domains: list[Any]) -> tuple[dict[str, str], list[DiskUse]]:
+    names: dict[str, str] = {}
     uses: list[DiskUse] = []
-    domains: dict[str, str] = {}
-    for dom in conn.listAllDomains():
+    for dom in domains:
         try:
             xml = dom.XMLDesc(0)
         except libvirt.libvirtError as exc:
-            if _is_not_found(exc):
+            if _is_not_found(exc):  # undefined since it was listed
                 continue
             raise
         name = dom.name()
-        domains[dom.UUIDString()] = name
+        names[dom.UUIDString()] = name
         uses.extend(_disk_uses(name, xml))
-    return HostInventory(host, pools, tuple(uses), time.time()), domains
+    return names, uses
 
 
 def _read_pools(conn: Any, names: list[str]) -> dict[str, PoolInfo | None]:
