@@ -22,8 +22,9 @@ at a time (sequential), each path starting on an empty pool:
   per VM. (``--allocation 0`` matters there: without it allocation = capacity, and
   libvirt then asks qemu-img for ``preallocation=falloc``, a fully allocated file.)
 - for reference, the raw calls (Python binding, in this process: createXML + defineXML).
-- ``--provctl K``: K more VMs through ``provctl create --wait`` (a process per VM; it polls
-  the request every 0.2 s), informational; 0 skips it.
+- ``--provctl K``: K more VMs through ``provctl create --wait`` (a Python process per VM;
+  it reads the request's log as it goes and returns when the daemon says it ended),
+  informational; 0 skips it.
 
 Tools get one warm-up call each (not counted); provisiond is stopped while they run (it
 would otherwise handle their domains' events). Everything is removed at the end (domains,
@@ -222,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         f"raw calls       {stats(raw)}  (virt-install/raw {i / r:.1f}x, virsh/raw {s / r:.2f}x)",
     ]
     if provctl:
-        report.append(f"provctl create --wait (a process per VM, polls every 0.2 s; "
+        report.append(f"provctl create --wait (a process per VM; "
                       f"n={len(provctl)}): {stats(provctl)}")
     report.append(f"like with like: virt-install / (provisiond + preallocation) "
                   f"{i / (p + prealloc):.1f}x; virsh+prealloc / (provisiond + preallocation) "
