@@ -16,6 +16,7 @@ one), to see them in numbers or to check a fix.
 from __future__ import annotations
 
 import argparse
+import json
 import random
 import shutil
 import sys
@@ -56,6 +57,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=1000,
                    help="examples per hypothesis run (default 1000; bounds memory)")
     p.add_argument("--show", type=int, default=10, help="violations to print (default 10)")
+    p.add_argument("--save", metavar="FILE",
+                   help="write every violating call in full to FILE, one JSON line each "
+                        "(method, url, headers, body as latin-1, as_user), to replay it")
     p.add_argument("--keep", action="store_true", help="keep the daemon's directory")
     return p.parse_args(argv)
 
@@ -101,14 +105,22 @@ def main(argv: list[str] | None = None) -> int:
                 calls_made += 1
                 try:
                     reply = call_daemon(d, call)
-                except Exception as exc:  # the connection dropped, no answer...
+                except (BrokenPipeError, ConnectionResetError):
+                    # As in tests/daemon/test_fuzz.py: aiohttp's parser drops a connection
+                    # whose request line or headers are over its limits: a refusal too, if
+                    # it logged no traceback and the daemon lives.
                     statuses[-1] += 1
+                    if "Traceback" in watch.new():
+                        record("traceback in the daemon's log", call)
+                    continue
+                except Exception as exc:  # no answer at all (a timeout, ...)
+                    statuses[-2] += 1
                     record(f"no answer: {type(exc).__name__}: {exc}", call)
                     continue
                 statuses[reply.status] += 1
                 why = violation(call, reply.status, reply.body, reply.headers)
                 logged = watch.new()
-                if why and not parser_refused(reply.status, reply.body, logged):
+                if why and not parser_refused(reply.status, reply.body, logged, call.method):
                     record(why, call)
                 if "Traceback" in logged:
                     record("traceback in the daemon's log", call)
@@ -124,6 +136,14 @@ def main(argv: list[str] | None = None) -> int:
         def record(why: str, call: ApiCall) -> None:
             kinds[why.split(":")[0][:60]] += 1
             violations.append((why, call.short(200)))
+            if args.save:
+                with open(args.save, "a") as out:
+                    out.write(json.dumps({
+                        "why": why, "method": call.method, "url": call.url,
+                        "headers": {k: v.decode("latin-1") if isinstance(v, bytes) else v
+                                    for k, v in call.headers.items()},
+                        "body": None if call.raw is None else call.raw.decode("latin-1"),
+                        "as_user": call.as_user}) + "\n")
             if len(violations) <= args.show:
                 print(f"VIOLATION {len(violations)}: {why[:400]}\n  {call.short(200)}",
                       flush=True)
@@ -154,7 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"examples run: {examples} ({calls_made} calls in {elapsed:.1f} s, "
           f"{examples / max(elapsed, 1e-9):.0f} examples/s)")
     print("statuses seen: " + ", ".join(
-        f"{'no answer' if s < 0 else s}: {n}" for s, n in sorted(statuses.items())))
+        f"{ {-1: 'dropped', -2: 'no answer'}.get(s, s)}: {n}"
+        for s, n in sorted(statuses.items())))
     print(f"5xx count: {fivexx}")
     print(f"violations: {len(violations)}" + (
         " (" + "; ".join(f"{k}: {n}" for k, n in kinds.most_common()) + ")" if kinds else ""))

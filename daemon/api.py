@@ -110,6 +110,11 @@ async def read_json(request: web.Request) -> Any:
         raw = await request.read()  # raises 413 past client_max_size
     except (web.RequestPayloadError, HttpProcessingError) as exc:
         raise InvalidInput(f"the body cannot be read (Content-Encoding?): {exc}") from None
+    except ConnectionResetError:
+        # The client went away before it sent its whole body: nobody to answer, no bug.
+        log.info("%s %s: the client closed the connection before sending the whole body",
+                 request.method, request.path)
+        raise InvalidInput("the connection closed before the whole body arrived") from None
     try:
         return json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:

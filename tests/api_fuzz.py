@@ -394,11 +394,15 @@ def api_calls(ids: list[str], keys: list[str], include: Iterable[str] = (),
             if "%" in url[-2:]:
                 url = url[:url.rindex("%")]
         headers = draw(header_strategy)
+        if "Transfer-Encoding" in headers and not body:
+            # A chunked message must end with its last chunk: without it, the daemon
+            # waits for it (as it should) and the call only measures the client's timeout.
+            body = b"0\r\n\r\n"
         as_user = None
         if other_user is not None and draw(st.integers(0, 15)) == 7 and all(
                 not isinstance(v, bytes) and v.isascii() for v in headers.values()) and (
                 body is None or (len(body) <= 4096 and _is_utf8(body))):
-            # (that call goes through a subprocess's argv: small UTF-8 bodies only)
+            # (that call goes through a subprocess's stdin as JSON: small UTF-8 bodies)
             as_user = other_user
         return ApiCall(method, url, body, headers, as_user)
 
@@ -439,11 +443,22 @@ def violation(call: ApiCall, status: int, body: Any, headers: dict[str, str]) ->
     return None
 
 
-def parser_refused(status: int, body: Any, logged: str) -> bool:
-    """A 400 aiohttp's HTTP parser answered itself, in text, before the app (the API's own
-    400s are always JSON): the message was not HTTP the API could read. Fine, as long as
-    it did not put a traceback in the daemon's log."""
-    return status == 400 and isinstance(body, str) and "Traceback" not in logged
+def parser_refused(status: int, body: Any, logged: str, method: str = "GET") -> bool:
+    """An answer aiohttp gave itself, in text, before the app (the API's own errors are
+    always JSON). Fine, as long as it did not put a traceback in the daemon's log:
+
+    - a 400 of its HTTP parser: the message was not HTTP the API could read;
+    - a 417 to an ``Expect`` other than ``100-continue`` sent to a path or method the API
+      does not serve (aiohttp checks the expectation before it routes to the app's 404
+      and 405 answers; on the API's own routes the answer is the API's JSON 400). An
+      answer to HEAD has no body to tell it by.
+    """
+    if "Traceback" in logged:
+        return False
+    if method == "HEAD" and body is None:
+        return status == 417
+    return isinstance(body, str) and (
+        status == 400 or (status == 417 and body.startswith("Unknown Expect:")))
 
 
 def call_daemon(daemon: Any, call: ApiCall) -> Any:

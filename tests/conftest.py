@@ -224,12 +224,15 @@ class Reply:
 # Run by a subprocess under another uid: the same request, from a different peer.
 _CLIENT_AS = """
 import http.client, json, socket, sys
-path, method, url, body, headers = json.loads(sys.argv[1])
+path, method, url, body, headers = json.loads(sys.stdin.read())
 class C(http.client.HTTPConnection):
     def connect(self):
         self.sock = socket.socket(socket.AF_UNIX); self.sock.connect(path)
 c = C("localhost", timeout=30)
-c.request(method, url, body=body.encode() if body is not None else None, headers=headers)
+try:
+    c.request(method, url, body=body.encode() if body is not None else None, headers=headers)
+except (BrokenPipeError, ConnectionResetError):
+    pass  # answered (and closed) before it read it all: read the answer
 r = c.getresponse()
 print(json.dumps({"status": r.status, "body": r.read().decode(), "headers": dict(r.getheaders())}))
 """
@@ -286,7 +289,10 @@ class Daemon:
         if as_user is None:
             conn = UnixHTTPConnection(self.socket)
             try:
-                conn.request(method, url, body=data, headers=headers)
+                try:
+                    conn.request(method, url, body=data, headers=headers)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # answered (and closed) before it read it all: read the answer
                 resp = conn.getresponse()
                 text = resp.read().decode()
                 status, resp_headers = resp.status, dict(resp.getheaders())
@@ -295,7 +301,7 @@ class Daemon:
         else:
             args = json.dumps([self.socket, method, url,
                                data.decode() if data is not None else None, headers])
-            out = subprocess.run([SYSTEM_PYTHON, "-c", _CLIENT_AS, args], user=as_user,
+            out = subprocess.run([SYSTEM_PYTHON, "-c", _CLIENT_AS], input=args, user=as_user,
                                  group=OTHER_GROUP, extra_groups=[], capture_output=True,
                                  text=True, timeout=30, check=True, cwd="/")
             result = json.loads(out.stdout)

@@ -7,7 +7,9 @@ kernel's peer credentials, exactly as in production.
 from __future__ import annotations
 
 import os
+import socket
 import stat
+import time
 
 from tests.conftest import ME, OTHER_USER, Daemon
 
@@ -228,3 +230,19 @@ def test_list_comes_a_page_at_a_time(daemon: Daemon) -> None:
     for bad in ("0", "10001", "x", "-1"):
         reply = daemon.call("GET", f"/v1/requests?limit={bad}")
         assert reply.status == 400 and reply.body["error"]["field"] == "limit"
+
+
+def test_a_client_that_hangs_up_mid_body_costs_one_log_line(daemon: Daemon) -> None:
+    s = socket.socket(socket.AF_UNIX)
+    s.connect(daemon.socket)
+    s.sendall(b"POST /v1/requests HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+              b"Content-Length: 100\r\n\r\n{\"tem")
+    time.sleep(0.3)  # the daemon is reading the body now
+    s.close()
+    deadline = time.monotonic() + 5
+    while "before sending the whole body" not in daemon.log():
+        assert time.monotonic() < deadline, daemon.log()[-2000:]
+        time.sleep(0.05)
+    assert "Traceback" not in daemon.log()
+    assert daemon.call("GET", "/v1/health").status == 200
+    assert daemon.call("GET", "/v1/requests").body["requests"] == []  # nothing stored

@@ -50,7 +50,7 @@ def check(d: Daemon, watch: LogWatch, call: ApiCall, seen: Counter[int]) -> None
     seen[reply.status] += 1
     why = violation(call, reply.status, reply.body, reply.headers)
     logged = watch.new()
-    if why is not None and parser_refused(reply.status, reply.body, logged):
+    if why is not None and parser_refused(reply.status, reply.body, logged, call.method):
         why = None
     assert why is None, f"{why}\n  call: {call.short()}\n  log: {logged[-3000:]}"
     assert "Traceback" not in logged, f"traceback logged\n  call: {call.short()}\n{logged}"
