@@ -22,8 +22,9 @@ import shutil
 import sys
 import tempfile
 import time
-from collections import Counter
+from collections import Counter, deque
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from hypothesis import HealthCheck, Phase, given, seed, settings  # noqa: E402
@@ -59,7 +60,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--show", type=int, default=10, help="violations to print (default 10)")
     p.add_argument("--save", metavar="FILE",
                    help="write every violating call in full to FILE, one JSON line each "
-                        "(method, url, headers, body as latin-1, as_user), to replay it")
+                        "(method, url, headers, body as latin-1, as_user; and the five calls "
+                        "before it), to replay it")
     p.add_argument("--keep", action="store_true", help="keep the daemon's directory")
     return p.parse_args(argv)
 
@@ -103,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
             examples += 1
             for call in calls:
                 calls_made += 1
+                recent.append(call)
                 try:
                     reply = call_daemon(d, call)
                 except (BrokenPipeError, ConnectionResetError):
@@ -133,17 +136,22 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  {examples} examples, {calls_made} calls, {rate:.0f} examples/s, "
                       f"{len(violations)} violations", file=sys.stderr, flush=True)
 
+        recent: deque[ApiCall] = deque(maxlen=6)  # the call and the five before it
+
+        def as_json(call: ApiCall) -> dict[str, Any]:
+            return {"method": call.method, "url": call.url,
+                    "headers": {k: v.decode("latin-1") if isinstance(v, bytes) else v
+                                for k, v in call.headers.items()},
+                    "body": None if call.raw is None else call.raw.decode("latin-1"),
+                    "as_user": call.as_user}
+
         def record(why: str, call: ApiCall) -> None:
             kinds[why.split(":")[0][:60]] += 1
             violations.append((why, call.short(200)))
             if args.save:
                 with open(args.save, "a") as out:
-                    out.write(json.dumps({
-                        "why": why, "method": call.method, "url": call.url,
-                        "headers": {k: v.decode("latin-1") if isinstance(v, bytes) else v
-                                    for k, v in call.headers.items()},
-                        "body": None if call.raw is None else call.raw.decode("latin-1"),
-                        "as_user": call.as_user}) + "\n")
+                    out.write(json.dumps({"why": why, **as_json(call), "before": [
+                        as_json(c) for c in list(recent)[:-1]]}) + "\n")
             if len(violations) <= args.show:
                 print(f"VIOLATION {len(violations)}: {why[:400]}\n  {call.short(200)}",
                       flush=True)

@@ -106,8 +106,15 @@ async def read_json(request: web.Request) -> Any:
     """The request's body, decoded as JSON; a clear 4xx for anything else."""
     if request.content_type != "application/json":
         raise web.HTTPUnsupportedMediaType(text="expected Content-Type: application/json")
+    limit = request.app[ENGINE].config.daemon.body_timeout
     try:
-        raw = await request.read()  # raises 413 past client_max_size
+        # Bounded: a body whose chunked framing breaks after the headers were read is never
+        # completed, nor failed, by aiohttp; the handler would wait for it forever.
+        async with asyncio.timeout(limit):
+            raw = await request.read()  # raises 413 past client_max_size
+    except TimeoutError:
+        raise InvalidInput(f"the body did not arrive in full within {limit:g} s (is its "
+                           "chunked encoding broken?)") from None
     except (web.RequestPayloadError, HttpProcessingError) as exc:
         raise InvalidInput(f"the body cannot be read (Content-Encoding?): {exc}") from None
     except ConnectionResetError:

@@ -148,6 +148,8 @@ class DaemonSettings:
     define_event_timeout: float = 30.0
     libvirt_call_timeout: float = 120.0
     host_wait_timeout: float = 300.0
+    body_timeout: float = 10.0
+    """Seconds a client has to send a request's whole body once its headers are in."""
 
 
 @dataclass(frozen=True)
@@ -536,7 +538,7 @@ def _parse_quota(value: Any, path: str, c: _Checker) -> Quota | None:
 
 def _parse_daemon(data: Any, c: _Checker) -> DaemonSettings | None:
     keys = {"socket", "database", "socket_group", "define_event_timeout", "libvirt_call_timeout",
-            "host_wait_timeout"}
+            "host_wait_timeout", "body_timeout"}
     body = c.mapping(data if data is not None else {}, "daemon", keys)
     if body is None:
         return None
@@ -555,7 +557,8 @@ def _parse_daemon(data: Any, c: _Checker) -> DaemonSettings | None:
     group = c.string(body["socket_group"], "daemon.socket_group") if body.get(
         "socket_group") is not None else None
     timeouts = {}
-    for key in ("define_event_timeout", "libvirt_call_timeout", "host_wait_timeout"):
+    for key in ("define_event_timeout", "libvirt_call_timeout", "host_wait_timeout",
+                "body_timeout"):
         if key in body:
             timeouts[key] = c.positive_number(body[key], f"daemon.{key}")
             if timeouts[key] is None:

@@ -231,8 +231,8 @@ class C(http.client.HTTPConnection):
 c = C("localhost", timeout=30)
 try:
     c.request(method, url, body=body.encode() if body is not None else None, headers=headers)
-except (BrokenPipeError, ConnectionResetError):
-    pass  # answered (and closed) before it read it all: read the answer
+except (BrokenPipeError, ConnectionResetError, TimeoutError):
+    pass  # answered before it read it all: read the answer
 r = c.getresponse()
 print(json.dumps({"status": r.status, "body": r.read().decode(), "headers": dict(r.getheaders())}))
 """
@@ -291,8 +291,10 @@ class Daemon:
             try:
                 try:
                     conn.request(method, url, body=data, headers=headers)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass  # answered (and closed) before it read it all: read the answer
+                except (BrokenPipeError, ConnectionResetError, TimeoutError):
+                    # Answered before it read it all (then closed, or stopped reading
+                    # while this client could only send): read the answer.
+                    pass
                 resp = conn.getresponse()
                 text = resp.read().decode()
                 status, resp_headers = resp.status, dict(resp.getheaders())

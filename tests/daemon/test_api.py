@@ -246,3 +246,23 @@ def test_a_client_that_hangs_up_mid_body_costs_one_log_line(daemon: Daemon) -> N
     assert "Traceback" not in daemon.log()
     assert daemon.call("GET", "/v1/health").status == 200
     assert daemon.call("GET", "/v1/requests").body["requests"] == []  # nothing stored
+
+
+def test_a_body_that_never_completes_gets_a_400_after_body_timeout(make_daemon) -> None:
+    # aiohttp never completes (nor fails) a body whose chunked framing breaks after the
+    # headers were read: without a bound, the handler would wait for it forever.
+    d: Daemon = make_daemon(daemon={"body_timeout": 0.5})
+    s = socket.socket(socket.AF_UNIX)
+    s.connect(d.socket)
+    s.settimeout(10)
+    s.sendall(b"POST /v1/requests HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+              b"Transfer-Encoding: chunked\r\n\r\n")
+    time.sleep(0.2)  # the handler is reading the body now
+    s.sendall(b'{"template": "ipxe"}')  # not a chunk: no chunk size
+    answer = s.recv(4096).decode()
+    s.close()
+    head, _, body = answer.partition("\r\n\r\n")
+    assert head.startswith("HTTP/1.1 400 "), answer
+    assert "did not arrive in full within 0.5 s" in body, answer
+    assert d.call("GET", "/v1/requests").body["requests"] == []
+    assert "Traceback" not in d.log()

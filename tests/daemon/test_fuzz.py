@@ -16,7 +16,7 @@ from collections import Counter
 from typing import Callable
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from tests.api_fuzz import (
@@ -67,6 +67,9 @@ def test_api_fuzz_never_5xx_and_errors_are_json(make_daemon: Callable[..., Daemo
               suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                      HealthCheck.large_base_example])
     @given(st.lists(api_calls(ids, keys, other_user=OTHER_USER), min_size=1, max_size=3))
+    # Always one call past the router into a state check: the drawn sample reached one
+    # in most runs, not in all (why was not found).
+    @example([ApiCall("POST", f"/v1/requests/{ids[0]}/cancel")])
     def fuzz(calls: list[ApiCall]) -> None:
         for call in calls:
             check(d, watch, call, seen)
