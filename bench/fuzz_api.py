@@ -31,6 +31,7 @@ from hypothesis import HealthCheck, Phase, given, seed, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from tests.api_fuzz import (  # noqa: E402
+    FUZZ_DAEMON,
     FUZZ_POOLS,
     KNOWN_BUGS,
     parser_refused,
@@ -83,7 +84,8 @@ def main(argv: list[str] | None = None) -> int:
 
     directory = Path(tempfile.mkdtemp(prefix="provisiond-fuzz-"))
     directory.chmod(0o755)  # the other uid's client must reach the socket
-    d = Daemon(directory, daemon_config(directory, resource_pools=FUZZ_POOLS))
+    d = Daemon(directory, daemon_config(directory, resource_pools=FUZZ_POOLS,
+                                        daemon=FUZZ_DAEMON))
     d.start()
     statuses: Counter[int] = Counter()
     kinds: Counter[str] = Counter()

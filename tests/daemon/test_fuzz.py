@@ -20,6 +20,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from tests.api_fuzz import (
+    FUZZ_DAEMON,
     FUZZ_POOLS,
     KNOWN_BUG_CALLS,
     KNOWN_BUGS,
@@ -58,7 +59,7 @@ def check(d: Daemon, watch: LogWatch, call: ApiCall, seen: Counter[int]) -> None
 
 
 def test_api_fuzz_never_5xx_and_errors_are_json(make_daemon: Callable[..., Daemon]) -> None:
-    d = make_daemon(resource_pools=FUZZ_POOLS)
+    d = make_daemon(resource_pools=FUZZ_POOLS, daemon=FUZZ_DAEMON)
     ids, keys = seed_requests(d)
     watch = LogWatch(d.log_path)
     seen: Counter[int] = Counter()
