@@ -104,7 +104,11 @@ def decision_json(d: Decision) -> dict[str, Any]:
 
 async def read_json(request: web.Request) -> Any:
     """The request's body, decoded as JSON; a clear 4xx for anything else."""
-    if request.content_type != "application/json":
+    try:
+        content_type = request.content_type
+    except Exception:  # Python's MIME header parser fails on some junk (an IndexError)
+        content_type = None
+    if content_type != "application/json":
         raise web.HTTPUnsupportedMediaType(text="expected Content-Type: application/json")
     limit = request.app[ENGINE].config.daemon.body_timeout
     try:
