@@ -227,12 +227,14 @@ import http.client, json, socket, sys
 path, method, url, body, headers = json.loads(sys.stdin.read())
 class C(http.client.HTTPConnection):
     def connect(self):
-        self.sock = socket.socket(socket.AF_UNIX); self.sock.connect(path)
-c = C("localhost", timeout=30)
+        self.sock = socket.socket(socket.AF_UNIX)
+        self.sock.settimeout(self.timeout)
+        self.sock.connect(path)
+c = C("localhost", timeout=20)
 try:
     c.request(method, url, body=body.encode() if body is not None else None, headers=headers)
 except (BrokenPipeError, ConnectionResetError, TimeoutError):
-    pass  # answered before it read it all: read the answer
+    pass  # answered before it read it all: read the answer (within the 60 s of the caller)
 r = c.getresponse()
 print(json.dumps({"status": r.status, "body": r.read().decode(), "headers": dict(r.getheaders())}))
 """
@@ -305,7 +307,7 @@ class Daemon:
                                data.decode() if data is not None else None, headers])
             out = subprocess.run([SYSTEM_PYTHON, "-c", _CLIENT_AS], input=args, user=as_user,
                                  group=OTHER_GROUP, extra_groups=[], capture_output=True,
-                                 text=True, timeout=30, check=True, cwd="/")
+                                 text=True, timeout=60, check=True, cwd="/")
             result = json.loads(out.stdout)
             status, text, resp_headers = result["status"], result["body"], result["headers"]
         try:
