@@ -290,42 +290,27 @@ class Store:
             # (a new request's task, a step waiting for an event) writes its next state
             # into the same commit before it waits for the disk.
             self._loop.call_soon(self._loop.call_soon, self._flush_now)
-        if not conn.in_transaction:
-            conn.execute("BEGIN IMMEDIATE")
-            self._depth += 1
-            try:
-                yield
-            except BaseException:
-                self._depth -= 1
-                self._rolled_back()
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
-            self._depth -= 1
-            try:
-                conn.execute("COMMIT")
-            except BaseException:
-                self._rolled_back()
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
-            return
-        # A fixed name per depth: the statements stay in sqlite3's statement cache.
-        savepoint = f"provisiond_{self._depth}"
-        conn.execute(f"SAVEPOINT {savepoint}")
+        if conn.in_transaction:
+            # A fixed name per depth: the statements stay in sqlite3's statement cache.
+            savepoint = f"SAVEPOINT provisiond_{self._depth}"
+            begin, end, undo = savepoint, f"RELEASE {savepoint}", (
+                f"ROLLBACK TO {savepoint}", f"RELEASE {savepoint}")
+        else:
+            begin, end, undo = "BEGIN IMMEDIATE", "COMMIT", ("ROLLBACK",)
+        conn.execute(begin)
         self._depth += 1
         try:
             yield
+            conn.execute(end)
         except BaseException:
-            self._depth -= 1
             self._rolled_back()
-            # An error may have ended the whole transaction, savepoint and all.
+            # An error may have ended the whole transaction, savepoints and all.
             if conn.in_transaction:
-                conn.execute(f"ROLLBACK TO SAVEPOINT {savepoint}")
-                conn.execute(f"RELEASE SAVEPOINT {savepoint}")
+                for statement in undo:
+                    conn.execute(statement)
             raise
-        self._depth -= 1
-        conn.execute(f"RELEASE SAVEPOINT {savepoint}")
+        finally:
+            self._depth -= 1
 
     def _rolled_back(self) -> None:
         self._reservations = None  # may hold what was just undone; read again when asked
