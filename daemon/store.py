@@ -262,9 +262,6 @@ class Store:
         if self._pending is not None:
             await asyncio.shield(self._pending)
 
-    def _flush_now(self) -> None:
-        self._flush()  # looked up when due: a test may slow the disk down
-
     def _flush(self) -> None:
         pending, self._pending = self._pending, None
         try:
@@ -289,7 +286,7 @@ class Store:
             # Committed in the next pass of the loop, not this one: what this write woke
             # (a new request's task, a step waiting for an event) writes its next state
             # into the same commit before it waits for the disk.
-            self._loop.call_soon(self._loop.call_soon, self._flush_now)
+            self._loop.call_soon(self._loop.call_soon, self._flush)
         if conn.in_transaction:
             # A fixed name per depth: the statements stay in sqlite3's statement cache.
             savepoint = f"SAVEPOINT provisiond_{self._depth}"
