@@ -38,6 +38,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from realhost import (  # noqa: E402
+    WARMUP,
     RealHost,
     code_version,
     interruptible,
@@ -48,7 +49,6 @@ from realhost import (  # noqa: E402
 )
 
 TARGET = 1.10
-WARMUP = 2
 
 
 RAW_SPLIT: list[tuple[float, float]] = []
@@ -181,9 +181,7 @@ def main(argv: list[str] | None = None) -> int:
             samples: list[tuple[dict, dict]] = []
             for r in range(args.rounds):
                 of = f" (round {r + 1} of {args.rounds})" if args.rounds > 1 else ""
-                daemon = host.fresh_provisiond()
-                host.provision_sequential(WARMUP, args.poll)
-                host.reset()
+                daemon = host.warm_provisiond(args.poll)
                 say(f"provisiond, sequential: {n} VMs{of} ...")
                 before = host.metrics()
                 if args.profile and r == 0:
@@ -222,9 +220,7 @@ def main(argv: list[str] | None = None) -> int:
 
             conc_line = ""
             if not args.no_concurrent:
-                host.fresh_provisiond()
-                host.provision_sequential(WARMUP, args.poll)
-                host.reset()
+                host.warm_provisiond(args.poll)
                 say(f"provisiond, concurrent: {n} VMs ...")
                 _ids, prov_wall, failed = host.provision_concurrent(n, args.poll)
                 host.stop_provisiond()

@@ -142,6 +142,10 @@ def parse_metrics(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], fl
     return out
 
 
+WARMUP = 2
+"""VMs through a fresh provisiond before it is measured (not counted)."""
+
+
 class RealHost:
     """The libvirtd, its pool, a synchronous libvirt connection, and provisiond on it."""
 
@@ -221,6 +225,13 @@ class RealHost:
         self.daemon.start(timeout=60)
         self.api = Api(self.daemon.socket)
         return self.daemon
+
+    def warm_provisiond(self, poll: float) -> Daemon:
+        """``fresh_provisiond``, warmed up by ``WARMUP`` VMs, on an empty pool again."""
+        daemon = self.fresh_provisiond()
+        self.provision_sequential(WARMUP, poll)
+        self.reset()
+        return daemon
 
     def stop_provisiond(self) -> None:
         if self.api is not None:

@@ -41,6 +41,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from realhost import (  # noqa: E402
@@ -57,7 +58,6 @@ from realhost import (  # noqa: E402
 
 TARGET_VIRT_INSTALL = 30.0
 TARGET_VIRSH = 3.0
-WARMUP = 2
 
 
 def timed(argv: list[str]) -> float:
@@ -157,9 +157,7 @@ def main(argv: list[str] | None = None) -> int:
             raw: list[float] = []
             for r in range(args.rounds):
                 of = f" (round {r + 1} of {args.rounds})" if args.rounds > 1 else ""
-                host.fresh_provisiond()
-                host.provision_sequential(WARMUP, args.poll)
-                host.reset()
+                host.warm_provisiond(args.poll)
                 say(f"provisiond: {n} VMs{of} ...")
                 prov += host.provision_sequential(n, args.poll)[1]
                 host.reset()
@@ -169,29 +167,24 @@ def main(argv: list[str] | None = None) -> int:
                 host.stop_provisiond()  # idle while the tools run: no event handling there
                 host.reset()
 
+                def measured(run: Any, prefix: str, *extra: Any,
+                             warm: bool = True) -> list[float]:
+                    # One unmeasured call in the first round; the pool emptied after each.
+                    if warm and r == 0:
+                        run(host, f"{prefix}-warm", 1, *extra)
+                        host.reset()
+                    times = run(host, f"{prefix}{r}", n, *extra)
+                    host.reset()
+                    return times
+
                 say(f"virt-install: {n} VMs (one process each){of} ...")
-                if r == 0:
-                    run_virt_install(host, "vi-warm", 1)
-                    host.reset()
-                vi += run_virt_install(host, f"vi{r}", n)
-                host.reset()
-
+                vi += measured(run_virt_install, "vi")
                 say(f"virsh vol-create-as + define: {n} VMs{of} ...")
-                if r == 0:
-                    run_virsh(host, "vs-warm", 1, False, tmp)
-                    host.reset()
-                vs += run_virsh(host, f"vs{r}", n, False, tmp)
-                host.reset()
+                vs += measured(run_virsh, "vs", False, tmp)
                 say(f"virsh vol-create-as --prealloc-metadata + define: {n} VMs{of} ...")
-                vsp += run_virsh(host, f"vsp{r}", n, True, tmp)
-                host.reset()
-
+                vsp += measured(run_virsh, "vsp", True, tmp, warm=False)
                 say(f"raw calls (reference): {n} VMs{of} ...")
-                if r == 0:
-                    run_raw(host, "raw-warm", 1)
-                    host.reset()
-                raw += run_raw(host, f"raw{r}", n)
-                host.reset()
+                raw += measured(run_raw, "raw")
         finally:
             say("cleaning up ...")
             try:
