@@ -350,7 +350,7 @@ class InlineBaseline:
     def run_one(self) -> float:
         import uuid
 
-        from daemon.domain_xml import DomainSpec, build_domain_xml, build_volume_xml
+        from daemon.virt.domain_xml import DomainSpec, build_domain_xml, build_volume_xml
 
         rid = uuid.uuid4().hex
         vol = None

@@ -53,7 +53,7 @@ from bench.common import (  # noqa: E402
     wait_all_terminal,
     write_bench_config,
 )
-from daemon.domain_xml import domain_uuid_for  # noqa: E402
+from daemon.virt.domain_xml import domain_uuid_for  # noqa: E402
 from daemon.store import Store  # noqa: E402
 
 TARGET_MB = 150.0

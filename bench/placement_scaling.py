@@ -47,9 +47,9 @@ from bench.common import (  # noqa: E402
     write_bench_config,
 )
 from daemon.config import StoragePoolRef  # noqa: E402
-from daemon.inventory import HostInventory, PoolInfo, VolumeInfo  # noqa: E402
-from daemon.live_inventory import LiveInventory  # noqa: E402
-from daemon.placement import place_storage, place_storage_fast  # noqa: E402
+from daemon.virt.inventory import HostInventory, PoolInfo, VolumeInfo  # noqa: E402
+from daemon.virt.live_inventory import LiveInventory  # noqa: E402
+from daemon.placement.storage import place_storage, place_storage_fast  # noqa: E402
 
 TARGET_RATIO = 1.5
 TEMPLATES = [("pool-iso", "ipxe.iso")]
@@ -71,7 +71,7 @@ def shape_text(shape: tuple[int, int]) -> str:
 
 
 def snapshot(pools: int, per_pool: int) -> HostInventory:
-    """The generated host as ``daemon.virt`` would read it (test driver: 100 GiB pools)."""
+    """The generated host as ``daemon.virt.connection`` would read it (test driver: 100 GiB pools)."""
     def pool(name: str, vols: tuple[VolumeInfo, ...]) -> PoolInfo:
         return PoolInfo(name, "dir", True, 100 * GiB, 0, 100 * GiB, vols)
     infos = {"pool-iso": pool("pool-iso", (VolumeInfo("pool-iso", "ipxe.iso",

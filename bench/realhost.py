@@ -42,7 +42,7 @@ import libvirt  # noqa: E402
 
 from bench.common import code_version, interruptible  # noqa: E402,F401 (re-exported)
 
-from daemon import domain_xml  # noqa: E402
+from daemon.virt import domain_xml  # noqa: E402
 from libvirtd import LibvirtDaemon  # noqa: E402
 from tests.conftest import Daemon, UnixHTTPConnection, daemon_config  # noqa: E402
 

@@ -93,7 +93,7 @@ def check_host(conn: Any, all_volumes: list[Any], states: dict[str, str]) -> dic
     """Duplicates, missing pieces and leftovers on the real host."""
     import libvirt
 
-    from daemon.domain_xml import METADATA_NS, parse_request_metadata
+    from daemon.virt.domain_xml import METADATA_NS, parse_request_metadata
 
     volumes: Counter[str] = Counter()
     orphans = 0

@@ -74,7 +74,7 @@ def run_baseline(n: int) -> float:
     """Requests per second for the same libvirt calls and durable rows, no daemon."""
     import libvirt
 
-    from daemon.domain_xml import DomainSpec, build_domain_xml, build_volume_xml
+    from daemon.virt.domain_xml import DomainSpec, build_domain_xml, build_volume_xml
     from daemon.store import Store
 
     libvirt.registerErrorHandler(lambda *_: None, None)

@@ -10,8 +10,8 @@ from pathlib import Path
 from daemon import __version__
 from daemon.config import DEFAULT_CONFIG, load_config
 from daemon.errors import ConfigError
-from daemon.logs import FORMATS, setup_logging
-from daemon.server import SocketInUse, serve
+from daemon.process.logs import FORMATS, setup_logging
+from daemon.process.server import SocketInUse, serve
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

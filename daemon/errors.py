@@ -8,7 +8,7 @@
     ├── InvalidState                409  exit 1   the request is in the wrong state for this
     ├── QuotaExceeded               409  exit 1   the resource pool's quota would not hold
     ├── NoStorage                   507  exit 1   no free volume and no pool with room
-    └── VirtError                   502  exit 1   libvirt said no (mapped in daemon.virt)
+    └── VirtError                   502  exit 1   libvirt said no (mapped in daemon.virt.connection)
         ├── HostUnreachable         503  exit 1   the libvirt connection is down
         └── VirtTimeout             504  exit 1   libvirt did not answer / event never came
 

@@ -7,7 +7,7 @@ The engine owns the only place where a request changes state (``Engine.set_state
 fires the triggers below on the shared machine, whose ``before_state_change`` hook
 persists the change *before* the model's state moves, so a transition validates and
 records and does nothing else. Each state's work is done by a step function in
-``daemon.steps``, outside the machine's callbacks.
+``daemon.workflows.provisioning``, outside the machine's callbacks.
 """
 
 from __future__ import annotations

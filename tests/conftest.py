@@ -28,7 +28,7 @@ import yaml
 
 from daemon.auth import Identity
 from daemon.config import Config, load_config
-from daemon.engine import Engine, ProvisioningRequest
+from daemon.engine.driver import Engine, ProvisioningRequest
 from daemon.store import Store
 
 DATA = Path(__file__).parent / "data"

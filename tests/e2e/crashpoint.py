@@ -18,8 +18,8 @@ import signal
 import sys
 from typing import Any, Callable
 
-from daemon import store as store_module
-from daemon import virt
+from daemon.store import store as store_module
+from daemon.virt import connection as virt
 from daemon.__main__ import main
 
 CRASH_AT = os.environ.get("PROVISIOND_CRASH_AT", "")

@@ -21,7 +21,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from daemon.domain_xml import METADATA_NS, domain_uuid_for
+from daemon.virt.domain_xml import METADATA_NS, domain_uuid_for
 from libvirtd import LibvirtDaemon
 from tests.conftest import OTHER_USER, REPO, Daemon, daemon_config
 

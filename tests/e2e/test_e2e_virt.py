@@ -1,4 +1,4 @@
-"""The libvirt adapter (``daemon.virt``) on the real libvirtd, where the test driver differs.
+"""The libvirt adapter (``daemon.virt.connection``) on the real libvirtd, where the test driver differs.
 
 The test driver finds a storage pool object by its name; libvirtd's storage driver finds
 it by its UUID. So a pool object kept across calls goes stale when the pool is replaced by
@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from libvirtd import LibvirtDaemon
 
-from daemon import domain_xml
-from daemon.virt import HostConnection
+from daemon.virt import domain_xml
+from daemon.virt.connection import HostConnection
 
 
 async def test_a_pool_replaced_under_its_name_still_takes_new_volumes(

@@ -1,0 +1,463 @@
+"""The HTTP/JSON API under ``/v1``, served on the Unix socket.
+
+The caller's identity comes only from the socket's peer credentials (``SO_PEERCRED``),
+never from anything the client sends. Errors are ``{"error": {"code", "message",
+"field"?}}`` with the status their class carries (``daemon.errors``); a bug answers 500
+with no detail, and its traceback goes to the daemon's log only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import socket
+import struct
+from datetime import datetime, timezone
+from typing import Any, Awaitable, Callable
+
+from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_exceptions import HTTPExpectationFailed
+from aiohttp.web_urldispatcher import _default_expect_handler as _aiohttp_expect_handler
+
+from daemon import __version__
+from daemon.auth import CLOUD_ADMIN, CLOUD_CREATE, Identity
+from daemon.engine.driver import IDEMPOTENCY_KEY_RE, Engine, ProvisioningRequest
+from daemon.errors import InvalidInput, PermissionDenied, ProvisiondError, UnknownName
+from daemon.api.openapi import openapi_document
+from daemon.process.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from daemon.placement.storage import Decision
+from daemon.service.reconcile import find_orphans, remove_orphans
+from daemon.store import LogEntry, RequestRecord
+from statemachines import State
+
+log = logging.getLogger("provisiond.api")
+
+ENGINE = web.AppKey("engine", Engine)
+MAX_BODY_BYTES = 64 * 1024
+CREATE_FIELDS = {"template", "size", "resource_pool", "name"}
+EXPLAIN_FIELDS = {"template", "size", "resource_pool"}
+LIST_QUERY = ("state", "owner", "resource_pool", "since", "until", "limit", "after")
+LIST_LIMIT_DEFAULT = 1000
+LIST_LIMIT_MAX = 10000
+WAIT_MAX = 300.0
+"""The longest ``GET /v1/requests/{id}?wait=`` holds a connection, in seconds."""
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+# --------------------------------------------------------------------------- identity
+
+
+def peer_identity(request: web.Request) -> Identity:
+    """The caller, from the Unix socket's peer credentials."""
+    sock = request.transport.get_extra_info("socket") if request.transport else None
+    if sock is None or sock.family != socket.AF_UNIX:
+        raise PermissionDenied("the caller's identity cannot be established")
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    _pid, uid, gid = struct.unpack("3i", creds)
+    return Identity.from_uid(uid, gid)
+
+
+# --------------------------------------------------------------------------- JSON shapes
+
+
+def iso(ts: float | None) -> str | None:
+    """Epoch seconds as ISO-8601 UTC with milliseconds."""
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds").replace(
+        "+00:00", "Z")
+
+
+def request_json(r: RequestRecord) -> dict[str, Any]:
+    """A request as the API shows it."""
+    return {
+        "id": r.id, "name": r.name, "owner": r.owner, "template": r.template, "size": r.size,
+        "resource_pool": r.resource_pool, "hardware_pool": r.hardware_pool, "host": r.host,
+        "cpus": r.cpus, "memory_kib": r.memory_kib, "storage_gb": r.storage_gb,
+        "state": str(r.state), "reason": r.reason,
+        "volume": {"pool": r.volume_pool, "name": r.volume_name, "path": r.volume_path,
+                   "owned": r.volume_owned} if r.volume_name else None,
+        "domain": {"uuid": r.domain_uuid, "name": r.domain_name}
+        if r.domain_uuid and r.state == State.DONE else None,
+        "created_at": iso(r.created_at), "updated_at": iso(r.updated_at),
+    }
+
+
+def log_json(e: LogEntry) -> dict[str, Any]:
+    """A log entry as the API shows it."""
+    return {"kind": e.kind, "from": e.from_state, "to": e.to_state, "trigger": e.trigger,
+            "at": iso(e.at), "detail": e.detail}
+
+
+def decision_json(d: Decision) -> dict[str, Any]:
+    """A placement decision (the dry run) as the API shows it."""
+    return {"action": d.action, "pool": d.pool, "volume": d.volume.name if d.volume else None,
+            "reason": d.reason, "candidates": [v.to_json() for v in d.verdicts]}
+
+
+# --------------------------------------------------------------------------- input
+
+
+async def read_json(request: web.Request) -> Any:
+    """The request's body, decoded as JSON; a clear 4xx for anything else."""
+    try:
+        content_type = request.content_type
+    except Exception:  # Python's MIME header parser fails on some junk (an IndexError)
+        content_type = None
+    if content_type != "application/json":
+        raise web.HTTPUnsupportedMediaType(text="expected Content-Type: application/json")
+    limit = request.app[ENGINE].config.daemon.body_timeout
+    try:
+        # Bounded: a body whose chunked framing breaks after the headers were read is never
+        # completed, nor failed, by aiohttp; the handler would wait for it forever.
+        async with asyncio.timeout(limit):
+            raw = await request.read()  # raises 413 past client_max_size
+    except TimeoutError:
+        raise InvalidInput(f"the body did not arrive in full within {limit:g} s (is its "
+                           "chunked encoding broken?)") from None
+    except (web.RequestPayloadError, HttpProcessingError) as exc:
+        raise InvalidInput(f"the body cannot be read (Content-Encoding?): {exc}") from None
+    except ConnectionResetError:
+        # The client went away before it sent its whole body: nobody to answer, no bug.
+        log.info("%s %s: the client closed the connection before sending the whole body",
+                 request.method, request.path)
+        raise InvalidInput("the connection closed before the whole body arrived") from None
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidInput(f"the body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise InvalidInput("the body is nested too deeply") from None
+
+
+async def json_body(request: web.Request, allowed: set[str],
+                    required: set[str]) -> dict[str, str]:
+    """The request's JSON object body, checked: known fields only, string values."""
+    body = await read_json(request)
+    if not isinstance(body, dict):
+        raise InvalidInput("the body must be a JSON object")
+    for key in body:
+        if key not in allowed:
+            raise InvalidInput(f"unknown field {key!r} (expected: "
+                               f"{', '.join(sorted(allowed))})", field=key)
+    for key in sorted(required):
+        if body.get(key) is None:
+            raise InvalidInput(f"missing field {key!r}", field=key)
+    for key, value in body.items():
+        if value is not None and not isinstance(value, str):
+            raise InvalidInput(f"{key} must be a string, got {type(value).__name__}", field=key)
+        if isinstance(value, str) and not (0 < len(value) <= 200):
+            raise InvalidInput(f"{key} must be 1-200 characters", field=key)
+    return {k: v for k, v in body.items() if v is not None}
+
+
+# --------------------------------------------------------------------------- visibility
+
+
+def visible(engine: Engine, who: Identity, record: RequestRecord | None) -> RequestRecord:
+    """The request if the caller may see it; 404 otherwise (existence is not leaked)."""
+    if record is None or not (record.owner == who.user or record.resource_pool in
+                              engine.pools_granting(who, CLOUD_ADMIN)):
+        raise UnknownName("no such request")
+    return record
+
+
+# --------------------------------------------------------------------------- handlers
+
+
+async def health(request: web.Request) -> web.Response:
+    """GET /v1/health."""
+    engine = request.app[ENGINE]
+    hosts = {n: ("connected" if engine.host_reachable(n) else "disconnected")
+             for n in engine.hosts}
+    return web.json_response({"status": "ok", "version": __version__, "hosts": hosts})
+
+
+async def catalog(request: web.Request) -> web.Response:
+    """GET /v1/catalog: the seed's svc_new."""
+    engine = request.app[ENGINE]
+    who = peer_identity(request)
+    pools = engine.pools_granting(who, CLOUD_CREATE)
+    if not pools:
+        raise PermissionDenied(f"{who.user} holds CLOUD_CREATE on no resource pool")
+    cfg = engine.config
+    return web.json_response({
+        "user": who.user,
+        "templates": [{"name": t.name, "kind": t.kind, "description": t.description}
+                      for t in cfg.templates.values()],
+        "sizes": [{"name": s.name, "cpus": s.cpus, "memory": s.memory,
+                   "storage_size_in_gb": s.storage_size_in_gb, "network": s.network}
+                  for s in cfg.sizes.values()],
+        "resource_pools": [{
+            "name": p, "description": cfg.resource_pools[p].description,
+            "hardware_pool": cfg.resource_pools[p].hardware_pool,
+            "quota": {k: v for k, v in vars(cfg.resource_pools[p].quota).items()
+                      if v is not None},
+        } for p in pools],
+    })
+
+
+async def create_request(request: web.Request) -> web.Response:
+    """POST /v1/requests: the seed's svc_create."""
+    engine = request.app[ENGINE]
+    who = peer_identity(request)
+    body = await json_body(request, CREATE_FIELDS, {"template", "size"})
+    key = request.headers.get("Idempotency-Key")
+    if key is not None and not IDEMPOTENCY_KEY_RE.match(key):
+        raise InvalidInput("idempotency key must be 1-200 printable ASCII characters",
+                           field="idempotency_key")
+    req = ProvisioningRequest(body["template"], body["size"], body.get("resource_pool"),
+                              body.get("name"), key)
+    earlier = engine.store.find_by_idempotency_key(who.user, key) if key else None
+    record = engine.submit(who, req)
+    await engine.store.durable()  # 202 means stored: a crash from now on loses nothing
+    status = 200 if earlier is not None and earlier.id == record.id else 202
+    return web.json_response(request_json(record), status=status,
+                             headers={"Location": f"/v1/requests/{record.id}"})
+
+
+def query_names(request: web.Request, key: str) -> list[str] | None:
+    """The values of a repeatable query parameter (None when absent), each 1-200 chars."""
+    if key not in request.query:
+        return None
+    values = request.query.getall(key)
+    for value in values:
+        if not 0 < len(value) <= 200:
+            raise InvalidInput(f"{key} must be 1-200 characters", field=key)
+    return values
+
+
+def query_time(request: web.Request, key: str) -> float | None:
+    """A query parameter given at most once as an ISO-8601 time or epoch seconds.
+
+    An ISO time without a UTC offset is taken as UTC. Returns epoch seconds, or None.
+    """
+    if key not in request.query:
+        return None
+    values = request.query.getall(key)
+    if len(values) > 1:
+        raise InvalidInput(f"give {key} at most once", field=key)
+    value = values[0].strip()
+    try:
+        epoch = float(value)
+    except ValueError:
+        try:
+            when = datetime.fromisoformat(value)
+        except ValueError:
+            raise InvalidInput(f"{key} must be an ISO-8601 time (e.g. 2026-01-31T12:00:00Z) "
+                               f"or epoch seconds, got {value[:64]!r}", field=key) from None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=timezone.utc)
+        return when.timestamp()
+    if not math.isfinite(epoch):
+        raise InvalidInput(f"{key} must be a finite number of epoch seconds", field=key)
+    return epoch
+
+
+async def list_requests(request: web.Request) -> web.Response:
+    """GET /v1/requests[?state=&owner=&resource_pool=&since=&until=&limit=&after=]:
+    what the caller sees, a page at a time.
+
+    That is the caller's requests and those of the pools they hold CLOUD_ADMIN on; the
+    filters narrow it (``since <= created_at < until``). ``next`` in the answer, passed
+    as ``after``, gives the next page.
+    """
+    engine = request.app[ENGINE]
+    who = peer_identity(request)
+    for key in request.query:
+        if key not in LIST_QUERY:
+            raise InvalidInput(f"unknown query parameter {key!r} (expected: "
+                               f"{', '.join(LIST_QUERY)})", field=key)
+    states = None
+    if "state" in request.query:
+        known = [s.value for s in State]
+        for value in request.query.getall("state"):
+            if value not in known:
+                raise InvalidInput(f"unknown state {value[:64]!r} (expected one of: "
+                                   f"{', '.join(known)})", field="state")
+        states = [State(s) for s in request.query.getall("state")]
+    since, until = query_time(request, "since"), query_time(request, "until")
+    if since is not None and until is not None and until < since:
+        raise InvalidInput("until is before since", field="until")
+    limit = LIST_LIMIT_DEFAULT
+    if "limit" in request.query:
+        text = request.query["limit"]
+        if not text.isdigit() or not 1 <= int(text) <= LIST_LIMIT_MAX:
+            raise InvalidInput(f"limit must be an integer from 1 to {LIST_LIMIT_MAX}",
+                               field="limit")
+        limit = int(text)
+    after = request.query.get("after")
+    if after is not None and not 0 < len(after) <= 64:
+        raise InvalidInput("after must be the id of a request (from 'next')", field="after")
+    # One page at a time: a long history must not hold the event loop (or memory).
+    records = engine.store.list_requests(
+        states=states, owner=who.user, resource_pools=engine.pools_granting(who, CLOUD_ADMIN),
+        owners=query_names(request, "owner"), pools=query_names(request, "resource_pool"),
+        created_since=since, created_until=until, after=after, limit=limit + 1)
+    more = len(records) > limit
+    page = records[:limit]
+    return web.json_response({"requests": [request_json(r) for r in page],
+                              "next": page[-1].id if more else None})
+
+
+async def show_request(request: web.Request) -> web.Response:
+    """GET /v1/requests/{id}[?wait=SECONDS]: the request; with ``wait``, once it has ended
+    (done, or failed and rolled back) or the seconds have passed, whichever comes first."""
+    engine = request.app[ENGINE]
+    for key in request.query:
+        if key != "wait":
+            raise InvalidInput(f"unknown query parameter {key!r} (expected: wait)", field=key)
+    wait = None
+    if "wait" in request.query:
+        text = request.query.getall("wait")[-1]
+        try:
+            wait = float(text)
+        except ValueError:
+            wait = math.nan
+        if not 0 <= wait <= WAIT_MAX or len(request.query.getall("wait")) > 1:
+            raise InvalidInput(f"wait must be given once, as seconds from 0 to {WAIT_MAX:g}",
+                               field="wait")
+    record = visible(engine, peer_identity(request),
+                     engine.store.get_request(request.match_info["id"]))
+    if wait:
+        try:
+            record = await engine.wait_terminal(record.id, timeout=wait)
+        except asyncio.TimeoutError:
+            record = engine.store.get_request(record.id) or record
+    return web.json_response(request_json(record))
+
+
+async def request_log(request: web.Request) -> web.Response:
+    """GET /v1/requests/{id}/log: every transition, libvirt event and note, oldest first."""
+    engine = request.app[ENGINE]
+    record = visible(engine, peer_identity(request),
+                     engine.store.get_request(request.match_info["id"]))
+    return web.json_response({"request_id": record.id,
+                              "log": [log_json(e) for e in engine.store.get_log(record.id)]})
+
+
+async def cancel_request(request: web.Request) -> web.Response:
+    """POST /v1/requests/{id}/cancel."""
+    engine = request.app[ENGINE]
+    who = peer_identity(request)
+    record = visible(engine, who, engine.store.get_request(request.match_info["id"]))
+    engine.cancel(record.id, who.user)
+    current = engine.store.get_request(record.id)
+    assert current is not None
+    return web.json_response(request_json(current), status=202)
+
+
+async def explain(request: web.Request) -> web.Response:
+    """POST /v1/placement/explain: the placement dry run."""
+    engine = request.app[ENGINE]
+    who = peer_identity(request)
+    body = await json_body(request, EXPLAIN_FIELDS, {"template", "size"})
+    decision = await engine.explain(who, ProvisioningRequest(
+        body["template"], body["size"], body.get("resource_pool")))
+    return web.json_response(decision_json(decision))
+
+
+async def reconcile(request: web.Request) -> web.Response:
+    """POST /v1/reconcile ``{"apply": bool}``: list (and with apply, remove) orphans.
+
+    Admins only: the hosts looked at are those of the hardware pools that the resource
+    pools where the caller holds CLOUD_ADMIN draw on.
+    """
+    engine = request.app[ENGINE]
+    who = peer_identity(request)
+    admin_pools = engine.pools_granting(who, CLOUD_ADMIN)
+    if not admin_pools:
+        raise PermissionDenied(f"{who.user} holds CLOUD_ADMIN on no resource pool")
+    apply = False
+    if request.can_read_body:
+        body = await read_json(request)
+        if not isinstance(body, dict) or set(body) - {"apply"} or not isinstance(
+                body.get("apply", False), bool):
+            raise InvalidInput('the body must be {"apply": true|false}', field="apply")
+        apply = body.get("apply", False)
+    hosts = sorted({h.name for p in admin_pools
+                    for h in engine.config.hardware_pool_of(p).hosts})
+    orphans = await find_orphans(engine, hosts)
+    if apply:
+        orphans = await remove_orphans(engine, orphans)
+    return web.json_response({"applied": apply, "hosts": hosts,
+                              "orphans": [o.to_json() for o in orphans]})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """GET /metrics: Prometheus text format (anyone who can reach the socket)."""
+    engine = request.app[ENGINE]
+    return web.Response(body=engine.metrics.exposition(),
+                        headers={"Content-Type": METRICS_CONTENT_TYPE})
+
+
+async def openapi_json(request: web.Request) -> web.Response:
+    """GET /v1/openapi.json: this API's OpenAPI 3.1 document (no privilege needed)."""
+    return web.json_response(openapi_document())
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def error_response(status: int, code: str, message: str,
+                   field: str | None = None) -> web.Response:
+    """The API's error body."""
+    error = {"code": code, "message": message}
+    if field:
+        error["field"] = field
+    return web.json_response({"error": error}, status=status)
+
+
+HTTP_CODES = {400: "invalid", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
+              409: "wrong_state", 413: "too_large", 415: "unsupported_media_type"}
+
+
+@web.middleware
+async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Map every error to the JSON error body, once."""
+    try:
+        return await handler(request)
+    except ProvisiondError as exc:
+        return error_response(exc.http_status, exc.code, exc.message, exc.field)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        message = exc.text if exc.text and not exc.text.startswith(str(exc.status)) \
+            else exc.reason
+        if exc.status == 413:
+            message = f"the body is larger than {MAX_BODY_BYTES} bytes"
+        return error_response(exc.status, HTTP_CODES.get(exc.status, "http_error"), message)
+    except Exception:
+        log.exception("internal error on %s %s", request.method, request.path)
+        return error_response(500, "internal", "internal error; see the daemon's log")
+
+
+async def expect_handler(request: web.Request) -> web.StreamResponse | None:
+    """``Expect: 100-continue`` as aiohttp does; anything else a JSON 400 (aiohttp's own
+    answer would be text, before the error middleware can see it)."""
+    try:
+        return await _aiohttp_expect_handler(request)
+    except HTTPExpectationFailed:
+        return error_response(400, "invalid", "unsupported Expect header (only "
+                              "100-continue)", "Expect")
+
+
+def make_app() -> web.Application:
+    """The aiohttp application; its ``cleanup_ctx`` must provide ``app[ENGINE]``."""
+    app = web.Application(middlewares=[errors_middleware], client_max_size=MAX_BODY_BYTES)
+    app.router.add_get("/v1/health", health, expect_handler=expect_handler)
+    app.router.add_get("/v1/catalog", catalog, expect_handler=expect_handler)
+    app.router.add_post("/v1/requests", create_request, expect_handler=expect_handler)
+    app.router.add_get("/v1/requests", list_requests, expect_handler=expect_handler)
+    app.router.add_get("/v1/requests/{id}", show_request, expect_handler=expect_handler)
+    app.router.add_get("/v1/requests/{id}/log", request_log, expect_handler=expect_handler)
+    app.router.add_post("/v1/requests/{id}/cancel", cancel_request, expect_handler=expect_handler)
+    app.router.add_post("/v1/placement/explain", explain, expect_handler=expect_handler)
+    app.router.add_post("/v1/reconcile", reconcile, expect_handler=expect_handler)
+    app.router.add_get("/v1/openapi.json", openapi_json, expect_handler=expect_handler)
+    app.router.add_get("/metrics", metrics, expect_handler=expect_handler)
+    return app

@@ -1,0 +1,636 @@
+"""Load and validate provisiond's YAML configuration into typed, frozen objects.
+
+The main file (``config/provisiond.yml``) holds the daemon's settings and names the other
+files, relative to itself: sizes (the seed's ``VmSize.yml`` format, verbatim), templates,
+and pools (hardware pools and resource pools). Every problem is reported with its file and
+key path, all problems at once, e.g.::
+
+    config/VmSize.yml: small.memory: expected a positive integer (KiB), got 'lots'
+
+Strings may use two placeholders: ``${config_dir}`` (the main file's directory, absolute)
+and ``${daemon_user}`` (the user running the daemon). Unknown keys are errors.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from daemon.errors import ConfigError, ConfigProblem
+
+DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "config" / "provisiond.yml"
+
+PRIVILEGES = ("CLOUD_CREATE", "CLOUD_ADMIN")
+"""CLOUD_CREATE: create VMs in the pool. CLOUD_ADMIN: see and cancel all its requests."""
+
+TEMPLATE_KINDS_SUPPORTED = ("iso",)
+TEMPLATE_KINDS_RESERVED = ("kickstart", "appliance")
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,62}$")
+NAME_EXPECTED = "a name of 1-63 letters, digits, '.', '_', '+' or '-' (not starting with a sign)"
+PLACEHOLDER_RE = re.compile(r"\$\{([^}]*)\}")
+
+
+# --------------------------------------------------------------------------- typed config
+
+
+@dataclass(frozen=True)
+class Size:
+    """A VM size: the seed's VmSize.yml entry (memory in KiB)."""
+
+    name: str
+    cpus: int
+    memory: int
+    storage_size_in_gb: int
+    network: str | None = None
+
+    @property
+    def storage_bytes(self) -> int:
+        """The size's disk capacity in bytes (GiB, as libvirt's unit 'G')."""
+        return self.storage_size_in_gb * 1024**3
+
+
+@dataclass(frozen=True)
+class VolumeRef:
+    """A storage volume named by its libvirt pool and volume name."""
+
+    pool: str
+    name: str
+
+
+@dataclass(frozen=True)
+class Template:
+    """What gets installed: for kind ``iso``, an ISO file path or a volume in a pool."""
+
+    name: str
+    kind: str
+    description: str = ""
+    path: str | None = None
+    volume: VolumeRef | None = None
+
+
+DOMAIN_TYPES = ("auto", "kvm", "qemu")
+
+
+@dataclass(frozen=True)
+class Host:
+    """A libvirt host of a hardware pool, reached by its connection URI.
+
+    ``domain_type``: ``auto`` defines kvm domains when the host offers kvm, else qemu
+    (TCG); ``qemu`` forces TCG (e.g. where /dev/kvm exists but nested KVM is broken).
+    """
+
+    name: str
+    uri: str
+    domain_type: str = "auto"
+
+
+@dataclass(frozen=True)
+class StoragePoolRef:
+    """A libvirt storage pool of a hardware pool, with its placement settings."""
+
+    name: str
+    overcommit: float = 1.0
+
+
+@dataclass(frozen=True)
+class HardwarePool:
+    """Hosts and their storage pools (in placement order)."""
+
+    name: str
+    hosts: tuple[Host, ...]
+    storage_pools: tuple[StoragePoolRef, ...]
+    reuse_tolerance_gb: int = 0
+
+
+@dataclass(frozen=True)
+class Grant:
+    """Who holds a privilege: user names and group names."""
+
+    users: frozenset[str] = frozenset()
+    groups: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class Quota:
+    """Upper bounds for a resource pool; None means unbounded."""
+
+    vms: int | None = None
+    cpus: int | None = None
+    memory: int | None = None
+    storage_gb: int | None = None
+
+
+@dataclass(frozen=True)
+class ResourcePool:
+    """What users provision into: a hardware pool, grants and an optional quota."""
+
+    name: str
+    hardware_pool: str
+    grants: dict[str, Grant]
+    quota: Quota = Quota()
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class DaemonSettings:
+    """Where the daemon listens and stores, and its time bounds."""
+
+    socket: Path
+    database: Path
+    socket_group: str | None = None
+    define_event_timeout: float = 30.0
+    libvirt_call_timeout: float = 120.0
+    host_wait_timeout: float = 300.0
+    body_timeout: float = 10.0
+    """Seconds a client has to send a request's whole body once its headers are in."""
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole validated configuration."""
+
+    source: Path
+    daemon: DaemonSettings
+    sizes: dict[str, Size]
+    templates: dict[str, Template]
+    hardware_pools: dict[str, HardwarePool]
+    resource_pools: dict[str, ResourcePool]
+    files: dict[str, Path] = field(default_factory=dict)
+
+    def hardware_pool_of(self, resource_pool: str) -> HardwarePool:
+        """The hardware pool a resource pool draws on."""
+        return self.hardware_pools[self.resource_pools[resource_pool].hardware_pool]
+
+
+# --------------------------------------------------------------------------- defaults
+
+
+def default_socket_path() -> Path:
+    """Per-user socket: ``$XDG_RUNTIME_DIR/provisiond/provisiond.sock``, else under /tmp."""
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime:
+        return Path(runtime) / "provisiond" / "provisiond.sock"
+    return Path(f"/tmp/provisiond-{os.geteuid()}") / "provisiond.sock"
+
+
+def default_database_path() -> Path:
+    """Per-user database: ``$XDG_STATE_HOME/provisiond/provisiond.db``."""
+    state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(state) / "provisiond" / "provisiond.db"
+
+
+# --------------------------------------------------------------------------- validation
+
+
+class _Checker:
+    """Collects problems for one file while walking its parsed YAML."""
+
+    def __init__(self, file: str, problems: list[ConfigProblem], subst: dict[str, str]):
+        self.file = file
+        self.problems = problems
+        self.subst = subst
+
+    def bad(self, path: str, message: str) -> None:
+        self.problems.append(ConfigProblem(self.file, path, message))
+
+    def mapping(self, value: Any, path: str, allowed: set[str] | None = None,
+                required: set[str] = frozenset()) -> dict[str, Any] | None:
+        if not isinstance(value, dict):
+            self.bad(path, f"expected a mapping, got {_show(value)}")
+            return None
+        for key in value:
+            if not isinstance(key, str):
+                self.bad(path, f"keys must be strings, got {_show(key)}")
+        if allowed is not None:
+            for key in value:
+                if isinstance(key, str) and key not in allowed:
+                    self.bad(_join(path, key),
+                             f"unknown key (expected one of: {', '.join(sorted(allowed))})")
+        for key in sorted(required):
+            if key not in value:
+                self.bad(_join(path, key), "required key is missing")
+        return value
+
+    def name(self, value: Any, path: str) -> str | None:
+        if not isinstance(value, str) or not NAME_RE.match(value):
+            self.bad(path, f"expected {NAME_EXPECTED}, got {_show(value)}")
+            return None
+        return value
+
+    def positive_int(self, value: Any, path: str, unit: str = "") -> int | None:
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            what = f"a positive integer ({unit})" if unit else "a positive integer"
+            self.bad(path, f"expected {what}, got {_show(value)}")
+            return None
+        return value
+
+    def positive_number(self, value: Any, path: str) -> float | None:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+            self.bad(path, f"expected a positive number, got {_show(value)}")
+            return None
+        return float(value)
+
+    def non_negative_int(self, value: Any, path: str) -> int | None:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            self.bad(path, f"expected an integer >= 0, got {_show(value)}")
+            return None
+        return value
+
+    def string(self, value: Any, path: str) -> str | None:
+        if not isinstance(value, str) or not value:
+            self.bad(path, f"expected a non-empty string, got {_show(value)}")
+            return None
+        return self.expand(value, path)
+
+    def expand(self, value: str, path: str) -> str | None:
+        unknown = [m for m in PLACEHOLDER_RE.findall(value) if m not in self.subst]
+        if unknown:
+            self.bad(path, f"unknown placeholder ${{{unknown[0]}}} "
+                           f"(known: {', '.join('${%s}' % k for k in sorted(self.subst))})")
+            return None
+        return PLACEHOLDER_RE.sub(lambda m: self.subst[m.group(1)], value)
+
+    def string_list(self, value: Any, path: str) -> list[str] | None:
+        if not isinstance(value, list):
+            self.bad(path, f"expected a list of strings, got {_show(value)}")
+            return None
+        out = []
+        for i, item in enumerate(value):
+            s = self.string(item, f"{path}[{i}]")
+            if s is not None:
+                out.append(s)
+        return out
+
+
+def _join(path: str, key: Any) -> str:
+    return f"{path}.{key}" if path else str(key)
+
+
+def _show(value: Any) -> str:
+    if value is None:
+        return "nothing"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping (YAML keeps the last)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _value in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, (str, int, float, bool)) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _read_yaml(path: Path, shown: str, problems: list[ConfigProblem]) -> Any:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        problems.append(ConfigProblem(shown, "", f"cannot read: {exc.strerror or exc}"))
+        return None
+    except UnicodeDecodeError:
+        problems.append(ConfigProblem(shown, "", "not UTF-8 text"))
+        return None
+    try:
+        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 (a SafeLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        problems.append(ConfigProblem(shown, "", f"{where}invalid YAML: {problem}"))
+        return None
+
+
+def _shown(path: Path) -> str:
+    """A path as shown in messages: relative to the working directory when below it."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+# --------------------------------------------------------------------------- sections
+
+
+def _parse_sizes(data: Any, c: _Checker) -> dict[str, Size]:
+    sizes: dict[str, Size] = {}
+    if c.mapping(data, "") is None:
+        return sizes
+    for key, entry in data.items():
+        name = c.name(key, str(key))
+        body = c.mapping(entry, str(key), {"cpus", "memory", "storage_size_in_gb", "network"},
+                         {"cpus", "memory", "storage_size_in_gb"})
+        if name is None or body is None:
+            continue
+        cpus = c.positive_int(body.get("cpus"), f"{key}.cpus") if "cpus" in body else None
+        memory = (c.positive_int(body.get("memory"), f"{key}.memory", "KiB")
+                  if "memory" in body else None)
+        storage = (c.positive_int(body.get("storage_size_in_gb"), f"{key}.storage_size_in_gb",
+                                  "GiB") if "storage_size_in_gb" in body else None)
+        network = c.name(body["network"], f"{key}.network") if "network" in body else None
+        if None not in (cpus, memory, storage):
+            sizes[name] = Size(name, cpus, memory, storage, network)
+    if not sizes and not c.problems:
+        c.bad("", "defines no size")
+    return sizes
+
+
+def _parse_templates(data: Any, c: _Checker) -> dict[str, Template]:
+    templates: dict[str, Template] = {}
+    if c.mapping(data, "") is None:
+        return templates
+    kinds = TEMPLATE_KINDS_SUPPORTED + TEMPLATE_KINDS_RESERVED
+    for key, entry in data.items():
+        name = c.name(key, str(key))
+        body = c.mapping(entry, str(key), {"kind", "description", "path", "volume"}, {"kind"})
+        if name is None or body is None or "kind" not in body:
+            continue
+        kind = body["kind"]
+        if kind not in kinds:
+            c.bad(f"{key}.kind", f"expected one of: {', '.join(kinds)}, got {_show(kind)}")
+            continue
+        if kind in TEMPLATE_KINDS_RESERVED:
+            c.bad(f"{key}.kind", f"kind '{kind}' is not supported yet "
+                                 f"(supported: {', '.join(TEMPLATE_KINDS_SUPPORTED)})")
+            continue
+        description = (c.string(body["description"], f"{key}.description") or ""
+                       if "description" in body else "")
+        has_path, has_volume = "path" in body, "volume" in body
+        if has_path == has_volume:
+            c.bad(str(key), "an iso template needs exactly one of 'path' (an ISO file) "
+                            "or 'volume' ({pool, name} of a volume in a storage pool)")
+            continue
+        if has_path:
+            path = c.string(body["path"], f"{key}.path")
+            if path is not None and not path.startswith("/"):
+                c.bad(f"{key}.path", f"expected an absolute path, got {_show(path)}")
+                continue
+            if path is not None:
+                templates[name] = Template(name, kind, description, path=path)
+        else:
+            vol = c.mapping(body["volume"], f"{key}.volume", {"pool", "name"}, {"pool", "name"})
+            if vol is None or not {"pool", "name"} <= vol.keys():
+                continue
+            pool = c.name(vol["pool"], f"{key}.volume.pool")
+            vname = c.string(vol["name"], f"{key}.volume.name")
+            if pool and vname:
+                templates[name] = Template(name, kind, description, volume=VolumeRef(pool, vname))
+    if not templates and not c.problems:
+        c.bad("", "defines no template")
+    return templates
+
+
+def _parse_hardware_pools(data: Any, c: _Checker) -> dict[str, HardwarePool]:
+    pools: dict[str, HardwarePool] = {}
+    if c.mapping(data, "hardware_pools") is None:
+        return pools
+    for key, entry in data.items():
+        path = f"hardware_pools.{key}"
+        name = c.name(key, path)
+        body = c.mapping(entry, path, {"hosts", "storage_pools", "reuse_tolerance_gb"},
+                         {"hosts", "storage_pools"})
+        if name is None or body is None:
+            continue
+        hosts = _parse_list(body.get("hosts"), f"{path}.hosts", c, _parse_host)
+        spools = _parse_list(body.get("storage_pools"), f"{path}.storage_pools", c,
+                             _parse_storage_pool)
+        tolerance = (c.non_negative_int(body["reuse_tolerance_gb"], f"{path}.reuse_tolerance_gb")
+                     if "reuse_tolerance_gb" in body else 0)
+        _no_duplicates([h.name for h in hosts], f"{path}.hosts", "host", c)
+        _no_duplicates([s.name for s in spools], f"{path}.storage_pools", "storage pool", c)
+        if "hosts" in body and not body["hosts"]:
+            c.bad(f"{path}.hosts", "expected at least one host")
+        if "storage_pools" in body and not body["storage_pools"]:
+            c.bad(f"{path}.storage_pools", "expected at least one storage pool")
+        if hosts and spools and tolerance is not None:
+            pools[name] = HardwarePool(name, tuple(hosts), tuple(spools), tolerance)
+    return pools
+
+
+def _parse_list(value: Any, path: str, c: _Checker,
+                parse_item: Callable[[Any, str, _Checker], Any]) -> list[Any]:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        c.bad(path, f"expected a list, got {_show(value)}")
+        return []
+    items = [parse_item(item, f"{path}[{i}]", c) for i, item in enumerate(value)]
+    return [item for item in items if item is not None]
+
+
+def _parse_host(value: Any, path: str, c: _Checker) -> Host | None:
+    body = c.mapping(value, path, {"name", "uri", "domain_type"}, {"name", "uri"})
+    if body is None or not {"name", "uri"} <= body.keys():
+        return None
+    name = c.name(body["name"], f"{path}.name")
+    uri = c.string(body["uri"], f"{path}.uri")
+    if uri is not None and "://" not in uri:
+        c.bad(f"{path}.uri", f"expected a libvirt URI such as qemu:///system, got {_show(uri)}")
+        return None
+    domain_type = body.get("domain_type", "auto")
+    if domain_type not in DOMAIN_TYPES:
+        c.bad(f"{path}.domain_type", f"expected one of: {', '.join(DOMAIN_TYPES)}, got "
+                                     f"{_show(domain_type)}")
+        return None
+    return Host(name, uri, domain_type) if name and uri else None
+
+
+def _parse_storage_pool(value: Any, path: str, c: _Checker) -> StoragePoolRef | None:
+    body = c.mapping(value, path, {"name", "overcommit"}, {"name"})
+    if body is None or "name" not in body:
+        return None
+    name = c.name(body["name"], f"{path}.name")
+    overcommit = (c.positive_number(body["overcommit"], f"{path}.overcommit")
+                  if "overcommit" in body else 1.0)
+    return StoragePoolRef(name, overcommit) if name and overcommit else None
+
+
+def _no_duplicates(names: list[str], path: str, what: str, c: _Checker) -> None:
+    seen: set[str] = set()
+    for n in names:
+        if n in seen:
+            c.bad(path, f"{what} '{n}' is listed twice")
+        seen.add(n)
+
+
+def _parse_resource_pools(data: Any, c: _Checker, hardware_pools: dict[str, HardwarePool],
+                          declared: frozenset[str] = frozenset()) -> dict[str, ResourcePool]:
+    """``declared``: hardware pool names present in the file (valid or not)."""
+    pools: dict[str, ResourcePool] = {}
+    if c.mapping(data, "resource_pools") is None:
+        return pools
+    for key, entry in data.items():
+        path = f"resource_pools.{key}"
+        name = c.name(key, path)
+        body = c.mapping(entry, path, {"hardware_pool", "grants", "quota", "description"},
+                         {"hardware_pool"})
+        if name is None or body is None or "hardware_pool" not in body:
+            continue
+        hw = c.name(body["hardware_pool"], f"{path}.hardware_pool")
+        if hw is None:
+            continue
+        if hw not in hardware_pools:
+            if hw not in declared:  # a declared but invalid one is reported where it is
+                known = ", ".join(sorted(declared | hardware_pools.keys())) or "none defined"
+                c.bad(f"{path}.hardware_pool",
+                      f"unknown hardware pool {_show(hw)} (known: {known})")
+            continue
+        grants = _parse_grants(body.get("grants", {}), f"{path}.grants", c)
+        quota = _parse_quota(body.get("quota", {}), f"{path}.quota", c)
+        description = (c.string(body["description"], f"{path}.description") or ""
+                       if "description" in body else "")
+        if grants is not None and quota is not None:
+            pools[name] = ResourcePool(name, hw, grants, quota, description)
+    return pools
+
+
+def _parse_grants(value: Any, path: str, c: _Checker) -> dict[str, Grant] | None:
+    body = c.mapping(value, path, set(PRIVILEGES))
+    if body is None:
+        return None
+    grants = {}
+    complete = True  # check every privilege before giving up, so all problems are reported
+    for privilege, who in body.items():
+        if privilege not in PRIVILEGES:
+            continue
+        wbody = c.mapping(who, f"{path}.{privilege}", {"users", "groups"})
+        if wbody is None:
+            complete = False
+            continue
+        users = c.string_list(wbody.get("users", []), f"{path}.{privilege}.users")
+        groups = c.string_list(wbody.get("groups", []), f"{path}.{privilege}.groups")
+        if users is None or groups is None:
+            complete = False
+            continue
+        grants[privilege] = Grant(frozenset(users), frozenset(groups))
+    return grants if complete else None
+
+
+def _parse_quota(value: Any, path: str, c: _Checker) -> Quota | None:
+    units = {"vms": "VMs", "cpus": "cpus", "memory": "KiB", "storage_gb": "GiB"}
+    body = c.mapping(value, path, set(units))
+    if body is None:
+        return None
+    limits = {}
+    for key, unit in units.items():
+        if key in body:
+            limits[key] = c.positive_int(body[key], f"{path}.{key}", unit)
+    if None in limits.values():  # each bad limit has been reported
+        return None
+    return Quota(**limits)
+
+
+def _parse_daemon(data: Any, c: _Checker) -> DaemonSettings | None:
+    keys = {"socket", "database", "socket_group", "define_event_timeout", "libvirt_call_timeout",
+            "host_wait_timeout", "body_timeout"}
+    body = c.mapping(data if data is not None else {}, "daemon", keys)
+    if body is None:
+        return None
+
+    def path_of(key: str, default: Path) -> Path | None:
+        if body.get(key) is None:
+            return default
+        text = c.string(body[key], f"daemon.{key}")
+        if text is None:
+            return None
+        p = Path(os.path.expanduser(text))
+        return p if p.is_absolute() else Path(c.subst["config_dir"]) / p
+
+    socket = path_of("socket", default_socket_path())
+    database = path_of("database", default_database_path())
+    group = c.string(body["socket_group"], "daemon.socket_group") if body.get(
+        "socket_group") is not None else None
+    timeouts = {}
+    for key in ("define_event_timeout", "libvirt_call_timeout", "host_wait_timeout",
+                "body_timeout"):
+        if key in body:
+            timeouts[key] = c.positive_number(body[key], f"daemon.{key}")
+            if timeouts[key] is None:
+                return None
+    if socket is None or database is None:
+        return None
+    return DaemonSettings(socket, database, group, **timeouts)
+
+
+# --------------------------------------------------------------------------- entry point
+
+MAIN_KEYS = {"daemon", "include"}
+INCLUDE_KEYS = {"sizes", "templates", "pools"}
+
+
+def load_config(path: Path | str | None = None, *, daemon_user: str | None = None) -> Config:
+    """Load and validate the configuration rooted at ``path`` (default: the embedded one).
+
+    Raises ConfigError listing every problem found, each with file and key path.
+    """
+    main = Path(path) if path is not None else DEFAULT_CONFIG
+    main_abs = main.resolve()
+    subst = {"config_dir": str(main_abs.parent),
+             "daemon_user": daemon_user or getpass.getuser()}
+    problems: list[ConfigProblem] = []
+    shown = _shown(main)
+    raw = _read_yaml(main, shown, problems)
+    c = _Checker(shown, problems, subst)
+    if raw is None and not problems:
+        c.bad("", "is empty")
+    if problems or c.mapping(raw, "", MAIN_KEYS, {"include"}) is None or "include" not in raw:
+        raise ConfigError(problems)
+
+    # Problems in the main file do not stop the included files from being checked:
+    # every problem is reported at once.
+    include = c.mapping(raw["include"], "include", INCLUDE_KEYS, INCLUDE_KEYS)
+    daemon = _parse_daemon(raw.get("daemon"), c)
+    if include is None or not INCLUDE_KEYS <= include.keys():
+        raise ConfigError(problems)
+
+    files: dict[str, Path] = {}
+    parsed: dict[str, tuple[Any, _Checker]] = {}
+    for key in sorted(INCLUDE_KEYS):
+        rel = c.string(include[key], f"include.{key}")
+        if rel is None:
+            continue
+        fpath = main_abs.parent / rel
+        files[key] = fpath
+        fshown = _shown(main.parent / rel)
+        before = len(problems)
+        data = _read_yaml(fpath, fshown, problems)
+        if len(problems) == before:
+            parsed[key] = (data, _Checker(fshown, problems, subst))
+    if len(parsed) < len(INCLUDE_KEYS):  # a file is unnamed, unreadable or not YAML
+        raise ConfigError(problems)
+
+    sizes = _parse_sizes(*parsed["sizes"])
+    templates = _parse_templates(*parsed["templates"])
+    pools_data, pc = parsed["pools"]
+    pools_body = pc.mapping(pools_data, "", {"hardware_pools", "resource_pools"},
+                            {"hardware_pools", "resource_pools"})
+    hardware: dict[str, HardwarePool] = {}
+    resource: dict[str, ResourcePool] = {}
+    if pools_body is not None and {"hardware_pools", "resource_pools"} <= pools_body.keys():
+        hardware = _parse_hardware_pools(pools_body["hardware_pools"], pc)
+        declared = pools_body["hardware_pools"]
+        resource = _parse_resource_pools(
+            pools_body["resource_pools"], pc, hardware,
+            frozenset(k for k in declared if isinstance(k, str))
+            if isinstance(declared, dict) else frozenset())
+        if not resource and not problems:
+            pc.bad("resource_pools", "defines no resource pool")
+    if problems or daemon is None:
+        raise ConfigError(problems)
+    return Config(main_abs, daemon, sizes, templates, hardware, resource, files)

@@ -1,0 +1,289 @@
+"""The daemon process: start-up in order, serve on the Unix socket, shut down cleanly.
+
+Start-up order: configuration (already loaded by the caller), store migrations, libvirt
+connections with their events, resume of requests left in progress, and only then the
+socket, after which systemd hears ``READY=1``. Resources live in aiohttp's
+``cleanup_ctx``, so a failed start-up closes exactly what it opened. SIGTERM/SIGINT
+(``STOPPING=1``) stop accepting, let handlers finish, stop the engine (each request stays
+in its last durable state, resumed at the next start) and close libvirt. SIGHUP re-reads
+the configuration and swaps it in if valid; requests in flight carry on.
+
+The socket is the one systemd passes (socket activation) when there is one, else our own
+at ``daemon.socket``: a stale socket there is replaced, a live one is never stolen.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import gc
+import grp
+import logging
+import os
+import signal
+import socket
+import stat
+from pathlib import Path
+from typing import AsyncIterator
+
+import libvirt
+from aiohttp import web
+
+from daemon.process import systemd
+from daemon.virt import connection as virt
+from daemon.api.routes import ENGINE, make_app
+from daemon.config import Config, load_config
+from daemon.engine.driver import Engine
+from daemon.errors import ConfigError
+from daemon.store import Store
+from daemon.virt.connection import Opener
+
+log = logging.getLogger("provisiond")
+
+STORE = web.AppKey("store", Store)
+SHUTDOWN_TIMEOUT = 10.0
+
+
+class SocketInUse(Exception):
+    """Another live process serves on the socket path."""
+
+
+def build_app(config: Config, opener: Opener = libvirt.open) -> web.Application:
+    """The application with its resources (store, engine) in ``cleanup_ctx``, in order."""
+
+    async def store_ctx(app: web.Application) -> AsyncIterator[None]:
+        store = Store(config.daemon.database)
+        version = store.migrate()
+        log.info("database %s at schema version %d", config.daemon.database, version)
+        app[STORE] = store
+        yield
+        store.close()
+
+    async def engine_ctx(app: web.Application) -> AsyncIterator[None]:
+        engine = Engine(config, app[STORE], opener=opener)
+        app[ENGINE] = engine
+        try:
+            await engine.start()  # connections and events, then resume
+        except BaseException:
+            await engine.stop()
+            raise
+        yield
+        await engine.stop(timeout=SHUTDOWN_TIMEOUT)
+
+    async def release_waiting_clients(app: web.Application) -> None:
+        # Before aiohttp waits (up to its shutdown timeout) for handlers in flight: a
+        # GET ?wait= answers at once with the request as it is.
+        if ENGINE in app:
+            app[ENGINE].release_waiters()
+
+    app = make_app()
+    app.cleanup_ctx.extend([store_ctx, engine_ctx])
+    app.on_shutdown.append(release_waiting_clients)
+    return app
+
+
+def prepare_socket_path(path: Path) -> None:
+    """Make the socket's directory; replace a stale socket, refuse to steal a live one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        mode = path.lstat().st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise SocketInUse(f"{path} exists and is not a socket; remove it or choose another "
+                          "daemon.socket")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(str(path))
+    except OSError as exc:
+        if exc.errno in (errno.ECONNREFUSED, errno.ENOENT):
+            log.info("replacing stale socket %s", path)
+            path.unlink(missing_ok=True)
+            return
+        raise
+    finally:
+        probe.close()
+    raise SocketInUse(f"another provisiond is already serving on {path}")
+
+
+def reload_config(engine: Engine) -> bool:
+    """Re-read the engine's configuration files and swap the result in if it is valid.
+
+    Sizes, templates, pools and grants take effect at once; requests in flight keep
+    their stored cpus, memory and storage. Libvirt hosts are not re-opened, so a new host
+    or a changed URI refuses the reload (restart for that). On any problem the old
+    configuration stays in force and each problem is logged on its own line.
+    """
+    old = engine.config
+    try:
+        new = load_config(old.source)
+    except ConfigError as exc:
+        problems = [str(p) for p in exc.problems]
+    except Exception as exc:  # a bug must not take the serving daemon down
+        log.exception("cannot reload the configuration from %s", old.source)
+        problems = [f"{old.source}: {type(exc).__name__}: {exc}"]
+    else:
+        problems = host_changes_needing_restart(engine, new)
+    if problems:
+        for problem in problems:
+            log.error("%s", problem)
+        log.error("configuration not reloaded; the old one stays in force")
+        return False
+
+    for name in engine.hosts:
+        if not any(h.name == name for hw in new.hardware_pools.values() for h in hw.hosts):
+            log.warning("host %s is no longer configured; its connection stays open until "
+                        "provisiond restarts", name)
+    for key in ("socket", "socket_group", "database", "libvirt_call_timeout"):
+        before, after = getattr(old.daemon, key), getattr(new.daemon, key)
+        if before != after:
+            log.warning("daemon.%s changed (%s -> %s): that needs a restart; until then "
+                        "%s stays in force", key, before, after, before)
+    for record in engine.store.live_requests():
+        gone = [f"{what} {name}" for what, name, known in (
+            ("resource pool", record.resource_pool, new.resource_pools),
+            ("hardware pool", record.hardware_pool, new.hardware_pools),
+            ("template", record.template, new.templates)) if name not in known]
+        if gone:
+            log.warning("request %s in progress uses %s, no longer configured: it will fail",
+                        record.id, " and ".join(gone),
+                        extra={"request_id": record.id, "state": str(record.state)})
+    engine.config = new  # one assignment: every step and handler sees old or new, never a mix
+    log.info("configuration reloaded from %s (%d sizes, %d templates, %d hardware pools, "
+             "%d resource pools)", new.source, len(new.sizes), len(new.templates),
+             len(new.hardware_pools), len(new.resource_pools))
+    return True
+
+
+def host_changes_needing_restart(engine: Engine, new: Config) -> list[str]:
+    """Problems for hosts the new configuration names that the engine has not opened."""
+    problems = []
+    pools_file = new.files.get("pools", new.source)
+    for hw in new.hardware_pools.values():
+        for host in hw.hosts:
+            current = engine.hosts.get(host.name)
+            if current is None:
+                problems.append(f"{pools_file}: hardware_pools.{hw.name}.hosts: host "
+                                f"{host.name} ({host.uri}) is new: adding a host needs a "
+                                "restart")
+            elif current.uri != host.uri:
+                problems.append(f"{pools_file}: hardware_pools.{hw.name}.hosts: host "
+                                f"{host.name} changed its URI ({current.uri} -> {host.uri}): "
+                                "that needs a restart")
+    return problems
+
+
+class Reloader:
+    """SIGHUP's handler: reloads once the engine runs; a signal during start-up waits."""
+
+    def __init__(self) -> None:
+        self.engine: Engine | None = None
+        self.ready = False  # READY=1 sent: a reload is then framed by RELOADING=1/READY=1
+        self.pending = False
+        self.stopping = False
+        self.status = "serving"
+
+    def request(self) -> None:
+        """Reload now, or as soon as the engine has started."""
+        if self.stopping:
+            log.info("reload requested while shutting down: ignored")
+            return
+        if self.engine is None:
+            log.info("reload requested during start-up: done once the engine runs")
+            self.pending = True
+            return
+        log.info("reloading the configuration (SIGHUP)")
+        if self.ready:
+            systemd.notify("RELOADING=1", systemd.monotonic_usec(),
+                           "STATUS=reloading the configuration")
+        reload_config(self.engine)
+        if self.ready:
+            systemd.notify("READY=1", f"STATUS={self.status}")
+
+    def engine_started(self, engine: Engine) -> None:
+        """The engine runs: carry out a reload asked for during start-up."""
+        self.engine = engine
+        if self.pending:
+            self.pending = False
+            self.request()
+
+
+async def serve(config: Config, *, opener: Opener = libvirt.open,
+                stop: asyncio.Event | None = None) -> None:
+    """Run the daemon until SIGTERM/SIGINT (or ``stop`` is set); SIGHUP reloads."""
+    virt.ensure_event_loop_registered()
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    reloader = Reloader()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, reloader.request)
+    # Pinged from the start: resuming many requests or a slow libvirt is still alive.
+    interval = systemd.watchdog_interval()
+    pinger = (asyncio.create_task(systemd.watchdog(interval), name="systemd-watchdog")
+              if interval else None)
+    if interval:
+        log.info("systemd watchdog: pinging every %.3g s", interval)
+    try:
+        await _serve(config, opener, stop, reloader)
+    finally:
+        if pinger is not None:
+            pinger.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await pinger
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.remove_signal_handler(sig)
+
+
+async def _serve(config: Config, opener: Opener, stop: asyncio.Event,
+                 reloader: Reloader) -> None:
+    inherited = systemd.listening_socket()
+    path = config.daemon.socket
+    if inherited is None:
+        prepare_socket_path(path)  # before any work: a second daemon must not resume requests
+    app = build_app(config, opener)
+    runner = web.AppRunner(app, handle_signals=False, access_log=None,
+                           shutdown_timeout=SHUTDOWN_TIMEOUT)
+    await runner.setup()
+    inode = None
+    try:
+        reloader.engine_started(app[ENGINE])
+        if inherited is not None:
+            await web.SockSite(runner, inherited).start()
+            where = inherited.getsockname() or "an unnamed socket"
+            log.info("provisiond serving on %s (socket activation: the socket unit sets its "
+                     "mode and group; daemon.socket is not used)", where)
+        else:
+            prepare_socket_path(path)
+            old_umask = os.umask(0o117)  # the socket is born 0660, never briefly wider
+            try:
+                await web.UnixSite(runner, str(path)).start()
+            finally:
+                os.umask(old_umask)
+            inode = path.stat().st_ino
+            if config.daemon.socket_group:
+                os.chown(path, -1, grp.getgrnam(config.daemon.socket_group).gr_gid)
+            os.chmod(path, 0o660)
+            where = str(path)
+            log.info("provisiond serving on %s", path)
+        reloader.status = f"serving on {where}"
+        # What start-up made (modules, configuration, the hosts' inventories) lives as long
+        # as the process: out of the collector's sight, a full collection no longer walks
+        # it (those pauses were 20 ms with a large inventory, the latency tail).
+        gc.freeze()
+        if not stop.is_set():
+            systemd.notify("READY=1", f"STATUS={reloader.status}")
+            reloader.ready = True
+        await stop.wait()
+        systemd.notify("STOPPING=1", "STATUS=shutting down")
+        log.info("shutting down")
+    finally:
+        reloader.stopping = True  # no reload while the engine stops
+        await runner.cleanup()
+        try:  # never unlink an inherited socket: it belongs to the socket unit
+            if inode is not None and path.stat().st_ino == inode:
+                path.unlink()
+        except FileNotFoundError:
+            pass
+        await virt.drain_events(2.0)

@@ -1,0 +1,104 @@
+"""The orphan reconciler: what carries provisiond's tags but belongs to no request.
+
+A volume named ``provisiond-<request id>`` or a domain whose ``<metadata>`` names a request
+is this daemon's. It is an orphan when that request is unknown to the store, or failed
+and already rolled back, or when the request holds a different volume or domain (a
+duplicate). Requests in progress, done ones, and failed ones whose rollback is still
+pending are never touched. A volume that some domain uses is never deleted.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Literal
+
+from daemon.virt.domain_xml import VOLUME_PREFIX, domain_uuid_for
+from daemon.errors import ProvisiondError
+from daemon.store import RequestRecord
+from statemachines import State
+
+if TYPE_CHECKING:
+    from daemon.engine.driver import Engine
+
+VOLUME_NAME_RE = re.compile(rf"^{re.escape(VOLUME_PREFIX)}([0-9a-f]{{32}})(\.[a-z0-9]+)?$")
+
+
+@dataclass
+class Orphan:
+    """A tagged volume or domain that belongs to no live or done request."""
+
+    host: str
+    kind: Literal["volume", "domain"]
+    name: str
+    request_id: str
+    reason: str
+    pool: str | None = None
+    uuid: str | None = None
+    action: str = "found"
+
+    def to_json(self) -> dict[str, object]:
+        """As the API shows it."""
+        return asdict(self)
+
+
+def _why_orphan(record: RequestRecord | None) -> str | None:
+    if record is None:
+        return "its request is unknown to this daemon"
+    if record.state == State.FAILED and record.cleaned_up:
+        return f"its request failed and was rolled back ({record.reason})"
+    return None
+
+
+async def find_orphans(engine: "Engine", hosts: list[str]) -> list[Orphan]:
+    """Orphans on the given hosts (only the storage pools of their hardware pools)."""
+    orphans: list[Orphan] = []
+    for host_name in hosts:
+        host = engine.hosts[host_name]
+        pools = sorted({p.name for hw in engine.config.hardware_pools.values()
+                        if any(h.name == host_name for h in hw.hosts) for p in hw.storage_pools})
+        inventory = await host.read_inventory(pools)
+        for dom in await host.tagged_domains():
+            record = engine.store.get_request(dom.request_id)
+            why = _why_orphan(record)
+            if why is None and dom.uuid != domain_uuid_for(dom.request_id):
+                why = "a second domain for a request that has its own"
+            if why is not None:
+                orphans.append(Orphan(host_name, "domain", dom.name, dom.request_id, why,
+                                      uuid=dom.uuid))
+        orphan_domains = {o.name for o in orphans if o.kind == "domain"}
+        for pool in inventory.pools.values():
+            for vol in pool.volumes:
+                match = VOLUME_NAME_RE.match(vol.name)
+                if match is None:
+                    continue
+                record = engine.store.get_request(match.group(1))
+                why = _why_orphan(record)
+                if why is None and record is not None and record.volume_name != vol.name:
+                    why = "a second volume for a request that holds another"
+                if why is None:
+                    continue
+                user = inventory.user_of(vol)
+                if user is not None and user not in orphan_domains:
+                    why += f"; kept: in use by domain {user}"
+                orphans.append(Orphan(host_name, "volume", vol.name, match.group(1), why,
+                                      pool=pool.name))
+    return orphans
+
+
+async def remove_orphans(engine: "Engine", orphans: list[Orphan]) -> list[Orphan]:
+    """Undefine orphan domains, then delete orphan volumes no other domain uses."""
+    for orphan in sorted(orphans, key=lambda o: o.kind != "domain"):
+        host = engine.hosts[orphan.host]
+        if "; kept:" in orphan.reason:
+            orphan.action = "kept"
+            continue
+        try:
+            if orphan.kind == "domain" and orphan.uuid:
+                await host.undefine_domain(orphan.uuid)
+            elif orphan.pool:
+                await host.delete_volume(orphan.pool, orphan.name)
+            orphan.action = "removed"
+        except ProvisiondError as exc:
+            orphan.action = f"not removed: {exc.message}"
+    return orphans

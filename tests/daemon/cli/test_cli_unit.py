@@ -1,0 +1,586 @@
+"""provctl without the daemon: arguments, rendering, and exit codes against a fake server.
+
+The fake daemon is a plain ``socketserver`` HTTP server on a Unix socket in a thread (no
+asyncio: the suite shares one event loop, which these tests leave alone). It answers from
+a table of scripted routes and records every call.
+"""
+
+from __future__ import annotations
+
+import http.server
+import json
+import os
+import shutil
+import socket
+import socketserver
+import subprocess
+import sys
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pytest
+
+from daemon.cli import main as cli
+from daemon.config import default_socket_path
+from daemon.errors import ProvisiondError
+
+REPO = Path(__file__).resolve().parents[3]
+RID = "3f2a9c0d1e2b4a5f8c7d6e5f4a3b2c1d"
+
+REQUEST: dict[str, Any] = {
+    "id": RID, "name": "web1", "owner": "alice", "template": "ipxe", "size": "small",
+    "resource_pool": "rp", "hardware_pool": "hw", "host": "testhost", "cpus": 2,
+    "memory_kib": 262144, "storage_gb": 15, "state": "requested", "reason": None,
+    "volume": None, "domain": None,
+    "created_at": "2026-11-24T01:02:03.456Z", "updated_at": "2026-11-24T01:02:03.456Z",
+}
+DONE_REQUEST = {**REQUEST, "state": "done",
+                "volume": {"pool": "pool-dir", "name": "free-15g.qcow2",
+                           "path": "/var/lib/pools/dir/free-15g.qcow2", "owned": False},
+                "domain": {"uuid": "0b9e5c3a-1111-2222-3333-444455556666", "name": "web1"},
+                "updated_at": "2026-11-24T01:02:03.612Z"}
+FAILED_REQUEST = {**REQUEST, "state": "failed",
+                  "reason": "no storage: pool-dir: 3 GiB free, 15 GiB needed",
+                  "updated_at": "2026-11-24T01:02:03.500Z"}
+
+
+def transition(src: str | None, dst: str, trigger: str, at: str,
+               detail: str | None = None) -> dict[str, Any]:
+    return {"kind": "transition", "from": src, "to": dst, "trigger": trigger,
+            "at": f"2026-11-24T01:02:{at}Z", "detail": detail}
+
+
+DONE_LOG = [
+    transition(None, "requested", "submit", "03.456"),
+    transition("requested", "authorized", "authorize", "03.468", "quota holds"),
+    transition("authorized", "storage-searching", "search_storage", "03.470"),
+    transition("storage-searching", "defining", "reuse_volume", "03.500",
+               "reusing pool-dir/free-15g.qcow2"),
+    {"kind": "event", "from": "defining", "to": "defining", "trigger": "libvirt:DEFINED",
+     "at": "2026-11-24T01:02:03.600Z", "detail": "domain 0b9e5c3a defined"},
+    transition("defining", "done", "finish", "03.612"),
+]
+FAILED_LOG = [
+    transition(None, "requested", "submit", "03.456"),
+    transition("requested", "authorized", "authorize", "03.468"),
+    transition("authorized", "storage-searching", "search_storage", "03.470"),
+    transition("storage-searching", "failed", "fail", "03.500", FAILED_REQUEST["reason"]),
+    {"kind": "note", "from": "failed", "to": "failed", "trigger": "rollback",
+     "at": "2026-11-24T01:02:03.510Z", "detail": "nothing to release"},
+]
+
+
+# --------------------------------------------------------------------------- fake daemon
+
+Route = Callable[[Any, dict[str, str]], tuple[int, Any]]
+
+
+def error(status: int, code: str, message: str, field: str | None = None) -> tuple[int, Any]:
+    body: dict[str, Any] = {"code": code, "message": message}
+    if field:
+        body["field"] = field
+    return status, {"error": body}
+
+
+class FakeDaemon:
+    """A scripted provisiond on a Unix socket: ``routes[(method, path)]`` answers."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.routes: dict[tuple[str, str], tuple[int, Any] | Route] = {}
+        self.calls: list[tuple[str, str, dict[str, str], Any]] = []
+        fake = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _serve(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                raw = self.rfile.read(length) if length else b""
+                body = json.loads(raw) if raw else None
+                headers = dict(self.headers)
+                fake.calls.append((self.command, self.path, headers, body))
+                route = fake.routes.get((self.command, self.path)) or fake.routes.get(
+                    (self.command, self.path.split("?")[0]))  # a route for any query
+                if route is None:
+                    status, payload = error(404, "not_found", f"no route {self.path}")
+                elif callable(route):
+                    status, payload = route(body, headers)
+                else:
+                    status, payload = route
+                data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_POST = _serve
+
+            def log_message(self, *args: Any) -> None:  # quiet (and no peer address)
+                pass
+
+        self.server = socketserver.ThreadingUnixStreamServer(str(path), Handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True,
+                                       kwargs={"poll_interval": 0.02})
+
+    def paths(self, method: str | None = None) -> list[str]:
+        return [p for m, p, _h, _b in self.calls if method is None or m == method]
+
+    def growing_log(self, entries: list[dict[str, Any]], per_poll: int = 1) -> Route:
+        """A log route that shows ``per_poll`` more entries at each read (a live request)."""
+        shown = [0]
+
+        def route(_body: Any, _headers: dict[str, str]) -> tuple[int, Any]:
+            shown[0] = min(len(entries), shown[0] + per_poll)
+            return 200, {"request_id": RID, "log": entries[:shown[0]]}
+        return route
+
+
+@pytest.fixture
+def short_dir() -> Iterator[Path]:
+    """A directory with a short path (AF_UNIX paths are limited to ~107 bytes)."""
+    path = Path(tempfile.mkdtemp(prefix="provctl-", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def fake(short_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeDaemon]:
+    daemon = FakeDaemon(short_dir / "fake.sock")
+    daemon.thread.start()
+    monkeypatch.setenv(cli.SOCKET_ENV, str(daemon.path))
+    monkeypatch.setattr(cli, "POLL_INTERVAL", 0.005)
+    yield daemon
+    daemon.server.shutdown()
+    daemon.server.server_close()
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = cli.main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+# --------------------------------------------------------------------------- arguments
+
+
+@pytest.mark.parametrize("argv", [
+    ["--json", "--socket", "/x/p.sock", "list"],
+    ["list", "--json", "--socket", "/x/p.sock"],
+    ["--socket", "/x/p.sock", "list", "--json"],
+    ["--json", "list", "--socket", "/x/p.sock"],
+])
+def test_global_options_go_before_or_after_the_command(argv):
+    args = cli.parse_args(argv)
+
+    assert args.command == "list"
+    assert args.json is True
+    assert args.socket == Path("/x/p.sock")
+
+
+def test_socket_defaults_to_the_environment_then_the_per_user_path(monkeypatch):
+    monkeypatch.setenv(cli.SOCKET_ENV, "/env/provisiond.sock")
+    assert cli.parse_args(["catalog"]).socket == Path("/env/provisiond.sock")
+    assert cli.parse_args(["catalog", "--socket", "/cli.sock"]).socket == Path("/cli.sock")
+
+    monkeypatch.delenv(cli.SOCKET_ENV)
+    args = cli.parse_args(["catalog"])
+    assert args.socket == default_socket_path()
+    assert args.json is False
+
+
+def test_create_and_list_options():
+    args = cli.parse_args(["create", "-t", "ipxe", "-s", "small", "--pool", "rp",
+                           "--name", "web1", "--idempotency-key", "k1", "--wait"])
+    assert (args.template, args.size, args.pool, args.name, args.idempotency_key, args.wait) \
+        == ("ipxe", "small", "rp", "web1", "k1", True)
+    assert cli.parse_args(["list", "--state", "failed", "--state", "done"]).state \
+        == ["failed", "done"]
+    assert cli.parse_args(["list"]).state is None
+
+
+@pytest.mark.parametrize("argv", [
+    [],                                       # no command
+    ["create", "--template", "ipxe"],         # --size missing
+    ["list", "--state", "sleeping"],          # not a state
+    ["show"],                                 # ID missing
+    ["frobnicate"],
+])
+def test_usage_errors_exit_2(argv, capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(argv)
+    assert exc.value.code == 2
+    assert "usage: provctl" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command, text", [
+    ("catalog", "resource"),
+    ("create", "--wait"),
+    ("show", "request"),
+    ("list", "--state"),
+    ("log", "TOOK"),
+    ("cancel", "cannot be cancelled"),
+    ("explain", "Dry run"),
+])
+def test_every_command_has_help_with_the_global_options(command, text, capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main([command, "--help"])
+    out = capsys.readouterr().out
+    assert exc.value.code == 0
+    assert text in out
+    assert "--socket PATH" in out and "--json" in out
+
+
+def test_exit_code_table_agrees_with_the_error_hierarchy():
+    def all_classes(cls: type) -> list[type]:
+        return [cls] + [c for sub in cls.__subclasses__() for c in all_classes(sub)]
+
+    for cls in all_classes(ProvisiondError):
+        assert cli.exit_code_for_status(cls.http_status) == cls.exit_code, cls.__name__
+    assert cli.exit_code_for_status(418) == 1
+
+
+# --------------------------------------------------------------------------- unreachable
+
+
+def provctl_command() -> list[str]:
+    script = Path(sys.executable).parent / "provctl"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "daemon.cli.main"]
+
+
+def test_missing_socket_exits_4_with_one_line(short_dir):
+    sock = short_dir / "nowhere" / "provisiond.sock"
+    env = {**os.environ, cli.SOCKET_ENV: str(sock)}
+
+    result = subprocess.run([*provctl_command(), "list"], capture_output=True, text=True,
+                            env=env, cwd=REPO, timeout=30)
+
+    assert result.returncode == 4
+    assert result.stdout == ""
+    assert result.stderr == (f"provctl: cannot reach provisiond at {sock}: No such file or "
+                             f"directory (is the daemon running? see --socket)\n")
+
+
+def test_refused_connection_exits_4(short_dir):
+    sock = short_dir / "dead.sock"
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.bind(str(sock))  # the file exists, nobody listens: a daemon that died
+    s.close()
+
+    result = subprocess.run([*provctl_command(), "--socket", str(sock), "catalog"],
+                            capture_output=True, text=True, cwd=REPO, timeout=30)
+
+    assert result.returncode == 4
+    assert result.stderr.count("\n") == 1
+    assert f"cannot reach provisiond at {sock}: Connection refused" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_daemon_that_does_not_answer_times_out(short_dir):
+    sock = short_dir / "mute.sock"
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.bind(str(sock))
+    s.listen(1)  # accepts into the backlog, never answers
+    try:
+        with pytest.raises(cli.Unreachable) as exc:
+            cli.Client(sock, timeout=0.2).health()
+    finally:
+        s.close()
+    assert exc.value.exit_code == 4
+    assert exc.value.message.startswith(f"cannot reach provisiond at {sock}: no answer "
+                                        "within 0.2s")
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+def test_table_columns_are_aligned_and_numbers_right_aligned():
+    text = cli.render_table(["NAME", "CPUS", "NOTE"],
+                            [["small", 2, "x"], ["enormous", 16, None]], right={1})
+    assert text.splitlines() == [
+        "NAME      CPUS  NOTE",
+        "small        2  x",
+        "enormous    16  -",
+    ]
+
+
+CATALOG = {
+    "user": "alice",
+    "templates": [{"name": "ipxe", "kind": "iso", "description": "iPXE boot image"}],
+    "sizes": [
+        {"name": "small", "cpus": 2, "memory": 262144, "storage_size_in_gb": 15,
+         "network": None},
+        {"name": "large", "cpus": 8, "memory": 8388608, "storage_size_in_gb": 100,
+         "network": "default"},
+    ],
+    "resource_pools": [
+        {"name": "rp", "description": "team pool", "hardware_pool": "hw",
+         "quota": {"vms": 10, "memory": 16777216, "storage_gb": 500}},
+        {"name": "lab", "description": "", "hardware_pool": "hw", "quota": {}},
+    ],
+}
+
+
+def test_catalog_shows_three_tables_with_memory_in_mib():
+    text = cli.render_catalog(CATALOG)
+    lines = text.splitlines()
+
+    assert lines[0] == "Catalog for user alice"
+    assert "TEMPLATE  KIND  DESCRIPTION" in lines
+    assert "ipxe      iso   iPXE boot image" in lines
+    header = next(line for line in lines if line.startswith("SIZE"))
+    assert header.split() == ["SIZE", "CPUS", "MEMORY", "KiB", "MEMORY", "MiB", "STORAGE",
+                              "GiB", "NETWORK"]
+    assert next(line for line in lines if line.startswith("small")).split() == \
+        ["small", "2", "262144", "256", "15", "-"]
+    assert next(line for line in lines if line.startswith("large")).split() == \
+        ["large", "8", "8388608", "8192", "100", "default"]
+    rp = next(line for line in lines if line.startswith("rp "))
+    assert "vms=10 memory=16384MiB storage=500GiB" in rp and "team pool" in rp
+    assert "unlimited" in next(line for line in lines if line.startswith("lab "))
+
+
+def test_list_shows_full_ids_and_aligned_columns():
+    second = {**FAILED_REQUEST, "id": "ab" * 16, "name": "db-primary"}
+    lines = cli.render_list([REQUEST, second]).splitlines()
+
+    assert lines[0].split() == ["ID", "NAME", "STATE", "TEMPLATE", "SIZE", "POOL", "CREATED"]
+    assert lines[1].split() == [RID, "web1", "requested", "ipxe", "small", "rp",
+                                "2026-11-24", "01:02:03Z"]
+    assert lines[2].startswith("ab" * 16 + "  db-primary  failed")
+    assert {line.index("STATE") if i == 0 else line.index(s)
+            for i, (line, s) in enumerate(zip(lines, ["", "requested", "failed"]))} \
+        == {lines[0].index("STATE")}
+    assert cli.render_list([]) == "No requests."
+
+
+def test_show_is_key_value_lines():
+    lines = cli.render_request(DONE_REQUEST).splitlines()
+
+    assert lines[0] == f"id:            {RID}"
+    assert "state:         done" in lines
+    assert "reason:        -" in lines
+    assert "memory:        262144 KiB (256 MiB)" in lines
+    assert "storage:       15 GiB" in lines
+    assert ("volume:        pool-dir/free-15g.qcow2 (/var/lib/pools/dir/free-15g.qcow2), "
+            "reused") in lines
+    assert "domain:        web1 (0b9e5c3a-1111-2222-3333-444455556666)" in lines
+    assert "reason:        no storage: pool-dir: 3 GiB free, 15 GiB needed" in \
+        cli.render_request(FAILED_REQUEST).splitlines()
+
+
+def test_log_shows_one_line_per_entry_and_the_time_spent_in_each_state():
+    lines = cli.render_log(DONE_LOG).splitlines()
+
+    assert lines[0].split() == ["TIME", "KIND", "STATE", "TRIGGER", "TOOK", "DETAIL"]
+    rows = lines[1:7]
+    assert rows[0].split() == ["2026-11-24T01:02:03.456Z", "transition", "->", "requested",
+                               "submit", "-", "-"]
+    assert rows[1].split() == ["2026-11-24T01:02:03.468Z", "transition", "requested", "->",
+                               "authorized", "authorize", "+0.012s", "quota", "holds"]
+    assert "storage-searching -> defining" in rows[3] and "+0.030s" in rows[3]
+    assert rows[3].rstrip().endswith("reusing pool-dir/free-15g.qcow2")
+    # An event happens within one state; it takes no time of its own.
+    assert rows[4].split()[:4] == ["2026-11-24T01:02:03.600Z", "event", "defining",
+                                   "libvirt:DEFINED"]
+    assert "+0.112s" in rows[5]  # defining lasted from 03.500 to 03.612
+    # The arrows line up.
+    assert len({row.index("->") for row in rows if "transition" in row}) == 1
+    assert lines[-1] == "requested -> done in +0.156s"
+
+
+def test_duration_format():
+    assert cli.format_duration(0.012) == "+0.012s"
+    assert cli.format_duration(12.3456) == "+12.346s"
+    assert cli.format_duration(185) == "+3m05.000s"
+
+
+def test_explain_shows_the_decision_then_every_candidate():
+    result = {"action": "create", "pool": "pool-dir", "volume": None,
+              "reason": "no free volume of 15 GiB; pool-dir has room",
+              "candidates": [
+                  {"stage": "reuse", "pool": "pool-dir", "volume": "free-10g.qcow2",
+                   "verdict": "refused", "reason": "10 GiB, need 15 GiB"},
+                  {"stage": "create", "pool": "pool-iscsi", "volume": None,
+                   "verdict": "refused", "reason": "iscsi pools cannot create volumes"},
+                  {"stage": "create", "pool": "pool-dir", "volume": None, "verdict": "ok",
+                   "reason": "40 GiB free"}]}
+    lines = cli.render_explain(result).splitlines()
+
+    assert lines[0] == "create: no free volume of 15 GiB; pool-dir has room"
+    assert lines[2].split() == ["STAGE", "POOL", "VOLUME", "VERDICT", "REASON"]
+    assert lines[3].split()[:4] == ["reuse", "pool-dir", "free-10g.qcow2", "refused"]
+    assert lines[5].split() == ["create", "pool-dir", "-", "ok", "40", "GiB", "free"]
+    assert cli.render_explain({"action": "none", "pool": None, "volume": None,
+                               "reason": "no pool has room", "candidates": []}) \
+        .startswith("none: no pool has room\n\nNo candidates.")
+    assert cli.render_explain({"action": "reuse", "pool": "pool-dir", "volume": "v1",
+                               "reason": "", "candidates": []}) \
+        .startswith("reuse: free volume pool-dir/v1")
+
+
+# --------------------------------------------------------------------------- fake daemon
+
+
+def test_create_wait_prints_each_state_and_exits_0_on_done(fake, capsys):
+    fake.routes[("POST", "/v1/requests")] = (202, REQUEST)
+    fake.routes[("GET", f"/v1/requests/{RID}/log")] = fake.growing_log(DONE_LOG)
+    fake.routes[("GET", f"/v1/requests/{RID}")] = (200, DONE_REQUEST)
+
+    code, out, err = run(capsys, "create", "--template", "ipxe", "--size", "small",
+                         "--pool", "rp", "--name", "web1", "--idempotency-key", "k-1",
+                         "--wait")
+
+    assert (code, err) == (0, "")
+    assert out.splitlines() == [
+        f"request {RID} (web1) accepted: ipxe/small in rp",
+        "  requested",
+        "  authorized         (quota holds)",
+        "  storage-searching",
+        "  defining           (reusing pool-dir/free-15g.qcow2)",
+        "  done",
+        "done: web1 defined on testhost (domain 0b9e5c3a-1111-2222-3333-444455556666), "
+        "volume pool-dir/free-15g.qcow2",
+    ]
+    method, path, headers, body = fake.calls[0]
+    assert (method, path) == ("POST", "/v1/requests")
+    assert body == {"template": "ipxe", "size": "small", "resource_pool": "rp", "name": "web1"}
+    assert headers["Idempotency-Key"] == "k-1"
+    assert headers["Content-Type"] == "application/json"
+    assert fake.paths().count(f"/v1/requests/{RID}/log") == len(DONE_LOG)  # it polled
+    # Between two reads it waits on the daemon, which answers at once when the request ends.
+    assert f"/v1/requests/{RID}?wait={cli.POLL_INTERVAL:g}" in fake.paths()
+
+
+def test_create_wait_exits_1_on_failed_with_the_reason_on_stderr(fake, capsys):
+    fake.routes[("POST", "/v1/requests")] = (202, REQUEST)
+    fake.routes[("GET", f"/v1/requests/{RID}/log")] = fake.growing_log(FAILED_LOG, 2)
+    fake.routes[("GET", f"/v1/requests/{RID}")] = (200, FAILED_REQUEST)
+
+    code, out, err = run(capsys, "create", "-t", "ipxe", "-s", "small", "--wait")
+
+    assert code == 1
+    assert out.splitlines()[1:] == [
+        "  requested",
+        "  authorized",
+        "  storage-searching",
+        "  failed             (no storage: pool-dir: 3 GiB free, 15 GiB needed)",
+    ]
+    assert err == (f"provctl: request {RID} failed: no storage: pool-dir: 3 GiB free, "
+                   "15 GiB needed\n")
+    assert fake.calls[0][3] == {"template": "ipxe", "size": "small"}
+    assert "Idempotency-Key" not in fake.calls[0][2]
+
+
+def test_create_wait_json_prints_only_the_final_request(fake, capsys):
+    fake.routes[("POST", "/v1/requests")] = (202, REQUEST)
+    fake.routes[("GET", f"/v1/requests/{RID}/log")] = fake.growing_log(DONE_LOG, 3)
+    fake.routes[("GET", f"/v1/requests/{RID}")] = (200, DONE_REQUEST)
+
+    code, out, err = run(capsys, "--json", "create", "-t", "ipxe", "-s", "small", "--wait")
+
+    assert (code, err) == (0, "")
+    assert json.loads(out) == DONE_REQUEST
+
+
+def test_create_without_wait(fake, capsys):
+    fake.routes[("POST", "/v1/requests")] = (202, REQUEST)
+
+    code, out, _ = run(capsys, "create", "-t", "ipxe", "-s", "small", "--json")
+    assert code == 0
+    assert json.loads(out)["id"] == RID and json.loads(out)["state"] == "requested"
+
+    fake.routes[("POST", "/v1/requests")] = (200, DONE_REQUEST)  # idempotent replay
+    code, out, _ = run(capsys, "create", "-t", "ipxe", "-s", "small",
+                       "--idempotency-key", "k-1")
+    assert code == 0
+    assert out.startswith("An earlier request had this idempotency key")
+    assert f"id:            {RID}" in out and "state:         done" in out
+
+
+@pytest.mark.parametrize("argv, route, answer, code, message", [
+    (["catalog"], ("GET", "/v1/catalog"),
+     error(403, "forbidden", "alice holds CLOUD_CREATE on no resource pool"), 3,
+     "provctl: alice holds CLOUD_CREATE on no resource pool\n"),
+    (["show", "nope"], ("GET", "/v1/requests/nope"),
+     error(404, "not_found", "no such request"), 5, "provctl: no such request\n"),
+    (["create", "-t", "nope", "-s", "small"], ("POST", "/v1/requests"),
+     error(400, "invalid", "unknown template 'nope'", "template"), 2,
+     "provctl: unknown template 'nope' (field: template)\n"),
+    (["cancel", RID], ("POST", f"/v1/requests/{RID}/cancel"),
+     error(409, "wrong_state", "request is done; only a request in progress can be "
+                               "cancelled"), 1,
+     "provctl: request is done; only a request in progress can be cancelled\n"),
+    (["create", "-t", "ipxe", "-s", "small"], ("POST", "/v1/requests"),
+     error(409, "quota_exceeded", "quota of rp: vms 10/10"), 1,
+     "provctl: quota of rp: vms 10/10\n"),
+    (["explain", "-t", "ipxe", "-s", "small"], ("POST", "/v1/placement/explain"),
+     (502, b"<html>Bad Gateway</html>"), 1,
+     "provctl: HTTP 502 Bad Gateway: <html>Bad Gateway</html>\n"),
+])
+def test_api_errors_map_to_exit_codes_with_one_line(fake, capsys, argv, route, answer,
+                                                    code, message):
+    fake.routes[route] = answer
+
+    got, out, err = run(capsys, *argv)
+
+    assert (got, out, err) == (code, "", message)
+
+
+def test_list_sends_each_state_and_prints_the_table_or_raw_json(fake, capsys):
+    fake.routes[("GET", "/v1/requests?state=failed&state=done")] = \
+        (200, {"requests": [FAILED_REQUEST, DONE_REQUEST]})
+
+    code, out, _ = run(capsys, "list", "--state", "failed", "--state", "done")
+    assert code == 0
+    assert [line.split()[2] for line in out.splitlines()[1:]] == ["failed", "done"]
+
+    code, out, _ = run(capsys, "list", "--state", "failed", "--state", "done", "--json")
+    assert json.loads(out) == {"requests": [FAILED_REQUEST, DONE_REQUEST], "next": None}
+
+
+def test_log_json_prints_the_entries(fake, capsys):
+    fake.routes[("GET", f"/v1/requests/{RID}/log")] = (200, {"request_id": RID,
+                                                             "log": DONE_LOG})
+    code, out, _ = run(capsys, "log", RID, "--json")
+
+    assert code == 0
+    entries = json.loads(out)
+    assert entries == DONE_LOG
+    assert {"from", "to", "at", "detail", "kind", "trigger"} <= entries[1].keys()
+
+
+def test_ids_are_quoted_into_one_path_segment(fake, capsys):
+    code, _out, err = run(capsys, "show", "../catalog")
+
+    assert code == 5
+    assert fake.paths() == ["/v1/requests/..%2Fcatalog"]
+
+
+def test_interrupt_exits_130_without_a_traceback(fake, capsys, monkeypatch):
+    fake.routes[("POST", "/v1/requests")] = (202, REQUEST)
+
+    def interrupted(*_args: Any) -> Any:
+        raise KeyboardInterrupt
+    monkeypatch.setattr(cli.Client, "log", interrupted)
+
+    code, _out, err = run(capsys, "create", "-t", "ipxe", "-s", "small", "--wait")
+
+    assert code == 130
+    assert err == (f"provctl: interrupted; request {RID} goes on "
+                   f"(see: provctl show {RID})\n")
+
+
+def test_socket_falls_back_to_the_system_service(tmp_path, monkeypatch) -> None:
+    from daemon.cli import main as cli
+
+    system = tmp_path / "system.sock"
+    monkeypatch.setattr(cli, "SYSTEM_SOCKET", system)
+    monkeypatch.setattr(cli, "default_socket_path", lambda: tmp_path / "mine.sock")
+    assert cli.find_socket() == tmp_path / "mine.sock"  # neither exists: the user's own
+    system.touch()
+    assert cli.find_socket() == system  # only the system service's exists
+    (tmp_path / "mine.sock").touch()
+    assert cli.find_socket() == tmp_path / "mine.sock"  # the user's own daemon first
