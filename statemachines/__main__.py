@@ -1,7 +1,7 @@
-"""Print the generated state diagram: ``python -m statemachines > docs/states.md``."""
+"""Print every table's generated document: ``python -m statemachines > docs/states.md``."""
 
 import sys
 
-from statemachines.provisioning import render_mermaid
+from statemachines import render_docs
 
-sys.stdout.write(render_mermaid())
+sys.stdout.write(render_docs())

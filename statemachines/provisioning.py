@@ -1,32 +1,25 @@
 """The provisioning request state table: the single source of truth.
 
-Everything else (the engine, the docs, the diagram in ``docs/``) is derived from the
-declarations in this module. It does no I/O and imports nothing from ``daemon``.
+Everything else (the engine's driving, the docs, the diagram in ``docs/``) is derived
+from the declarations in this module. It does no I/O and imports nothing from ``daemon``.
 
-The engine owns the only place where a request changes state (``Engine.set_state``); it
-fires the triggers below on the shared machine, whose ``before_state_change`` hook
-persists the change *before* the model's state moves, so a transition validates and
-records and does nothing else. Each state's work is done by a step function in
-``daemon.workflows.provisioning``, outside the machine's callbacks.
+The engine (``daemon.engine``) is the only code that fires these triggers: each state's
+step in ``daemon.workflows.provisioning`` returns an outcome naming the trigger, and the
+engine persists the change before the record moves. A transition validates and records
+and does nothing else.
 """
 
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
 from typing import Any, Callable
 
 from transitions import Machine
 
+from statemachines.table import DocumentedState, StateTable, Transition, fire
 
-class State(enum.StrEnum):
+class State(DocumentedState):
     """A provisioning request's state; each member's docstring says what it means."""
-
-    def __new__(cls, value: str, doc: str) -> "State":
-        member = str.__new__(cls, value)
-        member._value_ = value
-        member.__doc__ = doc
-        return member
 
     REQUESTED = (
         "requested",
@@ -93,107 +86,66 @@ class Trigger(enum.StrEnum):
     FAIL = "fail"
 
 
-@dataclass(frozen=True)
-class Transition:
-    """One edge of the table: a trigger moving a request from ``source`` to ``dest``."""
-
-    trigger: Trigger
-    source: State
-    dest: State
-    fired_by: str
-    """Which code fires it, as Ironic's table comments do."""
-
-
-TRANSITIONS: tuple[Transition, ...] = (
+TRANSITIONS: tuple[Transition[State], ...] = (
     Transition(Trigger.AUTHORIZE, State.REQUESTED, State.AUTHORIZED,
-               "steps.authorize: owner holds CLOUD_CREATE and the quota holds"),
+               "step authorize: owner holds CLOUD_CREATE and the quota holds"),
     Transition(Trigger.SEARCH_STORAGE, State.AUTHORIZED, State.STORAGE_SEARCHING,
-               "steps.start_storage_search"),
+               "step start_storage_search"),
     Transition(Trigger.REUSE_VOLUME, State.STORAGE_SEARCHING, State.DEFINING,
-               "steps.search_storage: a free volume of the right size was claimed"),
+               "step search_storage: a free volume of the right size "
+               "was claimed"),
     Transition(Trigger.CREATE_STORAGE, State.STORAGE_SEARCHING, State.STORAGE_CREATING,
-               "steps.search_storage: room was reserved in a pool that can create volumes"),
+               "step search_storage: room was reserved in a pool that can "
+               "create volumes"),
     Transition(Trigger.DEFINE, State.STORAGE_CREATING, State.DEFINING,
-               "steps.create_storage: the request's volume exists"),
+               "step create_storage: the request's volume exists"),
     Transition(Trigger.FINISH, State.DEFINING, State.DONE,
-               "engine: libvirt's DEFINED lifecycle event for the request's domain UUID"),
+               "step define: libvirt's DEFINED event for the request's "
+               "domain UUID"),
     *(
         Transition(Trigger.FAIL, source, State.FAILED,
-                   "any step's error, a timeout, or a cancel")
+                   "engine: any step's error, a timeout, or a cancel")
         for source in sorted(IN_PROGRESS, key=list(State).index)
     ),
 )
 
 
-def transitions_from(state: State) -> list[Transition]:
+TABLE: StateTable[State] = StateTable(
+    name="provisioning",
+    noun="request",
+    title="Provisioning request states",
+    source="statemachines/provisioning.py",
+    states=State,
+    triggers=Trigger,
+    transitions=TRANSITIONS,
+    initial=INITIAL,
+    terminal=TERMINAL,
+    acts_outside=ACTS_OUTSIDE,
+    fail=Trigger.FAIL,
+)
+"""The provisioning table, as the engine and the docs take it."""
+
+
+def transitions_from(state: State) -> list[Transition[State]]:
     """The edges leaving ``state``, in table order."""
-    return [t for t in TRANSITIONS if t.source == state]
+    return TABLE.transitions_from(state)
 
 
 def destination(state: State, trigger: Trigger) -> State | None:
     """Where ``trigger`` takes a request in ``state``, or None if the table forbids it."""
-    for t in TRANSITIONS:
-        if t.source == state and t.trigger == trigger:
-            return t.dest
-    return None
+    return TABLE.destination(state, trigger)
 
 
 def build_machine(before_state_change: Callable[[Any], None] | None = None) -> Machine:
-    """Build the one shared machine; models are moved with ``fire``.
-
-    ``before_state_change`` receives transitions' ``EventData``; if it raises, the model's
-    state does not move. The engine passes the function that persists the change.
-    """
-    return Machine(
-        model=None,
-        states=list(State),
-        initial=INITIAL,
-        transitions=[
-            {"trigger": str(t.trigger), "source": t.source, "dest": t.dest} for t in TRANSITIONS
-        ],
-        auto_transitions=False,
-        ignore_invalid_triggers=False,
-        send_event=True,
-        before_state_change=[before_state_change] if before_state_change else [],
-    )
-
-
-def fire(machine: Machine, model: Any, trigger: Trigger, **kwargs: Any) -> None:
-    """Move ``model`` (any object with a ``state`` attribute) by ``trigger``.
-
-    Raises transitions' ``MachineError`` if the table forbids ``trigger`` from the model's
-    state. The model need not be added to the machine: adding binds a method per trigger
-    and per state to each model, which cost 5% of the daemon's CPU under load.
-    """
-    machine.events[str(trigger)].trigger(model, **kwargs)
+    """The table's shared machine (see ``StateTable.build_machine``)."""
+    return TABLE.build_machine(before_state_change)
 
 
 def render_mermaid() -> str:
-    """The state diagram as a Markdown document with a Mermaid block, made from the table."""
-    name = {s: s.name.lower() for s in State}
-    lines = [
-        "<!-- Generated from statemachines/provisioning.py by `python -m statemachines`. -->",
-        "<!-- Do not edit: tests/statemachines/test_provisioning.py fails when it is stale. -->",
-        "# Provisioning request states",
-        "",
-        "```mermaid",
-        "stateDiagram-v2",
-    ]
-    for s in State:
-        lines.append(f"    state \"{s.value}\" as {name[s]}")
-    lines.append(f"    [*] --> {name[INITIAL]}")
-    for t in TRANSITIONS:
-        lines.append(f"    {name[t.source]} --> {name[t.dest]}: {t.trigger.value}")
-    for s in State:
-        if s in TERMINAL:
-            lines.append(f"    {name[s]} --> [*]")
-    lines += ["```", "", "| state | meaning | its step acts on libvirt (durable first) |",
-              "| --- | --- | --- |"]
-    lines += [f"| `{s.value}` | {s.__doc__} | {'yes' if s in ACTS_OUTSIDE else ''} |"
-              for s in State]
-    lines += ["", "| trigger | from | to | fired by |", "| --- | --- | --- | --- |"]
-    lines += [
-        f"| `{t.trigger.value}` | `{t.source.value}` | `{t.dest.value}` | {t.fired_by} |"
-        for t in TRANSITIONS
-    ]
-    return "\n".join(lines) + "\n"
+    """The state diagram as a Markdown document, made from the table."""
+    return TABLE.render_mermaid()
+
+
+__all__ = ["ACTS_OUTSIDE", "HOLDS_QUOTA", "INITIAL", "IN_PROGRESS", "TABLE", "TERMINAL",
+           "TRANSITIONS", "State", "Transition", "Trigger", "build_machine", "destination",
+           "fire", "render_mermaid", "transitions_from"]
