@@ -6,14 +6,21 @@
     │   └── ConfigError             --   exit 2   config files are invalid (has .problems)
     ├── PermissionDenied            403  exit 3   the caller may not do this
     ├── InvalidState                409  exit 1   the request is in the wrong state for this
+    │   ├── StaleState              409  exit 1   a transition from a state no longer stored
+    │   ├── AlreadyClaimed          409  exit 1   another request holds the volume
+    │   └── RequestCancelled        409  exit 1   raised into a waiting step by a cancel
     ├── QuotaExceeded               409  exit 1   the resource pool's quota would not hold
     ├── NoStorage                   507  exit 1   no free volume and no pool with room
-    └── VirtError                   502  exit 1   libvirt said no (mapped in daemon.virt.connection)
-        ├── HostUnreachable         503  exit 1   the libvirt connection is down
-        └── VirtTimeout             504  exit 1   libvirt did not answer / event never came
+    ├── VirtError                   502  exit 1   libvirt said no (mapped in daemon.virt)
+    │   ├── HostUnreachable         503  exit 1   the libvirt connection is down
+    │   └── VirtTimeout             504  exit 1   libvirt did not answer / event never came
+    └── SocketInUse                 --   exit 1   another provisiond serves the socket path
 
-Each class carries its ``http_status`` and ``exit_code``; the API and the CLI read them and
-nothing else decides a status code. ``code`` is a stable machine-readable name.
+Each class carries its ``http_status`` and ``exit_code``; the API reads them and nothing
+else decides a status code (provctl keeps a copy of the status -> exit code table in
+``daemon/cli/contract.py``, checked against ``exit_codes_by_status`` by a test). ``code``
+is a stable machine-readable name. Anything else raised on a request's path is a bug: the
+engine fails that one request with "internal error", the API answers 500.
 """
 
 from __future__ import annotations
@@ -95,6 +102,18 @@ class InvalidState(ProvisiondError):
     code = "wrong_state"
 
 
+class StaleState(InvalidState):
+    """A transition was asked from a state the record is no longer in (in the store)."""
+
+
+class AlreadyClaimed(InvalidState):
+    """Another live request holds a claim on this volume."""
+
+
+class RequestCancelled(InvalidState):
+    """Raised into a step waiting for an event when its request is cancelled."""
+
+
 class QuotaExceeded(ProvisiondError):
     """The resource pool's quota would be exceeded."""
 
@@ -132,6 +151,10 @@ class VirtTimeout(VirtError):
 
     http_status = 504
     code = "libvirt_timeout"
+
+
+class SocketInUse(ProvisiondError):
+    """Another live process serves on the socket path (or it is not a socket)."""
 
 
 def exit_codes_by_status() -> dict[int, int]:

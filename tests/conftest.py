@@ -28,7 +28,7 @@ import yaml
 
 from daemon.auth import Identity
 from daemon.config import Config, load_config
-from daemon.engine.driver import Engine, ProvisioningRequest
+from daemon.service import ProvisioningRequest, Service
 from daemon.store import Store
 
 DATA = Path(__file__).parent / "data"
@@ -123,13 +123,13 @@ class Faulty:
 
 
 class Harness:
-    """An engine over one private test-driver host, with helpers for tests."""
+    """A service over one private test-driver host, with helpers for tests."""
 
-    def __init__(self, config: Config, store: Store, engine: Engine,
+    def __init__(self, config: Config, store: Store, service: Service,
                  connections: list[Any]) -> None:
         self.config = config
         self.store = store
-        self.engine = engine
+        self.service = service
         self.connections = connections
 
     @property
@@ -139,12 +139,12 @@ class Harness:
 
     def submit(self, template: str = "ipxe", size: str = "small", who: Identity = ALICE,
                **kw: Any) -> Any:
-        return self.engine.submit(who, ProvisioningRequest(template, size, "rp", **kw))
+        return self.service.submit(who, ProvisioningRequest(template, size, "rp", **kw))
 
     async def run(self, template: str = "ipxe", size: str = "small", who: Identity = ALICE,
                   **kw: Any) -> Any:
         record = self.submit(template, size, who, **kw)
-        return await self.engine.wait_terminal(record.id, timeout=20)
+        return await self.service.wait_terminal(record.id, timeout=20)
 
     def states(self, request_id: str) -> list[str]:
         return [e.to_state for e in self.store.get_log(request_id) if e.kind == "transition"]
@@ -171,21 +171,21 @@ async def make_harness(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
             connections.append(conn)
             return Faulty(conn, faults) if faults else conn
 
-        engine = Engine(config, store, opener=opener)
-        await engine.start()
-        harness = Harness(config, store, engine, connections)
+        service = Service(config, store, opener=opener)
+        await service.start()
+        harness = Harness(config, store, service, connections)
         made.append(harness)
         return harness
 
     yield make
     for h in made:
-        await h.engine.stop()
+        await h.service.stop()
         h.store.close()
 
 
 @pytest.fixture
 async def harness(make_harness: Callable[..., Any]) -> Harness:
-    """An engine on ``tests/data/host_basic.xml`` with the default test configuration."""
+    """A service on ``tests/data/host_basic.xml`` with the default test configuration."""
     return await make_harness()
 
 

@@ -23,19 +23,18 @@ from aiohttp.web_exceptions import HTTPExpectationFailed
 from aiohttp.web_urldispatcher import _default_expect_handler as _aiohttp_expect_handler
 
 from daemon import __version__
-from daemon.auth import CLOUD_ADMIN, CLOUD_CREATE, Identity
-from daemon.engine.driver import IDEMPOTENCY_KEY_RE, Engine, ProvisioningRequest
-from daemon.errors import InvalidInput, PermissionDenied, ProvisiondError, UnknownName
 from daemon.api.openapi import openapi_document
+from daemon.auth import Identity
+from daemon.errors import InvalidInput, PermissionDenied, ProvisiondError
+from daemon.placement.storage import Decision  # TEMP
 from daemon.process.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from daemon.placement.storage import Decision
-from daemon.service.reconcile import find_orphans, remove_orphans
+from daemon.service import IDEMPOTENCY_KEY_RE, ProvisioningRequest, Service
 from daemon.store import LogEntry, RequestRecord
-from statemachines import State
+from statemachines.provisioning import State
 
 log = logging.getLogger("provisiond.api")
 
-ENGINE = web.AppKey("engine", Engine)
+SERVICE = web.AppKey("service", Service)
 MAX_BODY_BYTES = 64 * 1024
 CREATE_FIELDS = {"template", "size", "resource_pool", "name"}
 EXPLAIN_FIELDS = {"template", "size", "resource_pool"}
@@ -110,7 +109,7 @@ async def read_json(request: web.Request) -> Any:
         content_type = None
     if content_type != "application/json":
         raise web.HTTPUnsupportedMediaType(text="expected Content-Type: application/json")
-    limit = request.app[ENGINE].config.daemon.body_timeout
+    limit = request.app[SERVICE].config.daemon.body_timeout
     try:
         # Bounded: a body whose chunked framing breaks after the headers were read is never
         # completed, nor failed, by aiohttp; the handler would wait for it forever.
@@ -155,55 +154,24 @@ async def json_body(request: web.Request, allowed: set[str],
     return {k: v for k, v in body.items() if v is not None}
 
 
-# --------------------------------------------------------------------------- visibility
-
-
-def visible(engine: Engine, who: Identity, record: RequestRecord | None) -> RequestRecord:
-    """The request if the caller may see it; 404 otherwise (existence is not leaked)."""
-    if record is None or not (record.owner == who.user or record.resource_pool in
-                              engine.pools_granting(who, CLOUD_ADMIN)):
-        raise UnknownName("no such request")
-    return record
-
-
 # --------------------------------------------------------------------------- handlers
 
 
 async def health(request: web.Request) -> web.Response:
     """GET /v1/health."""
-    engine = request.app[ENGINE]
-    hosts = {n: ("connected" if engine.host_reachable(n) else "disconnected")
-             for n in engine.hosts}
-    return web.json_response({"status": "ok", "version": __version__, "hosts": hosts})
+    service = request.app[SERVICE]
+    return web.json_response({"status": "ok", "version": __version__,
+                              "hosts": service.host_states()})
 
 
 async def catalog(request: web.Request) -> web.Response:
     """GET /v1/catalog: the seed's svc_new."""
-    engine = request.app[ENGINE]
-    who = peer_identity(request)
-    pools = engine.pools_granting(who, CLOUD_CREATE)
-    if not pools:
-        raise PermissionDenied(f"{who.user} holds CLOUD_CREATE on no resource pool")
-    cfg = engine.config
-    return web.json_response({
-        "user": who.user,
-        "templates": [{"name": t.name, "kind": t.kind, "description": t.description}
-                      for t in cfg.templates.values()],
-        "sizes": [{"name": s.name, "cpus": s.cpus, "memory": s.memory,
-                   "storage_size_in_gb": s.storage_size_in_gb, "network": s.network}
-                  for s in cfg.sizes.values()],
-        "resource_pools": [{
-            "name": p, "description": cfg.resource_pools[p].description,
-            "hardware_pool": cfg.resource_pools[p].hardware_pool,
-            "quota": {k: v for k, v in vars(cfg.resource_pools[p].quota).items()
-                      if v is not None},
-        } for p in pools],
-    })
+    return web.json_response(request.app[SERVICE].catalog(peer_identity(request)))
 
 
 async def create_request(request: web.Request) -> web.Response:
     """POST /v1/requests: the seed's svc_create."""
-    engine = request.app[ENGINE]
+    service = request.app[SERVICE]
     who = peer_identity(request)
     body = await json_body(request, CREATE_FIELDS, {"template", "size"})
     key = request.headers.get("Idempotency-Key")
@@ -212,9 +180,9 @@ async def create_request(request: web.Request) -> web.Response:
                            field="idempotency_key")
     req = ProvisioningRequest(body["template"], body["size"], body.get("resource_pool"),
                               body.get("name"), key)
-    earlier = engine.store.find_by_idempotency_key(who.user, key) if key else None
-    record = engine.submit(who, req)
-    await engine.store.durable()  # 202 means stored: a crash from now on loses nothing
+    earlier = service.store.find_by_idempotency_key(who.user, key) if key else None
+    record = service.submit(who, req)
+    await service.store.durable()  # 202 means stored: a crash from now on loses nothing
     status = 200 if earlier is not None and earlier.id == record.id else 202
     return web.json_response(request_json(record), status=status,
                              headers={"Location": f"/v1/requests/{record.id}"})
@@ -266,7 +234,7 @@ async def list_requests(request: web.Request) -> web.Response:
     filters narrow it (``since <= created_at < until``). ``next`` in the answer, passed
     as ``after``, gives the next page.
     """
-    engine = request.app[ENGINE]
+    service = request.app[SERVICE]
     who = peer_identity(request)
     for key in request.query:
         if key not in LIST_QUERY:
@@ -294,10 +262,10 @@ async def list_requests(request: web.Request) -> web.Response:
     if after is not None and not 0 < len(after) <= 64:
         raise InvalidInput("after must be the id of a request (from 'next')", field="after")
     # One page at a time: a long history must not hold the event loop (or memory).
-    records = engine.store.list_requests(
-        states=states, owner=who.user, resource_pools=engine.pools_granting(who, CLOUD_ADMIN),
-        owners=query_names(request, "owner"), pools=query_names(request, "resource_pool"),
-        created_since=since, created_until=until, after=after, limit=limit + 1)
+    records = service.list_visible(
+        who, states=states, owners=query_names(request, "owner"),
+        pools=query_names(request, "resource_pool"), since=since, until=until, after=after,
+        limit=limit + 1)
     more = len(records) > limit
     page = records[:limit]
     return web.json_response({"requests": [request_json(r) for r in page],
@@ -307,7 +275,7 @@ async def list_requests(request: web.Request) -> web.Response:
 async def show_request(request: web.Request) -> web.Response:
     """GET /v1/requests/{id}[?wait=SECONDS]: the request; with ``wait``, once it has ended
     (done, or failed and rolled back) or the seconds have passed, whichever comes first."""
-    engine = request.app[ENGINE]
+    service = request.app[SERVICE]
     for key in request.query:
         if key != "wait":
             raise InvalidInput(f"unknown query parameter {key!r} (expected: wait)", field=key)
@@ -321,42 +289,39 @@ async def show_request(request: web.Request) -> web.Response:
         if not 0 <= wait <= WAIT_MAX or len(request.query.getall("wait")) > 1:
             raise InvalidInput(f"wait must be given once, as seconds from 0 to {WAIT_MAX:g}",
                                field="wait")
-    record = visible(engine, peer_identity(request),
-                     engine.store.get_request(request.match_info["id"]))
+    record = service.visible(peer_identity(request), request.match_info["id"])
     if wait:
         try:
-            record = await engine.wait_terminal(record.id, timeout=wait)
+            record = await service.wait_terminal(record.id, timeout=wait)
         except asyncio.TimeoutError:
-            record = engine.store.get_request(record.id) or record
+            record = service.store.get_request(record.id) or record
     return web.json_response(request_json(record))
 
 
 async def request_log(request: web.Request) -> web.Response:
     """GET /v1/requests/{id}/log: every transition, libvirt event and note, oldest first."""
-    engine = request.app[ENGINE]
-    record = visible(engine, peer_identity(request),
-                     engine.store.get_request(request.match_info["id"]))
+    service = request.app[SERVICE]
+    record = service.visible(peer_identity(request), request.match_info["id"])
     return web.json_response({"request_id": record.id,
-                              "log": [log_json(e) for e in engine.store.get_log(record.id)]})
+                              "log": [log_json(e) for e in service.log_of(record)]})
 
 
 async def cancel_request(request: web.Request) -> web.Response:
     """POST /v1/requests/{id}/cancel."""
-    engine = request.app[ENGINE]
+    service = request.app[SERVICE]
     who = peer_identity(request)
-    record = visible(engine, who, engine.store.get_request(request.match_info["id"]))
-    engine.cancel(record.id, who.user)
-    current = engine.store.get_request(record.id)
+    record = service.visible(who, request.match_info["id"])
+    service.cancel(record.id, who.user)
+    current = service.store.get_request(record.id)
     assert current is not None
     return web.json_response(request_json(current), status=202)
 
 
 async def explain(request: web.Request) -> web.Response:
     """POST /v1/placement/explain: the placement dry run."""
-    engine = request.app[ENGINE]
     who = peer_identity(request)
     body = await json_body(request, EXPLAIN_FIELDS, {"template", "size"})
-    decision = await engine.explain(who, ProvisioningRequest(
+    decision = await request.app[SERVICE].explain(who, ProvisioningRequest(
         body["template"], body["size"], body.get("resource_pool")))
     return web.json_response(decision_json(decision))
 
@@ -367,11 +332,9 @@ async def reconcile(request: web.Request) -> web.Response:
     Admins only: the hosts looked at are those of the hardware pools that the resource
     pools where the caller holds CLOUD_ADMIN draw on.
     """
-    engine = request.app[ENGINE]
+    service = request.app[SERVICE]
     who = peer_identity(request)
-    admin_pools = engine.pools_granting(who, CLOUD_ADMIN)
-    if not admin_pools:
-        raise PermissionDenied(f"{who.user} holds CLOUD_ADMIN on no resource pool")
+    service.admin_pools(who)  # refused before the body is read
     apply = False
     if request.can_read_body:
         body = await read_json(request)
@@ -379,19 +342,14 @@ async def reconcile(request: web.Request) -> web.Response:
                 body.get("apply", False), bool):
             raise InvalidInput('the body must be {"apply": true|false}', field="apply")
         apply = body.get("apply", False)
-    hosts = sorted({h.name for p in admin_pools
-                    for h in engine.config.hardware_pool_of(p).hosts})
-    orphans = await find_orphans(engine, hosts)
-    if apply:
-        orphans = await remove_orphans(engine, orphans)
+    hosts, orphans = await service.reconcile(who, apply)
     return web.json_response({"applied": apply, "hosts": hosts,
                               "orphans": [o.to_json() for o in orphans]})
 
 
 async def metrics(request: web.Request) -> web.Response:
     """GET /metrics: Prometheus text format (anyone who can reach the socket)."""
-    engine = request.app[ENGINE]
-    return web.Response(body=engine.metrics.exposition(),
+    return web.Response(body=request.app[SERVICE].metrics.exposition(),
                         headers={"Content-Type": METRICS_CONTENT_TYPE})
 
 
@@ -447,7 +405,7 @@ async def expect_handler(request: web.Request) -> web.StreamResponse | None:
 
 
 def make_app() -> web.Application:
-    """The aiohttp application; its ``cleanup_ctx`` must provide ``app[ENGINE]``."""
+    """The aiohttp application; its ``cleanup_ctx`` must provide ``app[SERVICE]``."""
     app = web.Application(middlewares=[errors_middleware], client_max_size=MAX_BODY_BYTES)
     app.router.add_get("/v1/health", health, expect_handler=expect_handler)
     app.router.add_get("/v1/catalog", catalog, expect_handler=expect_handler)

@@ -16,18 +16,29 @@ from __future__ import annotations
 import getpass
 import os
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import yaml
 
+from daemon.config.model import (
+    DOMAIN_TYPES,
+    PRIVILEGES,
+    Config,
+    DaemonSettings,
+    Grant,
+    HardwarePool,
+    Host,
+    Quota,
+    ResourcePool,
+    Size,
+    StoragePoolRef,
+    Template,
+    VolumeRef,
+)
 from daemon.errors import ConfigError, ConfigProblem
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "config" / "provisiond.yml"
-
-PRIVILEGES = ("CLOUD_CREATE", "CLOUD_ADMIN")
-"""CLOUD_CREATE: create VMs in the pool. CLOUD_ADMIN: see and cancel all its requests."""
 
 TEMPLATE_KINDS_SUPPORTED = ("iso",)
 TEMPLATE_KINDS_RESERVED = ("kickstart", "appliance")
@@ -35,138 +46,6 @@ TEMPLATE_KINDS_RESERVED = ("kickstart", "appliance")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,62}$")
 NAME_EXPECTED = "a name of 1-63 letters, digits, '.', '_', '+' or '-' (not starting with a sign)"
 PLACEHOLDER_RE = re.compile(r"\$\{([^}]*)\}")
-
-
-# --------------------------------------------------------------------------- typed config
-
-
-@dataclass(frozen=True)
-class Size:
-    """A VM size: the seed's VmSize.yml entry (memory in KiB)."""
-
-    name: str
-    cpus: int
-    memory: int
-    storage_size_in_gb: int
-    network: str | None = None
-
-    @property
-    def storage_bytes(self) -> int:
-        """The size's disk capacity in bytes (GiB, as libvirt's unit 'G')."""
-        return self.storage_size_in_gb * 1024**3
-
-
-@dataclass(frozen=True)
-class VolumeRef:
-    """A storage volume named by its libvirt pool and volume name."""
-
-    pool: str
-    name: str
-
-
-@dataclass(frozen=True)
-class Template:
-    """What gets installed: for kind ``iso``, an ISO file path or a volume in a pool."""
-
-    name: str
-    kind: str
-    description: str = ""
-    path: str | None = None
-    volume: VolumeRef | None = None
-
-
-DOMAIN_TYPES = ("auto", "kvm", "qemu")
-
-
-@dataclass(frozen=True)
-class Host:
-    """A libvirt host of a hardware pool, reached by its connection URI.
-
-    ``domain_type``: ``auto`` defines kvm domains when the host offers kvm, else qemu
-    (TCG); ``qemu`` forces TCG (e.g. where /dev/kvm exists but nested KVM is broken).
-    """
-
-    name: str
-    uri: str
-    domain_type: str = "auto"
-
-
-@dataclass(frozen=True)
-class StoragePoolRef:
-    """A libvirt storage pool of a hardware pool, with its placement settings."""
-
-    name: str
-    overcommit: float = 1.0
-
-
-@dataclass(frozen=True)
-class HardwarePool:
-    """Hosts and their storage pools (in placement order)."""
-
-    name: str
-    hosts: tuple[Host, ...]
-    storage_pools: tuple[StoragePoolRef, ...]
-    reuse_tolerance_gb: int = 0
-
-
-@dataclass(frozen=True)
-class Grant:
-    """Who holds a privilege: user names and group names."""
-
-    users: frozenset[str] = frozenset()
-    groups: frozenset[str] = frozenset()
-
-
-@dataclass(frozen=True)
-class Quota:
-    """Upper bounds for a resource pool; None means unbounded."""
-
-    vms: int | None = None
-    cpus: int | None = None
-    memory: int | None = None
-    storage_gb: int | None = None
-
-
-@dataclass(frozen=True)
-class ResourcePool:
-    """What users provision into: a hardware pool, grants and an optional quota."""
-
-    name: str
-    hardware_pool: str
-    grants: dict[str, Grant]
-    quota: Quota = Quota()
-    description: str = ""
-
-
-@dataclass(frozen=True)
-class DaemonSettings:
-    """Where the daemon listens and stores, and its time bounds."""
-
-    socket: Path
-    database: Path
-    socket_group: str | None = None
-    define_event_timeout: float = 30.0
-    libvirt_call_timeout: float = 120.0
-    host_wait_timeout: float = 300.0
-    body_timeout: float = 10.0
-    """Seconds a client has to send a request's whole body once its headers are in."""
-
-
-@dataclass(frozen=True)
-class Config:
-    """The whole validated configuration."""
-
-    source: Path
-    daemon: DaemonSettings
-    sizes: dict[str, Size]
-    templates: dict[str, Template]
-    hardware_pools: dict[str, HardwarePool]
-    resource_pools: dict[str, ResourcePool]
-    files: dict[str, Path] = field(default_factory=dict)
-
-    def hardware_pool_of(self, resource_pool: str) -> HardwarePool:
-        """The hardware pool a resource pool draws on."""
-        return self.hardware_pools[self.resource_pools[resource_pool].hardware_pool]
 
 
 # --------------------------------------------------------------------------- defaults

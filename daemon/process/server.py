@@ -4,7 +4,7 @@ Start-up order: configuration (already loaded by the caller), store migrations, 
 connections with their events, resume of requests left in progress, and only then the
 socket, after which systemd hears ``READY=1``. Resources live in aiohttp's
 ``cleanup_ctx``, so a failed start-up closes exactly what it opened. SIGTERM/SIGINT
-(``STOPPING=1``) stop accepting, let handlers finish, stop the engine (each request stays
+(``STOPPING=1``) stop accepting, let handlers finish, stop the service (each request stays
 in its last durable state, resumed at the next start) and close libvirt. SIGHUP re-reads
 the configuration and swaps it in if valid; requests in flight carry on.
 
@@ -27,17 +27,17 @@ import stat
 from pathlib import Path
 from typing import AsyncIterator
 
-import libvirt
 from aiohttp import web
 
 from daemon.process import systemd
 from daemon.virt import connection as virt
-from daemon.api.routes import ENGINE, make_app
-from daemon.config import Config, load_config
-from daemon.engine.driver import Engine
-from daemon.errors import ConfigError
+from daemon.api.routes import SERVICE, make_app
+from daemon.config import Config
+from daemon.errors import SocketInUse
+from daemon.process.reload import Reloader
+from daemon.service import Service
 from daemon.store import Store
-from daemon.virt.connection import Opener
+from daemon.virt.connection import Opener, open_connection
 
 log = logging.getLogger("provisiond")
 
@@ -45,12 +45,8 @@ STORE = web.AppKey("store", Store)
 SHUTDOWN_TIMEOUT = 10.0
 
 
-class SocketInUse(Exception):
-    """Another live process serves on the socket path."""
-
-
-def build_app(config: Config, opener: Opener = libvirt.open) -> web.Application:
-    """The application with its resources (store, engine) in ``cleanup_ctx``, in order."""
+def build_app(config: Config, opener: Opener = open_connection) -> web.Application:
+    """The application with its resources (store, service) in ``cleanup_ctx``, in order."""
 
     async def store_ctx(app: web.Application) -> AsyncIterator[None]:
         store = Store(config.daemon.database)
@@ -60,25 +56,25 @@ def build_app(config: Config, opener: Opener = libvirt.open) -> web.Application:
         yield
         store.close()
 
-    async def engine_ctx(app: web.Application) -> AsyncIterator[None]:
-        engine = Engine(config, app[STORE], opener=opener)
-        app[ENGINE] = engine
+    async def service_ctx(app: web.Application) -> AsyncIterator[None]:
+        service = Service(config, app[STORE], opener=opener)
+        app[SERVICE] = service
         try:
-            await engine.start()  # connections and events, then resume
+            await service.start()  # connections and events, then resume
         except BaseException:
-            await engine.stop()
+            await service.stop()
             raise
         yield
-        await engine.stop(timeout=SHUTDOWN_TIMEOUT)
+        await service.stop(timeout=SHUTDOWN_TIMEOUT)
 
     async def release_waiting_clients(app: web.Application) -> None:
         # Before aiohttp waits (up to its shutdown timeout) for handlers in flight: a
         # GET ?wait= answers at once with the request as it is.
-        if ENGINE in app:
-            app[ENGINE].release_waiters()
+        if SERVICE in app:
+            app[SERVICE].release_waiters()
 
     app = make_app()
-    app.cleanup_ctx.extend([store_ctx, engine_ctx])
+    app.cleanup_ctx.extend([store_ctx, service_ctx])
     app.on_shutdown.append(release_waiting_clients)
     return app
 
@@ -107,109 +103,7 @@ def prepare_socket_path(path: Path) -> None:
     raise SocketInUse(f"another provisiond is already serving on {path}")
 
 
-def reload_config(engine: Engine) -> bool:
-    """Re-read the engine's configuration files and swap the result in if it is valid.
-
-    Sizes, templates, pools and grants take effect at once; requests in flight keep
-    their stored cpus, memory and storage. Libvirt hosts are not re-opened, so a new host
-    or a changed URI refuses the reload (restart for that). On any problem the old
-    configuration stays in force and each problem is logged on its own line.
-    """
-    old = engine.config
-    try:
-        new = load_config(old.source)
-    except ConfigError as exc:
-        problems = [str(p) for p in exc.problems]
-    except Exception as exc:  # a bug must not take the serving daemon down
-        log.exception("cannot reload the configuration from %s", old.source)
-        problems = [f"{old.source}: {type(exc).__name__}: {exc}"]
-    else:
-        problems = host_changes_needing_restart(engine, new)
-    if problems:
-        for problem in problems:
-            log.error("%s", problem)
-        log.error("configuration not reloaded; the old one stays in force")
-        return False
-
-    for name in engine.hosts:
-        if not any(h.name == name for hw in new.hardware_pools.values() for h in hw.hosts):
-            log.warning("host %s is no longer configured; its connection stays open until "
-                        "provisiond restarts", name)
-    for key in ("socket", "socket_group", "database", "libvirt_call_timeout"):
-        before, after = getattr(old.daemon, key), getattr(new.daemon, key)
-        if before != after:
-            log.warning("daemon.%s changed (%s -> %s): that needs a restart; until then "
-                        "%s stays in force", key, before, after, before)
-    for record in engine.store.live_requests():
-        gone = [f"{what} {name}" for what, name, known in (
-            ("resource pool", record.resource_pool, new.resource_pools),
-            ("hardware pool", record.hardware_pool, new.hardware_pools),
-            ("template", record.template, new.templates)) if name not in known]
-        if gone:
-            log.warning("request %s in progress uses %s, no longer configured: it will fail",
-                        record.id, " and ".join(gone),
-                        extra={"request_id": record.id, "state": str(record.state)})
-    engine.config = new  # one assignment: every step and handler sees old or new, never a mix
-    log.info("configuration reloaded from %s (%d sizes, %d templates, %d hardware pools, "
-             "%d resource pools)", new.source, len(new.sizes), len(new.templates),
-             len(new.hardware_pools), len(new.resource_pools))
-    return True
-
-
-def host_changes_needing_restart(engine: Engine, new: Config) -> list[str]:
-    """Problems for hosts the new configuration names that the engine has not opened."""
-    problems = []
-    pools_file = new.files.get("pools", new.source)
-    for hw in new.hardware_pools.values():
-        for host in hw.hosts:
-            current = engine.hosts.get(host.name)
-            if current is None:
-                problems.append(f"{pools_file}: hardware_pools.{hw.name}.hosts: host "
-                                f"{host.name} ({host.uri}) is new: adding a host needs a "
-                                "restart")
-            elif current.uri != host.uri:
-                problems.append(f"{pools_file}: hardware_pools.{hw.name}.hosts: host "
-                                f"{host.name} changed its URI ({current.uri} -> {host.uri}): "
-                                "that needs a restart")
-    return problems
-
-
-class Reloader:
-    """SIGHUP's handler: reloads once the engine runs; a signal during start-up waits."""
-
-    def __init__(self) -> None:
-        self.engine: Engine | None = None
-        self.ready = False  # READY=1 sent: a reload is then framed by RELOADING=1/READY=1
-        self.pending = False
-        self.stopping = False
-        self.status = "serving"
-
-    def request(self) -> None:
-        """Reload now, or as soon as the engine has started."""
-        if self.stopping:
-            log.info("reload requested while shutting down: ignored")
-            return
-        if self.engine is None:
-            log.info("reload requested during start-up: done once the engine runs")
-            self.pending = True
-            return
-        log.info("reloading the configuration (SIGHUP)")
-        if self.ready:
-            systemd.notify("RELOADING=1", systemd.monotonic_usec(),
-                           "STATUS=reloading the configuration")
-        reload_config(self.engine)
-        if self.ready:
-            systemd.notify("READY=1", f"STATUS={self.status}")
-
-    def engine_started(self, engine: Engine) -> None:
-        """The engine runs: carry out a reload asked for during start-up."""
-        self.engine = engine
-        if self.pending:
-            self.pending = False
-            self.request()
-
-
-async def serve(config: Config, *, opener: Opener = libvirt.open,
+async def serve(config: Config, *, opener: Opener = open_connection,
                 stop: asyncio.Event | None = None) -> None:
     """Run the daemon until SIGTERM/SIGINT (or ``stop`` is set); SIGHUP reloads."""
     virt.ensure_event_loop_registered()
@@ -248,7 +142,7 @@ async def _serve(config: Config, opener: Opener, stop: asyncio.Event,
     await runner.setup()
     inode = None
     try:
-        reloader.engine_started(app[ENGINE])
+        reloader.service_started(app[SERVICE])
         if inherited is not None:
             await web.SockSite(runner, inherited).start()
             where = inherited.getsockname() or "an unnamed socket"
@@ -279,7 +173,7 @@ async def _serve(config: Config, opener: Opener, stop: asyncio.Event,
         systemd.notify("STOPPING=1", "STATUS=shutting down")
         log.info("shutting down")
     finally:
-        reloader.stopping = True  # no reload while the engine stops
+        reloader.stopping = True  # no reload while the service stops
         await runner.cleanup()
         try:  # never unlink an inherited socket: it belongs to the socket unit
             if inode is not None and path.stat().st_ino == inode:

@@ -19,7 +19,7 @@ from daemon.store import RequestRecord
 from statemachines import State
 
 if TYPE_CHECKING:
-    from daemon.engine.driver import Engine
+    from daemon.service.service import Service
 
 VOLUME_NAME_RE = re.compile(rf"^{re.escape(VOLUME_PREFIX)}([0-9a-f]{{32}})(\.[a-z0-9]+)?$")
 
@@ -50,16 +50,16 @@ def _why_orphan(record: RequestRecord | None) -> str | None:
     return None
 
 
-async def find_orphans(engine: "Engine", hosts: list[str]) -> list[Orphan]:
+async def find_orphans(service: "Service", hosts: list[str]) -> list[Orphan]:
     """Orphans on the given hosts (only the storage pools of their hardware pools)."""
     orphans: list[Orphan] = []
     for host_name in hosts:
-        host = engine.hosts[host_name]
-        pools = sorted({p.name for hw in engine.config.hardware_pools.values()
+        host = service.hosts[host_name]
+        pools = sorted({p.name for hw in service.config.hardware_pools.values()
                         if any(h.name == host_name for h in hw.hosts) for p in hw.storage_pools})
         inventory = await host.read_inventory(pools)
         for dom in await host.tagged_domains():
-            record = engine.store.get_request(dom.request_id)
+            record = service.store.get_request(dom.request_id)
             why = _why_orphan(record)
             if why is None and dom.uuid != domain_uuid_for(dom.request_id):
                 why = "a second domain for a request that has its own"
@@ -72,7 +72,7 @@ async def find_orphans(engine: "Engine", hosts: list[str]) -> list[Orphan]:
                 match = VOLUME_NAME_RE.match(vol.name)
                 if match is None:
                     continue
-                record = engine.store.get_request(match.group(1))
+                record = service.store.get_request(match.group(1))
                 why = _why_orphan(record)
                 if why is None and record is not None and record.volume_name != vol.name:
                     why = "a second volume for a request that holds another"
@@ -86,10 +86,10 @@ async def find_orphans(engine: "Engine", hosts: list[str]) -> list[Orphan]:
     return orphans
 
 
-async def remove_orphans(engine: "Engine", orphans: list[Orphan]) -> list[Orphan]:
+async def remove_orphans(service: "Service", orphans: list[Orphan]) -> list[Orphan]:
     """Undefine orphan domains, then delete orphan volumes no other domain uses."""
     for orphan in sorted(orphans, key=lambda o: o.kind != "domain"):
-        host = engine.hosts[orphan.host]
+        host = service.hosts[orphan.host]
         if "; kept:" in orphan.reason:
             orphan.action = "kept"
             continue

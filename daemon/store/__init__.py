@@ -1,3 +1,8 @@
-"""The store: the only place with SQL."""
+"""The store: the only place with SQL (``store``), its schema and its records."""
 
-from daemon.store.store import *  # noqa: F401,F403
+from daemon.store.records import LogEntry, QuotaUsage, RequestRecord, Reservation
+from daemon.store.schema import MIGRATIONS
+from daemon.store.store import REQUEST_UPDATABLE, RequestRecords, Store
+
+__all__ = ["LogEntry", "MIGRATIONS", "QuotaUsage", "REQUEST_UPDATABLE", "RequestRecord",
+           "RequestRecords", "Reservation", "Store"]

@@ -22,173 +22,15 @@ import json
 import sqlite3
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import sqlite_utils
 
-from statemachines import HOLDS_QUOTA, IN_PROGRESS, State
-
-# --------------------------------------------------------------------------- migrations
-
-
-def _m1_initial(db: sqlite_utils.Database) -> None:
-    db["requests"].create(
-        {
-            "id": str,
-            "name": str,
-            "owner": str,
-            "owner_groups": str,  # JSON list, as seen when the request was made
-            "template": str,
-            "size": str,
-            "resource_pool": str,
-            "hardware_pool": str,
-            "host": str,
-            "cpus": int,
-            "memory_kib": int,
-            "storage_gb": int,
-            "network": str,
-            "state": str,
-            "reason": str,
-            "volume_pool": str,
-            "volume_name": str,
-            "volume_path": str,
-            "volume_format": str,
-            "volume_owned": int,  # 1: the request creates this volume (delete on rollback)
-            "domain_uuid": str,
-            "domain_name": str,
-            "idempotency_key": str,
-            "cleaned_up": int,
-            "created_at": float,
-            "updated_at": float,
-        },
-        pk="id",
-        not_null={"name", "owner", "template", "size", "resource_pool", "hardware_pool",
-                  "state", "cpus", "memory_kib", "storage_gb", "created_at", "updated_at"},
-        defaults={"volume_owned": 0, "cleaned_up": 0, "owner_groups": "[]"},
-    )
-    db["requests"].create_index(["state"])
-    db["requests"].create_index(["resource_pool", "state"])
-    db["requests"].create_index(["owner", "idempotency_key"], unique=True)
-    db["requests"].create_index(["domain_uuid"])
-    db["state_log"].create(
-        {
-            "id": int,
-            "request_id": str,
-            "kind": str,  # transition | event | note
-            "from_state": str,
-            "to_state": str,
-            "trigger": str,
-            "at": float,
-            "detail": str,
-        },
-        pk="id",
-        not_null={"request_id", "kind", "at"},
-        foreign_keys=[("request_id", "requests", "id")],
-    )
-    db["state_log"].create_index(["request_id", "id"])
-    # A volume is claimed by at most one live request: the primary key makes it so.
-    db["volume_claims"].create(
-        {"host": str, "pool": str, "volume": str, "request_id": str, "at": float},
-        pk=("host", "pool", "volume"),
-        not_null={"request_id", "at"},
-    )
-    db["volume_claims"].create_index(["request_id"])
-    db["pool_reservations"].create(
-        {"request_id": str, "host": str, "pool": str, "volume": str, "bytes": int, "at": float},
-        pk="request_id",
-        not_null={"host", "pool", "volume", "bytes", "at"},
-    )
-    db["pool_reservations"].create_index(["host", "pool"])
-
-
-MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (_m1_initial,)
-
-
-# --------------------------------------------------------------------------- records
-
-
-@dataclass
-class RequestRecord:
-    """A provisioning request as stored."""
-
-    id: str
-    name: str
-    owner: str
-    owner_groups: list[str]
-    template: str
-    size: str
-    resource_pool: str
-    hardware_pool: str
-    host: str | None
-    cpus: int
-    memory_kib: int
-    storage_gb: int
-    network: str | None
-    state: State
-    reason: str | None
-    volume_pool: str | None
-    volume_name: str | None
-    volume_path: str | None
-    volume_format: str | None
-    volume_owned: bool
-    domain_uuid: str | None
-    domain_name: str | None
-    idempotency_key: str | None
-    cleaned_up: bool
-    created_at: float
-    updated_at: float
-
-    @classmethod
-    def from_row(cls, row: dict[str, Any]) -> "RequestRecord":
-        """Build from a ``requests`` row."""
-        values = {f.name: row[f.name] for f in fields(cls)}
-        values["owner_groups"] = json.loads(row["owner_groups"] or "[]")
-        values["state"] = State(row["state"])
-        values["volume_owned"] = bool(row["volume_owned"])
-        values["cleaned_up"] = bool(row["cleaned_up"])
-        return cls(**values)
-
-
-@dataclass(frozen=True)
-class LogEntry:
-    """One row of a request's state log: a transition, a libvirt event or a note."""
-
-    id: int
-    request_id: str
-    kind: str
-    from_state: str | None
-    to_state: str | None
-    trigger: str | None
-    at: float
-    detail: str | None
-
-
-@dataclass(frozen=True)
-class Reservation:
-    """Space a request holds in a pool for the volume it is about to create."""
-
-    request_id: str
-    host: str
-    pool: str
-    volume: str
-    bytes: int
-
-
-@dataclass(frozen=True)
-class QuotaUsage:
-    """What a resource pool's quota-holding requests add up to."""
-
-    vms: int
-    cpus: int
-    memory: int
-    storage_gb: int
-
-
-class AlreadyClaimed(Exception):
-    """Another live request holds a claim on this volume."""
-
+from daemon.errors import AlreadyClaimed, StaleState
+from daemon.store.records import LogEntry, QuotaUsage, RequestRecord, Reservation
+from daemon.store.schema import MIGRATIONS
+from statemachines.provisioning import HOLDS_QUOTA, IN_PROGRESS, State
 
 # --------------------------------------------------------------------------- store
 
@@ -335,7 +177,7 @@ class Store:
 
     def record_transition(self, request_id: str, from_state: State, to_state: State,
                           trigger: str, detail: str | None = None,
-                          updates: dict[str, Any] | None = None) -> None:
+                          updates: Mapping[str, Any] | None = None) -> None:
         """Persist a state change and its log row in one transaction.
 
         Refuses (raises ``StaleState``) if the stored state is not ``from_state``: the
@@ -560,5 +402,26 @@ class Store:
             self._forget_reservation(request_id)
 
 
-class StaleState(Exception):
-    """A transition was asked from a state the request is no longer in."""
+class RequestRecords:
+    """The provisioning workflow's records: the engine's view of the ``requests`` table."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    def live(self) -> list[RequestRecord]:
+        """Requests in progress, oldest first."""
+        return self._store.live_requests()
+
+    def needing_cleanup(self) -> list[RequestRecord]:
+        """Failed requests whose rollback has not finished."""
+        return self._store.failed_needing_cleanup()
+
+    def record_transition(self, record_id: str, source: State, dest: State, trigger: str,
+                          detail: str | None, fields: Mapping[str, Any]) -> None:
+        """Persist a request's state change, its fields and its log row together."""
+        self._store.record_transition(record_id, source, dest, trigger, detail, fields)
+
+    def append_log(self, record_id: str, kind: str, state: State, trigger: str,
+                   detail: str | None = None) -> None:
+        """A note or an event in the request's log."""
+        self._store.append_log(record_id, kind, state, trigger, detail)

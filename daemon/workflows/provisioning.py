@@ -1,124 +1,179 @@
-"""The work of each state: small async steps, safe to run again after a crash.
+"""The provisioning workflow: one step per state of ``statemachines.provisioning``.
 
-Each step runs after its state is durable. It either moves the request on through
-``engine.set_state`` or raises a ``ProvisiondError`` (the engine then fails the request
-with that message). Every step looks before it acts: the volume by its name derived from
-the request id, the domain by its UUID derived from the request id and its metadata.
-Between reading the store and recording a decision a step does not yield to the loop, so
-two requests never decide on the same claim or the same quota.
+Each step runs after its state is durable (for the states that act on libvirt), sees only
+a ``ProvisioningContext``, and returns an ``Outcome``; the engine fires its trigger. Every
+step looks before it acts: the volume by its name derived from the request id, the domain
+by its UUID derived from the request id and its metadata. Between reading what it decides
+on (claims, reservations, quota) and returning, a step does not yield to the loop, and the
+engine records the outcome without yielding either: two requests never decide on the same
+claim or the same quota.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING, Awaitable, Callable
+from typing import Any, ContextManager, Protocol
 
-from daemon.virt import domain_xml
 from daemon.auth import CLOUD_CREATE, Identity, holds, quota_refusal
-from daemon.errors import (
-    HostUnreachable,
-    NoStorage,
-    PermissionDenied,
-    ProvisiondError,
-    QuotaExceeded,
-    UnknownName,
-    VirtError,
-    VirtTimeout,
-)
+from daemon.config import Config, HardwarePool
+from daemon.engine.workflow import Outcome, Workflow
+from daemon.errors import HostUnreachable, NoStorage, PermissionDenied, ProvisiondError
+from daemon.errors import QuotaExceeded, UnknownName, VirtError, VirtTimeout
+from daemon.placement.storage import Decision, place_storage, place_storage_fast  # TEMP
+from daemon.process.metrics import Metrics
+from daemon.store import QuotaUsage, RequestRecord, Reservation
+from daemon.virt import domain_xml
+from daemon.virt.connection import DomainEvent, HostConnection, PoolEvent
 from daemon.virt.inventory import gib
-from daemon.store import RequestRecord, Reservation
-from statemachines import State, Trigger
+from statemachines.provisioning import HOLDS_QUOTA, TABLE, State, Trigger
 
-if TYPE_CHECKING:
-    from daemon.engine.driver import Engine
-
-log = logging.getLogger("provisiond.steps")
+log = logging.getLogger("provisiond.provisioning")
 
 
-async def authorize(engine: "Engine", req: RequestRecord) -> None:
+class ProvisioningStore(Protocol):
+    """The store's methods the provisioning steps use (the ``Store`` has them all)."""
+
+    def atomic(self) -> ContextManager[None]: ...
+    async def durable(self) -> None: ...
+    def claim_volume(self, host: str, pool: str, volume: str, request_id: str) -> None: ...
+    def reserve_space(self, reservation: Reservation) -> None: ...
+    def drop_reservation(self, request_id: str) -> None: ...
+    def release_storage(self, request_id: str) -> None: ...
+    def reservations_on(self, host: str) -> list[Reservation]: ...
+    def update_request(self, request_id: str, **updates: Any) -> None: ...
+    def append_log(self, request_id: str, kind: str, state: State, trigger: str,
+                   detail: str | None = None) -> None: ...
+    def requests_on_pool(self, host: str, pool: str) -> list[RequestRecord]: ...
+    def find_by_domain_uuid(self, domain_uuid: str) -> RequestRecord | None: ...
+
+
+class ProvisioningContext(Protocol):
+    """What a provisioning step may see and do; nothing here moves a state."""
+
+    @property
+    def config(self) -> Config:
+        """The configuration in force (a reload swaps it whole)."""
+
+    @property
+    def store(self) -> ProvisioningStore:
+        """Claims, reservations, notes."""
+
+    @property
+    def metrics(self) -> Metrics:
+        """Counters the steps feed (placements)."""
+
+    def host(self, name: str | None) -> HostConnection:
+        """A configured host's connection (VirtError for an unknown name)."""
+
+    def host_reachable(self, name: str) -> bool:
+        """Whether the host's connection works now."""
+
+    def repeating(self, request_id: str) -> bool:
+        """Whether this step ran before for the request and may have acted already."""
+
+    def quota_usage(self, resource_pool: str) -> QuotaUsage:
+        """What the pool's quota-holding requests add up to."""
+
+    def live_request(self, request_id: str) -> RequestRecord | None:
+        """The in-memory record of a request the engine drives, or None."""
+
+    def expect_domain_event(self, host: str, uuid: str, event: str,
+                            request_id: str) -> asyncio.Future[DomainEvent]:
+        """A future resolved by the domain's next ``event`` (register before acting)."""
+
+    def forget_domain_event(self, host: str, uuid: str, event: str) -> None:
+        """Drop the waiter registered by ``expect_domain_event``."""
+
+
+# --------------------------------------------------------------------------- the steps
+
+
+async def authorize(ctx: ProvisioningContext, req: RequestRecord) -> Outcome:
     """requested: the owner must hold CLOUD_CREATE on the pool, and its quota must hold."""
-    pool = engine.config.resource_pools.get(req.resource_pool)
+    pool = ctx.config.resource_pools.get(req.resource_pool)
     if pool is None:
         raise UnknownName(f"resource pool {req.resource_pool} is no longer configured")
     identity = Identity(req.owner, frozenset(req.owner_groups))
     if not holds(identity, pool, CLOUD_CREATE):
         raise PermissionDenied(f"{req.owner} does not hold CLOUD_CREATE on resource pool "
                                f"{req.resource_pool}")
-    with engine.store.atomic():
-        usage = engine.quota_usage(req.resource_pool)
-        refusal = quota_refusal(pool.quota, usage, req.cpus, req.memory_kib, req.storage_gb)
-        if refusal:
-            raise QuotaExceeded(f"{refusal} in resource pool {req.resource_pool}")
-        engine.set_state(req.id, Trigger.AUTHORIZE,
-                         f"{req.owner} holds CLOUD_CREATE on {req.resource_pool}; quota holds")
+    refusal = quota_refusal(pool.quota, ctx.quota_usage(req.resource_pool), req.cpus,
+                            req.memory_kib, req.storage_gb)
+    if refusal:
+        raise QuotaExceeded(f"{refusal} in resource pool {req.resource_pool}")
+    return Outcome(Trigger.AUTHORIZE,
+                   f"{req.owner} holds CLOUD_CREATE on {req.resource_pool}; quota holds")
 
 
-async def start_storage_search(engine: "Engine", req: RequestRecord) -> None:
+async def start_storage_search(ctx: ProvisioningContext, req: RequestRecord) -> Outcome:
     """authorized: pick the host of the hardware pool and start looking for storage."""
-    hardware = engine.config.hardware_pools.get(req.hardware_pool)
-    if hardware is None:
-        raise UnknownName(f"hardware pool {req.hardware_pool} is no longer configured")
+    hardware = _hardware_pool(ctx, req)
     host = hardware.hosts[0].name
-    engine.set_state(req.id, Trigger.SEARCH_STORAGE,
-                     f"searching the storage pools of {req.hardware_pool} on host {host}",
-                     host=host)
+    return Outcome(Trigger.SEARCH_STORAGE,
+                   f"searching the storage pools of {req.hardware_pool} on host {host}",
+                   {"host": host})
 
 
-async def search_storage(engine: "Engine", req: RequestRecord) -> None:
+async def search_storage(ctx: ProvisioningContext, req: RequestRecord) -> Outcome:
     """storage-searching: claim a free volume, or reserve room for a new one, or fail."""
-    hardware = engine.config.hardware_pools.get(req.hardware_pool)
-    if hardware is None:
-        raise UnknownName(f"hardware pool {req.hardware_pool} is no longer configured")
-    host = engine.host_of(req)
-    if not engine.host_reachable(host.name):
+    hardware = _hardware_pool(ctx, req)
+    host = ctx.host(req.host)
+    if not ctx.host_reachable(host.name):
         raise HostUnreachable(f"host {host.name} is unreachable")
     size_bytes = req.storage_gb * 1024**3
-    decision = engine.place(host, hardware, size_bytes, req.id)
+    decision = place(ctx, host, hardware, size_bytes, req.id)
     if decision.action == "none":
         # Look again before failing: the inventory may lag (a pool restarted with libvirtd,
         # volumes changed outside provisiond: libvirt has no volume events).
         await host.refresh_pools([p.name for p in hardware.storage_pools])
-        decision = engine.place(host, hardware, size_bytes, req.id)
-    # From here to the transition: no await, so no other request decides in between.
-    engine.metrics.placements.labels(
+        decision = place(ctx, host, hardware, size_bytes, req.id)
+    # From here to the engine recording the outcome: no await.
+    ctx.metrics.placements.labels(
         {"reuse": "reused", "create": "created"}.get(decision.action, "no_storage")).inc()
-    with engine.store.atomic():
-        if decision.action == "reuse":
-            assert decision.volume is not None
-            vol = decision.volume
-            engine.store.claim_volume(host.name, vol.pool, vol.name, req.id)
+    store = ctx.store
+    if decision.action == "reuse":
+        assert decision.volume is not None
+        vol = decision.volume
+
+        def claim() -> None:
+            store.claim_volume(host.name, vol.pool, vol.name, req.id)
             host.inventory.hold(vol.pool, vol.name)
-            engine.set_state(req.id, Trigger.REUSE_VOLUME, decision.reason,
-                             volume_pool=vol.pool, volume_name=vol.name, volume_path=vol.path,
-                             volume_format=vol.format, volume_owned=0, **_domain_of(req))
-        elif decision.action == "create":
-            assert decision.pool is not None
-            name = domain_xml.volume_name_for(req.id, decision.volume_format)
-            engine.store.reserve_space(Reservation(req.id, host.name, decision.pool, name,
-                                                   decision.new_volume_bytes))
+
+        return Outcome(Trigger.REUSE_VOLUME, decision.reason, {
+            "volume_pool": vol.pool, "volume_name": vol.name, "volume_path": vol.path,
+            "volume_format": vol.format, "volume_owned": False, **_domain_of(req)}, claim)
+    if decision.action == "create":
+        assert decision.pool is not None
+        pool = decision.pool
+        name = domain_xml.volume_name_for(req.id, decision.volume_format)
+
+        def reserve() -> None:
+            store.reserve_space(Reservation(req.id, host.name, pool, name,
+                                            decision.new_volume_bytes))
             # Claim the name too: once created, the volume must not look free to others.
-            engine.store.claim_volume(host.name, decision.pool, name, req.id)
-            host.inventory.hold(decision.pool, name)
-            engine.set_state(req.id, Trigger.CREATE_STORAGE, decision.reason,
-                             volume_pool=decision.pool, volume_name=name,
-                             volume_format=decision.volume_format, volume_owned=1)
-        else:
-            raise NoStorage(decision.reason)
+            store.claim_volume(host.name, pool, name, req.id)
+            host.inventory.hold(pool, name)
+
+        return Outcome(Trigger.CREATE_STORAGE, decision.reason, {
+            "volume_pool": pool, "volume_name": name,
+            "volume_format": decision.volume_format, "volume_owned": True}, reserve)
+    raise NoStorage(decision.reason)
 
 
-async def create_storage(engine: "Engine", req: RequestRecord) -> None:
+async def create_storage(ctx: ProvisioningContext, req: RequestRecord) -> Outcome:
     """storage-creating: create the request's volume unless it already exists."""
-    host = engine.host_of(req)
+    host = ctx.host(req.host)
     assert req.volume_pool and req.volume_name
     # Look first only when this step runs again (after a restart or a lost connection)
     # and the inventory, read afresh since, lists the volume; otherwise create, and look
     # only if creating fails (a volume of that name exists: libvirt refuses to create it).
     volume = (await host.find_volume(req.volume_pool, req.volume_name)
-              if engine.repeating(req.id)
+              if ctx.repeating(req.id)
               and host.inventory.has_volume(req.volume_pool, req.volume_name) else None)
+    adopted = f"volume {req.volume_pool}/{req.volume_name} already exists (adopted)"
     if volume is not None:
-        detail = f"volume {req.volume_pool}/{req.volume_name} already exists (adopted)"
+        detail = adopted
     else:
         xml = domain_xml.build_volume_xml(req.volume_name, req.storage_gb * 1024**3,
                                           req.volume_format)
@@ -128,34 +183,32 @@ async def create_storage(engine: "Engine", req: RequestRecord) -> None:
             volume = await host.find_volume(req.volume_pool, req.volume_name)
             if volume is None:
                 raise
-            detail = f"volume {req.volume_pool}/{req.volume_name} already exists (adopted)"
+            detail = adopted
         else:
             detail = (f"created volume {req.volume_pool}/{req.volume_name} "
                       f"({gib(volume.capacity)}, {req.volume_format or 'raw'})")
-    with engine.store.atomic():
-        # The volume exists: libvirt's figures count it now, the reservation is done.
-        engine.store.drop_reservation(req.id)
-        engine.set_state(req.id, Trigger.DEFINE, detail, volume_path=volume.path,
-                         **_domain_of(req))
+    store = ctx.store
+    # The volume exists: libvirt's figures count it now, the reservation is done.
+    return Outcome(Trigger.DEFINE, detail, {"volume_path": volume.path, **_domain_of(req)},
+                   lambda: store.drop_reservation(req.id))
 
 
-async def define(engine: "Engine", req: RequestRecord) -> None:
+async def define(ctx: ProvisioningContext, req: RequestRecord) -> Outcome:
     """defining: define the domain and wait for libvirt's DEFINED event for its UUID."""
-    host = engine.host_of(req)
+    host = ctx.host(req.host)
     uuid = domain_xml.domain_uuid_for(req.id)
     # Only a repeated step can find its domain already there (the UUID is the request's),
     # and only if the inventory (read afresh since, kept current by events) lists it.
     existing = (await host.find_domain(uuid)
-                if engine.repeating(req.id) and host.inventory.knows_domain(uuid) else None)
+                if ctx.repeating(req.id) and host.inventory.knows_domain(uuid) else None)
     if existing is not None:
         if existing.metadata.get("request_id") != req.id:
             raise VirtError(f"domain {existing.name} already has this request's UUID {uuid} "
                             "but is not this request's")
-        engine.set_state(req.id, Trigger.FINISH,
-                         f"domain {existing.name} ({uuid}) was already defined (adopted)",
-                         domain_uuid=uuid, domain_name=existing.name)
-        return
-    template = engine.config.templates.get(req.template)
+        return Outcome(Trigger.FINISH,
+                       f"domain {existing.name} ({uuid}) was already defined (adopted)",
+                       {"domain_uuid": uuid, "domain_name": existing.name})
+    template = ctx.config.templates.get(req.template)
     if template is None:
         raise UnknownName(f"template {req.template} is no longer configured")
     if template.volume is not None and not host.inventory.has_volume(
@@ -165,7 +218,7 @@ async def define(engine: "Engine", req: RequestRecord) -> None:
             raise VirtError(f"template {req.template}: ISO volume {template.volume.pool}/"
                             f"{template.volume.name} not found on host {host.name}")
     domain_type, arch = await host.capabilities()
-    configured = engine.host_config(host.name).domain_type
+    configured = _host_config(ctx.config, host.name).domain_type
     if configured != "auto":
         domain_type = configured
     assert req.volume_pool and req.volume_name
@@ -180,11 +233,11 @@ async def define(engine: "Engine", req: RequestRecord) -> None:
         size=req.size, resource_pool=req.resource_pool)
     xml = domain_xml.build_domain_xml(spec)
     if req.domain_uuid != uuid:  # a database of an older provisiond: record it first
-        engine.store.update_request(req.id, **_domain_of(req))
+        ctx.store.update_request(req.id, **_domain_of(req))
         req.domain_uuid, req.domain_name = uuid, req.name
-        await engine.store.durable()
-    waiter = engine.expect_defined(host.name, uuid, req.id)
-    timeout = engine.config.daemon.define_event_timeout
+        await ctx.store.durable()
+    waiter = ctx.expect_domain_event(host.name, uuid, "DEFINED", req.id)
+    timeout = ctx.config.daemon.define_event_timeout
     try:
         await host.define_domain(uuid, req.name, xml, spec.disks())
         try:
@@ -193,44 +246,44 @@ async def define(engine: "Engine", req: RequestRecord) -> None:
             raise VirtTimeout(f"domain {req.name} ({uuid}) was defined but libvirt's DEFINED "
                               f"event did not arrive within {timeout:g} s") from None
     finally:
-        engine.forget_defined(host.name, uuid)
-    engine.set_state(req.id, Trigger.FINISH,
-                     f"domain {event.name} ({uuid}) defined on {host.name} "
-                     f"({domain_type}, {req.cpus} vcpus, {req.memory_kib} KiB)",
-                     domain_uuid=uuid, domain_name=event.name)
+        ctx.forget_domain_event(host.name, uuid, "DEFINED")
+    return Outcome(Trigger.FINISH,
+                   f"domain {event.name} ({uuid}) defined on {host.name} "
+                   f"({domain_type}, {req.cpus} vcpus, {req.memory_kib} KiB)",
+                   {"domain_uuid": uuid, "domain_name": event.name})
 
 
-def _domain_of(req: RequestRecord) -> dict[str, str]:
-    # Recorded with the move to defining, before the domain is: a rollback after a crash
-    # then knows which domain to look for.
-    return {"domain_uuid": domain_xml.domain_uuid_for(req.id), "domain_name": req.name}
-
-
-StepFn = Callable[["Engine", RequestRecord], Awaitable[None]]
-
-STEPS: dict[State, StepFn] = {
+STEPS = {
     State.REQUESTED: authorize,
     State.AUTHORIZED: start_storage_search,
     State.STORAGE_SEARCHING: search_storage,
     State.STORAGE_CREATING: create_storage,
     State.DEFINING: define,
 }
-"""The step run in each non-terminal state."""
+"""The step run in each in-progress state."""
 
 
-async def rollback(engine: "Engine", request_id: str) -> None:
-    """failed: release claims; undefine the domain and delete the volume it created.
+# --------------------------------------------------------------------------- after failing
 
-    Idempotent; marks the request cleaned up only when everything is undone, so an
-    unfinished rollback (host down) is retried at the next start.
+
+def needs_rollback(req: RequestRecord) -> bool:
+    """Whether a request failed and has not been rolled back yet."""
+    return req.state == State.FAILED and not req.cleaned_up
+
+
+async def rollback(ctx: ProvisioningContext, req: RequestRecord) -> None:
+    """failed: undefine the domain and delete the volume it created, release its claims.
+
+    Idempotent. ``HostUnreachable`` propagates: the engine waits for the host and runs it
+    again. Any other libvirt error leaves it for the next start, with a note saying so.
+    The request is marked cleaned up only once everything is undone.
     """
-    req = engine.store.get_request(request_id)
-    if req is None or req.cleaned_up:
+    if req.cleaned_up:
         return
     undone: list[str] = []
     try:
         if req.host is not None and (req.domain_uuid or req.volume_owned):
-            host = engine.host_of(req)
+            host = ctx.host(req.host)
             uuid = req.domain_uuid or domain_xml.domain_uuid_for(req.id)
             found = await host.find_domain(uuid)
             if found is not None and found.metadata.get("request_id") == req.id:
@@ -239,19 +292,121 @@ async def rollback(engine: "Engine", request_id: str) -> None:
             if req.volume_owned and req.volume_pool and req.volume_name:
                 if await host.delete_volume(req.volume_pool, req.volume_name):
                     undone.append(f"deleted volume {req.volume_pool}/{req.volume_name}")
+    except HostUnreachable:
+        raise
     except ProvisiondError as exc:
-        engine.store.append_log(req.id, "note", State.FAILED, "rollback",
-                                f"rollback incomplete, will retry at next start: {exc.message}")
+        ctx.store.append_log(req.id, "note", State.FAILED, "rollback",
+                             f"rollback incomplete, will retry at next start: {exc.message}")
         return
     had_claim = req.volume_pool is not None
-    with engine.store.atomic():
-        engine.store.release_storage(req.id)
-        if had_claim and req.host in engine.hosts and req.volume_pool and req.volume_name:
-            engine.hosts[req.host].inventory.release(req.volume_pool, req.volume_name)
-        engine.store.update_request(req.id, cleaned_up=1)
+    store = ctx.store
+    with store.atomic():
+        store.release_storage(req.id)
+        if had_claim and req.host is not None and req.volume_pool and req.volume_name:
+            try:
+                ctx.host(req.host).inventory.release(req.volume_pool, req.volume_name)
+            except VirtError:
+                pass  # a host no longer configured has no inventory to update
+        store.update_request(req.id, cleaned_up=1)
         if had_claim and not req.volume_owned:
             undone.append(f"released volume {req.volume_pool}/{req.volume_name}")
         elif had_claim and not undone:
             undone.append("released the space reserved in pool " + str(req.volume_pool))
-        engine.store.append_log(req.id, "note", State.FAILED, "rollback",
-                                "rolled back: " + ("; ".join(undone) or "nothing to undo"))
+        store.append_log(req.id, "note", State.FAILED, "rollback",
+                         "rolled back: " + ("; ".join(undone) or "nothing to undo"))
+    req.cleaned_up = True
+
+
+# --------------------------------------------------------------------------- events
+
+
+def record_event(ctx: ProvisioningContext, event: object, waiting: str | None) -> None:
+    """Write a libvirt event into the log of each request it concerns."""
+    store = ctx.store
+    if isinstance(event, PoolEvent):
+        for record in store.requests_on_pool(event.host, event.pool):
+            store.append_log(record.id, "event", record.state, f"libvirt:pool-{event.event}",
+                             f"storage pool {event.pool} of this request's volume "
+                             f"{event.event}")
+    elif isinstance(event, DomainEvent):
+        record = (ctx.live_request(waiting) if waiting is not None else None) or \
+            store.find_by_domain_uuid(event.uuid)
+        if record is not None and record.host == event.host:
+            store.append_log(record.id, "event", record.state, f"libvirt:{event.event}",
+                             f"domain {event.name} {event.event} (detail {event.detail})")
+
+
+# --------------------------------------------------------------------------- shared
+
+
+def place(ctx: ProvisioningContext, host: HostConnection, hardware: HardwarePool,
+          size_bytes: int, request_id: str, *, explain: bool = False) -> Decision:
+    """The seed's placement rule on the host's live inventory (no libvirt call); with
+    ``explain``, every candidate's verdict too (the dry run)."""
+    templates = ctx.config.templates.values()
+    if explain:  # TEMP
+        return place_storage(host.inventory.snapshot([p.name for p in hardware.storage_pools]), hardware.storage_pools, size_bytes=size_bytes, request_id=request_id,
+        tolerance_bytes=hardware.reuse_tolerance_gb * 1024**3, claims=ctx.store.claims_on(host.name),
+        reservations=ctx.store.reservations_on(host.name),
+        template_volumes=[(t.volume.pool, t.volume.name) for t in templates if t.volume],
+        template_paths=[t.path for t in templates if t.path])
+    return place_storage_fast(
+        host.inventory, hardware.storage_pools, size_bytes=size_bytes, request_id=request_id,
+        tolerance_bytes=hardware.reuse_tolerance_gb * 1024**3,
+        reservations=ctx.store.reservations_on(host.name),
+        template_volumes=[(t.volume.pool, t.volume.name) for t in templates if t.volume],
+        template_paths=[t.path for t in templates if t.path])
+
+
+def _hardware_pool(ctx: ProvisioningContext, req: RequestRecord) -> HardwarePool:
+    hardware = ctx.config.hardware_pools.get(req.hardware_pool)
+    if hardware is None:
+        raise UnknownName(f"hardware pool {req.hardware_pool} is no longer configured")
+    return hardware
+
+
+def _host_config(config: Config, name: str) -> Any:
+    for hw in config.hardware_pools.values():
+        for host in hw.hosts:
+            if host.name == name:
+                return host
+    raise VirtError(f"host {name!r} is not configured")
+
+
+def _domain_of(req: RequestRecord) -> dict[str, str]:
+    # Recorded with the move to defining, before the domain is: a rollback after a crash
+    # then knows which domain to look for.
+    return {"domain_uuid": domain_xml.domain_uuid_for(req.id), "domain_name": req.name}
+
+
+class QuotaLedger:
+    """Each resource pool's quota usage, counted in memory as requests move."""
+
+    def __init__(self, read: Any) -> None:
+        self._read = read
+        self._usage: dict[str, QuotaUsage] = {}
+
+    def usage(self, resource_pool: str) -> QuotaUsage:
+        """What the pool's quota-holding requests add up to."""
+        if resource_pool not in self._usage:
+            self._usage[resource_pool] = self._read(resource_pool)
+        return self._usage[resource_pool]
+
+    def on_transition(self, req: RequestRecord, left: State, entered: State) -> None:
+        """Count a request in when it passes the quota, out when it fails."""
+        if (left in HOLDS_QUOTA) == (entered in HOLDS_QUOTA):
+            return
+        sign = 1 if entered in HOLDS_QUOTA else -1
+        usage = self.usage(req.resource_pool)
+        self._usage[req.resource_pool] = QuotaUsage(
+            usage.vms + sign, usage.cpus + sign * req.cpus,
+            usage.memory + sign * req.memory_kib, usage.storage_gb + sign * req.storage_gb)
+
+
+def provisioning_workflow(ctx: ProvisioningContext, records: Any,
+                          ledger: QuotaLedger) -> Workflow[RequestRecord]:
+    """The provisioning table with its steps, records, rollback and event log."""
+    return Workflow(
+        table=TABLE, steps=STEPS, records=records, context=ctx,
+        host_of=lambda req: req.host, needs_cleanup=needs_rollback, cleanup=rollback,
+        on_transition=ledger.on_transition, on_event=record_event)

@@ -117,7 +117,7 @@ async def test_500_concurrent_requests_share_scarce_storage_exactly(make_harness
     records = [h.submit(template="ipxe", size="one") for _ in range(REQUESTS)]
     assert len({r.id for r in records}) == REQUESTS
     results = await asyncio.wait_for(
-        asyncio.gather(*(h.engine.wait_terminal(r.id) for r in records)), 50)
+        asyncio.gather(*(h.service.wait_terminal(r.id) for r in records)), 50)
     elapsed = time.monotonic() - started
 
     by_state = Counter(r.state for r in results)
@@ -178,7 +178,7 @@ async def test_a_burst_fits_as_many_thin_volumes_as_requests_one_after_another(
 
     records = [h.submit(template="ipxe", size="one") for _ in range(FREE_LUNS + NEW_ROOM + 50)]
     results = await asyncio.wait_for(
-        asyncio.gather(*(h.engine.wait_terminal(r.id) for r in records)), 50)
+        asyncio.gather(*(h.service.wait_terminal(r.id) for r in records)), 50)
 
     created = [r for r in results if r.state == State.DONE and r.volume_owned]
     assert len(created) == NEW_ROOM, Counter(

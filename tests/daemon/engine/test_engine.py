@@ -10,7 +10,7 @@ import pytest
 
 from daemon.virt.domain_xml import METADATA_NS, domain_uuid_for
 from daemon.errors import InvalidInput, InvalidState, PermissionDenied
-from daemon.engine.driver import ProvisioningRequest
+from daemon.service import ProvisioningRequest
 from statemachines import State
 from tests.conftest import ALICE, BOB, Faulty, Identity
 
@@ -81,7 +81,7 @@ async def test_template_iso_is_never_taken_even_at_its_size(make_harness):
     h = await make_harness(sizes={"iso-sized": {"cpus": 1, "memory": 1024,
                                                 "storage_size_in_gb": 1}},
                            tolerance_gb=0)
-    decision = await h.engine.explain(ALICE, ProvisioningRequest("ipxe", "iso-sized", "rp"))
+    decision = await h.service.explain(ALICE, ProvisioningRequest("ipxe", "iso-sized", "rp"))
     iso = [v for v in decision.verdicts if v.volume == "ipxe.iso"]
     assert iso and not iso[0].accepted and iso[0].reason == "template image"
 
@@ -89,7 +89,7 @@ async def test_template_iso_is_never_taken_even_at_its_size(make_harness):
 async def test_concurrent_requests_never_share_a_claimed_volume(make_harness):
     h = await make_harness("host_scarce.xml", storage_pools=["pool-iscsi"])
     records = [h.submit(size="small") for _ in range(10)]
-    results = await asyncio.gather(*(h.engine.wait_terminal(r.id, 20) for r in records))
+    results = await asyncio.gather(*(h.service.wait_terminal(r.id, 20) for r in records))
 
     done = [r for r in results if r.state == State.DONE]
     failed = [r for r in results if r.state == State.FAILED]
@@ -106,7 +106,7 @@ async def test_pool_room_is_reserved_under_concurrency(make_harness, pool, overc
     h = await make_harness("host_tight.xml",
                            storage_pools=[{"name": pool, "overcommit": overcommit}])
     records = [h.submit(size="small") for _ in range(8)]
-    results = await asyncio.gather(*(h.engine.wait_terminal(r.id, 20) for r in records))
+    results = await asyncio.gather(*(h.service.wait_terminal(r.id, 20) for r in records))
 
     done = [r for r in results if r.state == State.DONE]
     assert len(done) == 2, [r.reason for r in results]
@@ -121,7 +121,7 @@ async def test_pool_room_is_reserved_under_concurrency(make_harness, pool, overc
 async def test_inactive_pools_are_skipped(harness):
     harness.conn.storagePoolLookupByName("pool-dir").destroy()
     # provisiond learns it from the pool's STOPPED event (its inventory is event-driven).
-    inventory = harness.engine.hosts["testhost"].inventory
+    inventory = harness.service.hosts["testhost"].inventory
     for _ in range(200):
         if not inventory.pool("pool-dir")[0].active:
             break
@@ -131,7 +131,7 @@ async def test_inactive_pools_are_skipped(harness):
     assert done.state == State.DONE, done.reason
     # pool-dir's free 15 GiB volume is out of reach; pool-nfs is the first to create in.
     assert done.volume_pool == "pool-nfs" and done.volume_owned
-    decision = await harness.engine.explain(
+    decision = await harness.service.explain(
         ALICE, ProvisioningRequest("ipxe-file", "small", "rp"))
     assert [v.reason for v in decision.verdicts if v.pool == "pool-dir"] == [
         "pool is not active", "pool is not active"]  # for reuse and for creation
@@ -191,7 +191,7 @@ async def test_unknown_names_are_refused_before_anything_is_stored(harness):
             harness.submit(**kwargs)
         assert err.value.field == field
     with pytest.raises(InvalidInput):
-        harness.engine.submit(ALICE, ProvisioningRequest("ipxe", "small", "elsewhere"))
+        harness.service.submit(ALICE, ProvisioningRequest("ipxe", "small", "elsewhere"))
     assert harness.store.list_requests() == []
 
 
@@ -209,8 +209,8 @@ async def test_grant_withdrawn_before_authorizing_fails_the_request(make_harness
         "id": "r-without-grant", "name": "vm1", "owner": "mallory", "template": "ipxe",
         "size": "small", "resource_pool": "rp", "hardware_pool": "hw", "cpus": 2,
         "memory_kib": 262144, "storage_gb": 15})
-    h.engine.resume()
-    failed = await h.engine.wait_terminal(record.id, 10)
+    h.service.engine.resume()
+    failed = await h.service.wait_terminal(record.id, 10)
     assert failed.state == State.FAILED
     assert failed.reason == "mallory does not hold CLOUD_CREATE on resource pool rp"
 
@@ -229,7 +229,7 @@ async def test_quota_counts_live_and_done_requests(make_harness):
 async def test_cancel_of_a_finished_request_is_a_conflict(harness):
     done = await harness.run()
     with pytest.raises(InvalidState):
-        harness.engine.cancel(done.id, "alice")
+        harness.service.cancel(done.id, "alice")
 
 
 async def test_cancel_of_a_live_request_fails_it_and_rolls_back(make_harness):
@@ -242,8 +242,8 @@ async def test_cancel_of_a_live_request_fails_it_and_rolls_back(make_harness):
             break
         await asyncio.sleep(0.01)
     await asyncio.sleep(0.05)  # let the step reach its wait for the event
-    h.engine.cancel(record.id, "alice")
-    failed = await h.engine.wait_terminal(record.id, 5)
+    h.service.cancel(record.id, "alice")
+    failed = await h.service.wait_terminal(record.id, 5)
 
     assert failed.state == State.FAILED and failed.reason == "cancelled by alice"
     assert h.states(record.id)[-2:] == ["defining", "failed"]
@@ -279,8 +279,8 @@ async def test_lost_connection_is_reopened_and_the_request_carries_on(make_harne
 
     h = await make_harness(daemon={"host_wait_timeout": 10})
     # From now on the engine's connection drops once, at its next define.
-    original = h.engine.hosts["testhost"]._conn
-    h.engine.hosts["testhost"]._conn = Faulty(original, {
+    original = h.service.hosts["testhost"]._conn
+    h.service.hosts["testhost"]._conn = Faulty(original, {
         "defineXML": define_or_drop(original)})
     done = await h.run(template="ipxe-file", size="small")
 
@@ -289,7 +289,7 @@ async def test_lost_connection_is_reopened_and_the_request_carries_on(make_harne
     assert "host-unreachable" in triggers and "resync" in triggers
     assert len(h.connections) == 2  # reopened, with its events registered again
     assert triggers[-1] == "finish"  # DEFINED arrived on the new connection
-    assert h.engine.host_reachable("testhost")
+    assert h.service.hosts.reachable("testhost")
 
 
 async def test_reconcile_finds_and_removes_only_orphans(make_harness):
@@ -309,17 +309,17 @@ async def test_reconcile_finds_and_removes_only_orphans(make_harness):
         cdrom_path="/x.iso", cdrom_pool=None, cdrom_volume=None, network=None,
         request_id=ghost, owner="eve", template="ipxe", size="seven", resource_pool="rp")))
 
-    orphans = await find_orphans(h.engine, ["testhost"])
+    orphans = await find_orphans(h.service, ["testhost"])
     assert sorted((o.kind, o.name) for o in orphans) == [
         ("domain", "ghost-vm"), ("volume", f"provisiond-{ghost}.qcow2")]
     assert all("unknown to this daemon" in o.reason for o in orphans)
 
-    removed = await remove_orphans(h.engine, orphans)
+    removed = await remove_orphans(h.service, orphans)
     assert [o.action for o in removed] == ["removed", "removed"]
     assert f"provisiond-{ghost}.qcow2" not in h.volume_names("pool-dir")
     assert done.volume_name in h.volume_names("pool-dir")
     h.conn.lookupByUUIDString(domain_uuid_for(done.id))  # still there
-    assert await find_orphans(h.engine, ["testhost"]) == []
+    assert await find_orphans(h.service, ["testhost"]) == []
 
 
 async def test_placement_looks_again_before_failing_for_lack_of_storage(make_harness):
@@ -378,11 +378,11 @@ async def test_a_wait_ends_with_the_request_or_its_timeout_or_when_the_daemon_st
                            daemon={"define_event_timeout": 30})
     record = h.submit(size="small")
     with pytest.raises(asyncio.TimeoutError):
-        await h.engine.wait_terminal(record.id, timeout=0.2)
-    assert h.engine._terminal_waiters.get(record.id) == []  # nothing left behind
+        await h.service.wait_terminal(record.id, timeout=0.2)
+    assert h.service.engine._finish_waiters.get(record.id) == []  # nothing left behind
 
-    waiting = asyncio.create_task(h.engine.wait_terminal(record.id, timeout=30))
+    waiting = asyncio.create_task(h.service.wait_terminal(record.id, timeout=30))
     await asyncio.sleep(0.05)
-    h.engine.release_waiters()  # what the server does when it starts to stop
+    h.service.release_waiters()  # what the server does when it starts to stop
     answer = await asyncio.wait_for(waiting, 1)
     assert answer.state == State.DEFINING

@@ -6,7 +6,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 
 def samples(h) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    text = h.engine.metrics.exposition().decode()
+    text = h.service.metrics.exposition().decode()
     return {(s.name, tuple(sorted(s.labels.items()))): s.value
             for family in text_string_to_metric_families(text) for s in family.samples}
 

@@ -8,14 +8,8 @@ from typing import Any, Iterator
 
 import pytest
 
-from daemon.store import (
-    MIGRATIONS,
-    AlreadyClaimed,
-    QuotaUsage,
-    Reservation,
-    StaleState,
-    Store,
-)
+from daemon.errors import AlreadyClaimed, StaleState
+from daemon.store import MIGRATIONS, QuotaUsage, Reservation, Store
 from statemachines import HOLDS_QUOTA, State
 
 GiB = 1024**3

@@ -1,0 +1,261 @@
+"""The service: the one facade the API (and any other front end) calls.
+
+It assembles the parts (hosts, event router, engine, the provisioning workflow and its
+context) and answers callers: submit, cancel, wait, look, explain, reconcile. Who may see
+what is decided here; the API only maps HTTP to these calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+from typing import Any, Callable, Sequence
+
+from daemon.auth import CLOUD_ADMIN, CLOUD_CREATE, Identity
+from daemon.config import Config
+from daemon.engine import Engine, EventRouter, Hosts
+from daemon.errors import HostUnreachable, InvalidInput, InvalidState, PermissionDenied
+from daemon.errors import UnknownName
+from daemon.placement.storage import Decision  # TEMP
+from daemon.process.metrics import Metrics
+from daemon.service import reconcile
+from daemon.service.intake import ProvisioningRequest, new_request_row, pools_granting
+from daemon.service.intake import validate
+from daemon.store import LogEntry, RequestRecord, RequestRecords, Store
+from daemon.virt.connection import DomainEvent, HostConnection, Opener, open_connection
+from daemon.workflows.provisioning import QuotaLedger, place, provisioning_workflow
+from statemachines.provisioning import TERMINAL, State
+
+log = logging.getLogger("provisiond.service")
+
+
+class Service:
+    """provisiond's operations, for callers identified by the API."""
+
+    def __init__(self, config: Config, store: Store, *, opener: Opener = open_connection,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.config = config
+        """In force; a reload replaces it whole (steps and handlers see old or new)."""
+        self.store = store
+        self.clock = clock
+        self.metrics = Metrics(store.count_by_state)
+        connections: dict[str, HostConnection] = {}
+        for hw in config.hardware_pools.values():
+            for host in hw.hosts:
+                connections.setdefault(host.name, HostConnection(
+                    host.name, host.uri, opener=opener,
+                    call_timeout=config.daemon.libvirt_call_timeout,
+                    observe=self._observe_call))
+        self.hosts = Hosts(connections, clock=clock,
+                           on_lost=lambda name, why: self.engine.host_lost(name, why),
+                           on_back=lambda name, gap: self.engine.host_back(name, gap),
+                           on_reconnect=lambda name: self.metrics.reconnects.labels(name).inc())
+        self.events = EventRouter(self.hosts, self.metrics, clock)
+        self.engine = Engine(store, self.hosts, self.events, self.metrics, clock=clock,
+                             host_wait_timeout=lambda: self.config.daemon.host_wait_timeout)
+        self._ledger = QuotaLedger(store.quota_usage)
+        self._context = StepContext(self)
+        self.provisioning = provisioning_workflow(self._context, RequestRecords(store),
+                                                  self._ledger)
+        self.engine.add(self.provisioning)
+
+    # -- lifecycle
+
+    async def start(self) -> None:
+        """Open every host (events first), then resume what was left in progress."""
+        self.store.enable_group_commit()
+        self.events.start()
+        await self.hosts.open_all(self.events.enqueue, self.store.claims_on)
+        self.engine.resume()
+
+    async def stop(self, timeout: float = 10.0) -> None:
+        """Stop driving (every record stays in its last durable state), close hosts."""
+        await self.engine.stop(timeout)
+        await self.events.stop(timeout)
+        await self.hosts.close_all()
+
+    # -- requests
+
+    def submit(self, identity: Identity, req: ProvisioningRequest) -> RequestRecord:
+        """Store a new request as ``requested`` and start driving it; return it.
+
+        Unknown template, size or pool is refused before anything is stored. With an
+        idempotency key the caller used before, the original request is returned.
+        """
+        pool_name = validate(self.config, identity, req)
+        if req.idempotency_key is not None:
+            earlier = self.store.find_by_idempotency_key(identity.user, req.idempotency_key)
+            if earlier is not None:
+                same = (earlier.template, earlier.size, earlier.resource_pool) == (
+                    req.template, req.size, pool_name) and req.name in (None, earlier.name)
+                if not same:
+                    raise InvalidInput("this idempotency key was used for a different request "
+                                       f"({earlier.id})", field="idempotency_key")
+                return earlier
+        record = self.store.insert_request(
+            new_request_row(self.config, identity, req, pool_name),
+            detail=f"{identity.user} asked for {req.template} / {req.size} in {pool_name}")
+        log.info("request %s: %s", record.id, record.state,
+                 extra={"request_id": record.id, "state": str(record.state)})
+        # The engine moves its own copy; the caller keeps the request as it was stored.
+        self.engine.drive(self.provisioning, dataclasses.replace(record))
+        return record
+
+    def cancel(self, request_id: str, by_user: str) -> RequestRecord:
+        """Ask a live request to stop; it fails with 'cancelled by USER' and rolls back."""
+        record = self.store.get_request(request_id)
+        if record is None:
+            raise UnknownName(f"no request {request_id}")
+        if record.state in TERMINAL or not self.engine.is_live(request_id):
+            raise InvalidState(f"request {request_id} is already {record.state}; "
+                               "only a request in progress can be cancelled")
+        self.engine.cancel(request_id, by_user)
+        return record
+
+    async def wait_terminal(self, request_id: str,
+                            timeout: float | None = None) -> RequestRecord:
+        """The request once it has ended (and is rolled back if it failed), or as it is
+        when the daemon stops; ``asyncio.TimeoutError`` after ``timeout`` seconds."""
+        if self.store.get_request(request_id) is None:
+            raise UnknownName(f"no request {request_id}")
+        await self.engine.wait_finished(request_id, timeout)
+        record = self.store.get_request(request_id)
+        assert record is not None
+        return record
+
+    def release_waiters(self) -> None:
+        """Answer every ``wait_terminal`` now (the daemon is stopping)."""
+        self.engine.release_waiters()
+
+    # -- what a caller may see
+
+    def pools_granting(self, identity: Identity, privilege: str) -> list[str]:
+        """Names of the resource pools on which the caller holds ``privilege``."""
+        return pools_granting(self.config, identity, privilege)
+
+    def admin_pools(self, who: Identity) -> list[str]:
+        """The pools where the caller holds CLOUD_ADMIN; PermissionDenied if none."""
+        pools = self.pools_granting(who, CLOUD_ADMIN)
+        if not pools:
+            raise PermissionDenied(f"{who.user} holds CLOUD_ADMIN on no resource pool")
+        return pools
+
+    def visible(self, who: Identity, request_id: str) -> RequestRecord:
+        """The request if the caller may see it; UnknownName otherwise (no leak)."""
+        record = self.store.get_request(request_id)
+        if record is None or not (record.owner == who.user or record.resource_pool in
+                                  self.pools_granting(who, CLOUD_ADMIN)):
+            raise UnknownName("no such request")
+        return record
+
+    def list_visible(self, who: Identity, *, limit: int, states: Sequence[State] | None = None,
+                     owners: Sequence[str] | None = None, pools: Sequence[str] | None = None,
+                     since: float | None = None, until: float | None = None,
+                     after: str | None = None) -> list[RequestRecord]:
+        """A page of what the caller sees: their requests and their admin pools'."""
+        return self.store.list_requests(
+            states=states, owner=who.user,
+            resource_pools=self.pools_granting(who, CLOUD_ADMIN), owners=owners, pools=pools,
+            created_since=since, created_until=until, after=after, limit=limit)
+
+    def log_of(self, record: RequestRecord) -> list[LogEntry]:
+        """A request's log, oldest first."""
+        return self.store.get_log(record.id)
+
+    def catalog(self, who: Identity) -> dict[str, Any]:
+        """Templates, sizes and the resource pools where the caller may create."""
+        pools = self.pools_granting(who, CLOUD_CREATE)
+        if not pools:
+            raise PermissionDenied(f"{who.user} holds CLOUD_CREATE on no resource pool")
+        cfg = self.config
+        return {
+            "user": who.user,
+            "templates": [{"name": t.name, "kind": t.kind, "description": t.description}
+                          for t in cfg.templates.values()],
+            "sizes": [{"name": s.name, "cpus": s.cpus, "memory": s.memory,
+                       "storage_size_in_gb": s.storage_size_in_gb, "network": s.network}
+                      for s in cfg.sizes.values()],
+            "resource_pools": [{
+                "name": p, "description": cfg.resource_pools[p].description,
+                "hardware_pool": cfg.resource_pools[p].hardware_pool,
+                "quota": {k: v for k, v in vars(cfg.resource_pools[p].quota).items()
+                          if v is not None},
+            } for p in pools],
+        }
+
+    def host_states(self) -> dict[str, str]:
+        """Each host: connected or disconnected."""
+        return {name: "connected" if self.hosts.reachable(name) else "disconnected"
+                for name in self.hosts}
+
+    async def explain(self, identity: Identity, req: ProvisioningRequest) -> Decision:
+        """The placement dry run: what would happen now, with every candidate's verdict."""
+        pool_name = validate(self.config, identity, req)
+        size = self.config.sizes[req.size]
+        hardware = self.config.hardware_pool_of(pool_name)
+        host = self.hosts.connection(hardware.hosts[0].name)
+        if not self.hosts.reachable(host.name):
+            raise HostUnreachable(f"host {host.name} is unreachable")
+        return place(self._context, host, hardware, size.storage_bytes, "(dry run)",
+                     explain=True)
+
+    async def reconcile(self, who: Identity, apply: bool) -> tuple[list[str],
+                                                                   list[reconcile.Orphan]]:
+        """Orphans on the hosts of the caller's admin pools (removed with ``apply``)."""
+        admin_pools = self.admin_pools(who)
+        hosts = sorted({h.name for p in admin_pools
+                        for h in self.config.hardware_pool_of(p).hosts})
+        orphans = await reconcile.find_orphans(self, hosts)
+        if apply:
+            orphans = await reconcile.remove_orphans(self, orphans)
+        return hosts, orphans
+
+    def _observe_call(self, host: str, call: str, seconds: float, ok: bool) -> None:
+        self.metrics.libvirt_call_seconds.labels(host, call).observe(seconds)
+        if not ok:
+            self.metrics.libvirt_call_errors.labels(host, call).inc()
+
+
+class StepContext:
+    """What the provisioning steps see of the service (``ProvisioningContext``)."""
+
+    def __init__(self, service: Service) -> None:
+        self._service = service
+        self.store = service.store
+        self.metrics = service.metrics
+
+    @property
+    def config(self) -> Config:
+        """The configuration in force."""
+        return self._service.config
+
+    def host(self, name: str | None) -> HostConnection:
+        """A configured host's connection."""
+        return self._service.hosts.connection(name)
+
+    def host_reachable(self, name: str) -> bool:
+        """Whether the host's connection works now."""
+        return self._service.hosts.reachable(name)
+
+    def repeating(self, request_id: str) -> bool:
+        """Whether the request's current step ran before."""
+        return self._service.engine.repeating(request_id)
+
+    def quota_usage(self, resource_pool: str) -> Any:
+        """What the pool's quota-holding requests add up to."""
+        return self._service._ledger.usage(resource_pool)
+
+    def live_request(self, request_id: str) -> RequestRecord | None:
+        """The in-memory record of a live request."""
+        return self._service.engine.live_record(request_id)
+
+    def expect_domain_event(self, host: str, uuid: str, event: str,
+                            request_id: str) -> asyncio.Future[DomainEvent]:
+        """A future resolved by the domain's next ``event``."""
+        return self._service.events.expect(host, uuid, event, request_id)
+
+    def forget_domain_event(self, host: str, uuid: str, event: str) -> None:
+        """Drop a waiter."""
+        self._service.events.forget(host, uuid, event)

@@ -1,0 +1,86 @@
+"""What the store returns: plain records, no SQL."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, fields
+from typing import Any
+
+from statemachines.provisioning import State
+
+
+@dataclass
+class RequestRecord:
+    """A provisioning request as stored."""
+
+    id: str
+    name: str
+    owner: str
+    owner_groups: list[str]
+    template: str
+    size: str
+    resource_pool: str
+    hardware_pool: str
+    host: str | None
+    cpus: int
+    memory_kib: int
+    storage_gb: int
+    network: str | None
+    state: State
+    reason: str | None
+    volume_pool: str | None
+    volume_name: str | None
+    volume_path: str | None
+    volume_format: str | None
+    volume_owned: bool
+    domain_uuid: str | None
+    domain_name: str | None
+    idempotency_key: str | None
+    cleaned_up: bool
+    created_at: float
+    updated_at: float
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> "RequestRecord":
+        """Build from a ``requests`` row."""
+        values = {f.name: row[f.name] for f in fields(cls)}
+        values["owner_groups"] = json.loads(row["owner_groups"] or "[]")
+        values["state"] = State(row["state"])
+        values["volume_owned"] = bool(row["volume_owned"])
+        values["cleaned_up"] = bool(row["cleaned_up"])
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class LogEntry:
+    """One row of a request's state log: a transition, a libvirt event or a note."""
+
+    id: int
+    request_id: str
+    kind: str
+    from_state: str | None
+    to_state: str | None
+    trigger: str | None
+    at: float
+    detail: str | None
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """Space a request holds in a pool for the volume it is about to create."""
+
+    request_id: str
+    host: str
+    pool: str
+    volume: str
+    bytes: int
+
+
+@dataclass(frozen=True)
+class QuotaUsage:
+    """What a resource pool's quota-holding requests add up to."""
+
+    vms: int
+    cpus: int
+    memory: int
+    storage_gb: int

@@ -1,0 +1,239 @@
+"""The blocking libvirt calls: run in a host's worker threads, never on the loop.
+
+They keep no libvirt object beyond their own frame. Each returns plain data
+(``daemon.virt.inventory``) or a bool; ``HostConnection`` maps their errors.
+"""
+
+from __future__ import annotations
+
+import time
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import libvirt
+
+from daemon.errors import VirtError
+from daemon.virt import domain_xml
+from daemon.virt.inventory import DiskUse, HostInventory, PoolInfo, VolumeInfo
+
+NOT_FOUND_CODES = {
+    libvirt.VIR_ERR_NO_DOMAIN, libvirt.VIR_ERR_NO_STORAGE_VOL, libvirt.VIR_ERR_NO_STORAGE_POOL,
+}
+
+
+def _is_not_found(exc: libvirt.libvirtError) -> bool:
+    return exc.get_error_code() in NOT_FOUND_CODES
+
+
+@dataclass(frozen=True)
+class TaggedDomain:
+    """A domain carrying provisiond's metadata (the request id it was made for)."""
+
+    uuid: str
+    name: str
+    request_id: str
+
+
+@dataclass(frozen=True)
+class DomainInfo:
+    """A domain found on a host, with provisiond's metadata if it carries any."""
+
+    uuid: str
+    name: str
+    metadata: dict[str, str]
+    xml: str
+
+
+def _read_inventory(conn: Any, host: str, pool_names: list[str]) -> HostInventory:
+    pools: dict[str, PoolInfo] = {}
+    for name in pool_names:
+        try:
+            pool = conn.storagePoolLookupByName(name)
+        except libvirt.libvirtError as exc:
+            if _is_not_found(exc):
+                continue
+            raise
+        pools[name] = _pool_info(pool)
+    uses: list[DiskUse] = []
+    for dom in conn.listAllDomains():
+        try:
+            xml = dom.XMLDesc(0)
+        except libvirt.libvirtError as exc:
+            if _is_not_found(exc):  # undefined while we listed
+                continue
+            raise
+        for path, pool, volume in domain_xml.disks_of(xml):
+            uses.append(DiskUse(dom.name(), path, pool, volume))
+    return HostInventory(host, pools, tuple(uses), time.time())
+
+
+def _disk_uses(domain_name: str, xml: str) -> tuple[DiskUse, ...]:
+    try:
+        disks = domain_xml.disks_of(xml)
+    except ET.ParseError:
+        return ()  # libvirt will refuse it and say why
+    return tuple(DiskUse(domain_name, path, pool, volume) for path, pool, volume in disks)
+
+
+def _list_everything(conn: Any) -> tuple[list[Any], list[Any]]:
+    return conn.listAllStoragePools(), conn.listAllDomains()
+
+
+def _pool_entry(pool: Any) -> tuple[str, PoolInfo] | None:
+    try:
+        return pool.name(), _pool_info(pool)
+    except libvirt.libvirtError as exc:
+        if _is_not_found(exc):  # undefined since it was listed
+            return None
+        raise
+
+
+def _domain_entries(domains: list[Any]) -> tuple[dict[str, str], list[DiskUse]]:
+    names: dict[str, str] = {}
+    uses: list[DiskUse] = []
+    for dom in domains:
+        try:
+            xml = dom.XMLDesc(0)
+        except libvirt.libvirtError as exc:
+            if _is_not_found(exc):  # undefined since it was listed
+                continue
+            raise
+        name = dom.name()
+        names[dom.UUIDString()] = name
+        uses.extend(_disk_uses(name, xml))
+    return names, uses
+
+
+def _read_pools(conn: Any, names: list[str]) -> dict[str, PoolInfo | None]:
+    return {name: _read_pool(conn, name) for name in names}
+
+
+def _read_pool(conn: Any, name: str) -> PoolInfo | None:
+    try:
+        return _pool_info(conn.storagePoolLookupByName(name))
+    except libvirt.libvirtError as exc:
+        if _is_not_found(exc):
+            return None
+        raise
+
+
+def _pool_info(pool: Any) -> PoolInfo:
+    pool_type = domain_xml.pool_type_of(pool.XMLDesc(0))
+    active = bool(pool.isActive())
+    _state, capacity, allocation, available = pool.info()
+    volumes: list[VolumeInfo] = []
+    if active:
+        for vol in pool.listAllVolumes():
+            try:
+                volumes.append(_volume_info(pool.name(), vol))
+            except libvirt.libvirtError as exc:
+                # A volume being created (or deleted) is listed before (after) its file
+                # exists: info() then says "no storage vol". It is not a disk to offer.
+                if not _is_not_found(exc):
+                    raise
+    return PoolInfo(pool.name(), pool_type, active, capacity, allocation, available,
+                    tuple(volumes))
+
+
+def _volume_info(pool_name: str, vol: Any) -> VolumeInfo:
+    # One round trip: the XML holds what info() and path() would say (three otherwise,
+    # per volume, when the whole inventory is read at start-up).
+    try:
+        path, capacity, allocation, fmt = domain_xml.volume_facts_of(vol.XMLDesc(0))
+    except (ET.ParseError, ValueError, KeyError) as exc:
+        raise VirtError(f"volume {pool_name}/{vol.name()}: libvirt's XML for it is not "
+                        f"understood: {exc}") from None
+    return VolumeInfo(pool_name, vol.name(), path, capacity, allocation, fmt)
+
+
+def _tagged_domains(conn: Any) -> list[TaggedDomain]:
+    found = []
+    for dom in conn.listAllDomains():
+        try:
+            meta = dom.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, domain_xml.METADATA_NS)
+        except libvirt.libvirtError:
+            continue  # no provisiond metadata (or gone meanwhile)
+        request_id = domain_xml.parse_request_metadata(meta).get("request_id")
+        if request_id:
+            found.append(TaggedDomain(dom.UUIDString(), dom.name(), request_id))
+    return found
+
+
+def _quietly(fn: Callable[..., Any], *args: Any) -> None:
+    try:
+        fn(*args)
+    except libvirt.libvirtError:
+        pass
+
+
+def _find_volume(conn: Any, pool_name: str, name: str) -> VolumeInfo | None:
+    pool = conn.storagePoolLookupByName(pool_name)
+    try:
+        vol = pool.storageVolLookupByName(name)
+    except libvirt.libvirtError as exc:
+        if _is_not_found(exc):
+            return None
+        raise
+    return _volume_info(pool_name, vol)
+
+
+def _create_volume(conn: Any, handles: dict[str, Any], pool_name: str, xml: str) -> VolumeInfo:
+    pool = handles.get(pool_name)
+    if pool is None:
+        pool = handles[pool_name] = conn.storagePoolLookupByName(pool_name)
+    try:
+        vol = pool.createXML(xml, 0)
+    except libvirt.libvirtError as exc:
+        if exc.get_error_code() != libvirt.VIR_ERR_NO_STORAGE_POOL:
+            raise
+        # Undefined and defined again under the same name before its event arrived.
+        handles.pop(pool_name, None)
+        pool = handles[pool_name] = conn.storagePoolLookupByName(pool_name)
+        vol = pool.createXML(xml, 0)
+    # What libvirt made of it: the size it rounded to, where it put the file.
+    return _volume_info(pool_name, vol)
+
+
+def _delete_volume(conn: Any, pool_name: str, name: str) -> bool:
+    pool = conn.storagePoolLookupByName(pool_name)
+    try:
+        vol = pool.storageVolLookupByName(name)
+    except libvirt.libvirtError as exc:
+        if _is_not_found(exc):
+            return False
+        raise
+    vol.delete(0)
+    return True
+
+
+def _find_domain(conn: Any, uuid: str) -> DomainInfo | None:
+    try:
+        dom = conn.lookupByUUIDString(uuid)
+    except libvirt.libvirtError as exc:
+        if _is_not_found(exc):
+            return None
+        raise
+    try:
+        meta_xml = dom.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, domain_xml.METADATA_NS)
+    except libvirt.libvirtError:
+        meta_xml = ""
+    return DomainInfo(dom.UUIDString(), dom.name(),
+                      domain_xml.parse_request_metadata(meta_xml), dom.XMLDesc(0))
+
+
+def _define_domain(conn: Any, xml: str) -> None:
+    conn.defineXML(xml)
+
+
+def _undefine_domain(conn: Any, uuid: str) -> bool:
+    try:
+        dom = conn.lookupByUUIDString(uuid)
+    except libvirt.libvirtError as exc:
+        if _is_not_found(exc):
+            return False
+        raise
+    if dom.isActive():
+        dom.destroy()
+    dom.undefine()
+    return True
