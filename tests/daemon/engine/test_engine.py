@@ -292,6 +292,36 @@ async def test_lost_connection_is_reopened_and_the_request_carries_on(make_harne
     assert h.service.hosts.reachable("testhost")
 
 
+async def test_a_rollback_cut_short_by_a_host_outage_completes_when_the_host_returns(
+        make_harness):
+    # The define fails, then the host drops while rolling back: the engine waits for the
+    # host and rolls back again, with no restart of the daemon.
+    drops = {"left": 1}
+
+    def lookup_or_drop(conn):
+        def lookup(uuid):
+            if drops["left"]:
+                drops["left"] -= 1
+                raise DroppedConnection()
+            return conn.lookupByUUIDString(uuid)
+        return lookup
+
+    h = await make_harness(daemon={"host_wait_timeout": 10})
+    original = h.service.hosts["testhost"]._conn
+    h.service.hosts["testhost"]._conn = Faulty(original, {
+        "defineXML": "no such emulator", "lookupByUUIDString": lookup_or_drop(original)})
+    failed = await h.run(template="ipxe-file", size="small")
+
+    assert failed.state == State.FAILED and "no such emulator" in failed.reason
+    assert failed.cleaned_up  # wait_terminal answered once the rollback was done
+    notes = [(e.trigger, e.detail) for e in h.store.get_log(failed.id) if e.kind == "note"]
+    assert [t for t, _ in notes] == ["connection-lost", "host-unreachable", "resync",
+                                     "rollback"]
+    assert "rolled back: released volume pool-dir/free-15g.qcow2" == notes[-1][1]
+    assert h.store.claims_on("testhost") == {}
+    assert len(h.connections) == 2 and h.service.hosts.reachable("testhost")
+
+
 async def test_reconcile_finds_and_removes_only_orphans(make_harness):
     from daemon.virt.domain_xml import DomainSpec, build_domain_xml
     from daemon.service.reconcile import find_orphans, remove_orphans
