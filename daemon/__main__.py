@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import sys
 from pathlib import Path
 
 from daemon import __version__
 from daemon.config import DEFAULT_CONFIG, load_config
+from daemon.config.host_checks import grant_warnings
 from daemon.errors import ConfigError
 from daemon.process.logs import FORMATS, setup_logging
 from daemon.process.server import SocketInUse, serve
@@ -67,9 +69,13 @@ def check_config(path: Path | None) -> int:
         print(f"provisiond: configuration invalid ({len(exc.problems)} problem"
               f"{'s' if len(exc.problems) != 1 else ''})", file=sys.stderr)
         return exc.exit_code
+    warnings = grant_warnings(config)
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     print(f"{config.source}: ok ({len(config.sizes)} sizes, {len(config.templates)} templates, "
           f"{len(config.hardware_pools)} hardware pools, {len(config.resource_pools)} "
-          f"resource pools)")
+          "resource pools" + (f"; {len(warnings)} warning{'s' if len(warnings) != 1 else ''}"
+                              if warnings else "") + ")")
     return 0
 
 
@@ -85,6 +91,8 @@ def main(argv: list[str] | None = None) -> int:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
         return exc.exit_code
+    for warning in grant_warnings(config):
+        logging.getLogger("provisiond").warning("%s", warning)
     try:
         asyncio.run(serve(config))
     except SocketInUse as exc:

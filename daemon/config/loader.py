@@ -196,7 +196,7 @@ def _read_yaml(path: Path, shown: str, problems: list[ConfigProblem]) -> Any:
         return None
 
 
-def _shown(path: Path) -> str:
+def shown_path(path: Path) -> str:
     """A path as shown in messages: relative to the working directory when below it."""
     try:
         return str(path.resolve().relative_to(Path.cwd().resolve()))
@@ -463,7 +463,7 @@ def load_config(path: Path | str | None = None, *, daemon_user: str | None = Non
     subst = {"config_dir": str(main_abs.parent),
              "daemon_user": daemon_user or getpass.getuser()}
     problems: list[ConfigProblem] = []
-    shown = _shown(main)
+    shown = shown_path(main)
     raw = _read_yaml(main, shown, problems)
     c = _Checker(shown, problems, subst)
     if raw is None and not problems:
@@ -486,7 +486,7 @@ def load_config(path: Path | str | None = None, *, daemon_user: str | None = Non
             continue
         fpath = main_abs.parent / rel
         files[key] = fpath
-        fshown = _shown(main.parent / rel)
+        fshown = shown_path(main.parent / rel)
         before = len(problems)
         data = _read_yaml(fpath, fshown, problems)
         if len(problems) == before:

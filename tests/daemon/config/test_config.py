@@ -360,12 +360,32 @@ def run_check(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, timeout=60)
 
 
-def test_cli_accepts_a_valid_config(cfg: Path) -> None:
-    result = run_check("--config", str(cfg), cwd=cfg.parent.parent)
+def test_cli_accepts_a_valid_config(tmp_path: Path) -> None:
+    me = getpass.getuser()
+    cfg = write_config(tmp_path / "cfg", grants={"CLOUD_CREATE": {"users": [me],
+                                                                 "groups": ["nogroup"]}})
+    result = run_check("--config", str(cfg), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert f"{cfg.resolve()}: ok" in result.stdout
-    assert "2 sizes, 2 templates, 1 hardware pools, 1 resource pools" in result.stdout
+    assert "2 sizes, 2 templates, 1 hardware pools, 1 resource pools)" in result.stdout
     assert result.stderr == ""
+
+
+def test_cli_warns_of_grants_to_users_and_groups_the_host_does_not_know(
+        tmp_path: Path) -> None:
+    cfg = write_config(tmp_path / "cfg", grants={
+        "CLOUD_CREATE": {"users": ["root", "no-such-user-x"], "groups": ["no-such-group-y"]},
+        "CLOUD_ADMIN": {"groups": ["nogroup"]}})
+    result = run_check("--config", "cfg/provisiond.yml", cwd=tmp_path)
+
+    assert result.returncode == 0, result.stderr  # valid; it just grants nothing now
+    assert "1 resource pools; 2 warnings)" in result.stdout
+    assert result.stderr.splitlines() == [
+        "warning: cfg/pools.yml: resource_pools.rp.grants.CLOUD_CREATE.users: user "
+        "'no-such-user-x' does not exist on this host; the grant gives nothing until it does",
+        "warning: cfg/pools.yml: resource_pools.rp.grants.CLOUD_CREATE.groups: group "
+        "'no-such-group-y' does not exist on this host; the grant gives nothing until it does",
+    ]
 
 
 def test_cli_checks_the_embedded_default_without_config(tmp_path: Path) -> None:
