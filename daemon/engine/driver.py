@@ -181,15 +181,12 @@ class Engine:
         """Apply an outcome: its writes and the transition in one transaction."""
         record, workflow = live.record, live.workflow
         left = record.state
-        with self.store.atomic():
-            if outcome.writes is not None:
+        if outcome.writes is None:
+            self._fire(live, outcome)  # the hook's write is one transaction of its own
+        else:
+            with self.store.atomic():
                 outcome.writes()
-            try:
-                fire(self._machines[workflow.table.name], live, outcome.trigger,
-                     detail=outcome.detail, fields=outcome.fields)
-            except MachineError:
-                raise InvalidState(f"{workflow.table.noun} {live.id}: '{outcome.trigger}' is "
-                                   f"not allowed from {left}") from None
+                self._fire(live, outcome)
         now = self._clock()
         self.metrics.state_seconds.labels(str(left)).observe(max(0.0, now - live.entered_at))
         live.entered_at = record.updated_at = now
@@ -199,6 +196,14 @@ class Engine:
             workflow.on_transition(record, left, record.state)
         log.info("%s %s: %s", workflow.table.noun, live.id, record.state,
                  extra={"request_id": live.id, "state": str(record.state)})
+
+    def _fire(self, live: _Live, outcome: Outcome) -> None:
+        try:
+            fire(self._machines[live.workflow.table.name], live, outcome.trigger,
+                 detail=outcome.detail, fields=outcome.fields)
+        except MachineError:
+            raise InvalidState(f"{live.workflow.table.noun} {live.id}: '{outcome.trigger}' "
+                               f"is not allowed from {live.state}") from None
 
     def _persist(self, event: Any) -> None:
         # transitions' before_state_change hook: raising here leaves the record unmoved.

@@ -103,8 +103,9 @@ class JobRecords:
 
     def record_transition(self, record_id: str, source: Any, dest: Any, trigger: str,
                           detail: str | None, fields: Mapping[str, Any]) -> None:
-        self.store.db.conn.execute("UPDATE jobs SET state = ?, result = ? WHERE id = ?",
-                                   (str(dest), fields.get("result"), record_id))
+        with self.store.atomic():  # a RecordStore's writes join the group commit
+            self.store.db.conn.execute("UPDATE jobs SET state = ?, result = ? WHERE id = ?",
+                                       (str(dest), fields.get("result"), record_id))
         self.log.append((str(source), str(dest), detail or ""))
 
     def append_log(self, record_id: str, kind: str, state: Any, trigger: str,
