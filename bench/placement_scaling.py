@@ -12,12 +12,13 @@ answers on its socket, the full inventory read included), then N requests submit
 ``--warmup`` unmeasured requests). Also shown: mean time in storage-searching (placement
 and its commit) from provisiond's /metrics, and the daemon's peak RSS.
 
-(b) In process: ``place_storage_fast`` on a ``LiveInventory`` loaded from a snapshot of
-the same generated pools (``HostInventory`` of ``PoolInfo``/``VolumeInfo``), per decision:
-*create* (1 GiB: no volume fits; each decision is followed by what the daemon then does:
-``hold`` the new volume's name and ``add_volume`` it) and *reuse* (2 GiB: each decision
-picks a free volume, then ``hold`` claims it). For reference, the full-scan
-``place_storage`` on the same snapshot (``--scan-k`` decisions).
+(b) In process: ``place_storage`` (the live path) on a ``LiveInventory`` loaded from a
+snapshot of the same generated pools (``HostInventory`` of ``PoolInfo``/``VolumeInfo``),
+per decision: *create* (1 GiB: no volume fits; each decision is followed by what the
+daemon then does: ``hold`` the new volume's name and ``add_volume`` it) and *reuse*
+(2 GiB: each decision picks a free volume, then ``hold`` claims it). For reference, the
+dry run (``explain=True``, a verdict for every volume: it grows with the inventory, as
+its answer does) on the same inventory (``--scan-k`` decisions).
 
 Target: large / small per-request cost <= 1.5 (through provisiond).
 """
@@ -49,7 +50,7 @@ from bench.common import (  # noqa: E402
 from daemon.config import StoragePoolRef  # noqa: E402
 from daemon.virt.inventory import HostInventory, PoolInfo, VolumeInfo  # noqa: E402
 from daemon.virt.live_inventory import LiveInventory  # noqa: E402
-from daemon.placement.storage import place_storage, place_storage_fast  # noqa: E402
+from daemon.placement import place_storage  # noqa: E402
 
 TARGET_RATIO = 1.5
 TEMPLATES = [("pool-iso", "ipxe.iso")]
@@ -98,7 +99,7 @@ def load_live(snap: HostInventory) -> LiveInventory:
 
 def fast_decisions(snap: HostInventory, refs: list[StoragePoolRef], size: int, k: int,
                    rounds: int) -> tuple[float, float]:
-    """µs per ``place_storage_fast`` decision, plus the claim that follows it: (median
+    """µs per ``place_storage`` decision, plus the claim that follows it: (median
     round, best round). Each round starts from a freshly loaded inventory."""
     per_round = []
     for r in range(rounds):
@@ -108,15 +109,15 @@ def fast_decisions(snap: HostInventory, refs: list[StoragePoolRef], size: int, k
         for i in range(k):
             rid = f"r{r}-{i}"
             t0 = time.perf_counter_ns()
-            decision = place_storage_fast(inventory, refs, size_bytes=size, request_id=rid,
-                                          template_volumes=TEMPLATES)
+            decision = place_storage(inventory, refs, size_bytes=size, request_id=rid,
+                                     template_volumes=TEMPLATES)
             if decision.action == "reuse":
                 assert decision.volume is not None
-                inventory.hold(decision.volume.pool, decision.volume.name)
+                inventory.hold(decision.volume.pool, decision.volume.name, rid)
             elif decision.action == "create":
                 assert decision.pool is not None
                 name = f"provisiond-{rid}.qcow2"
-                inventory.hold(decision.pool, name)
+                inventory.hold(decision.pool, name, rid)
                 inventory.add_volume(VolumeInfo(decision.pool, name,
                                                 f"/pools/{decision.pool}/{name}", size, 0,
                                                 "qcow2"))
@@ -129,15 +130,15 @@ def fast_decisions(snap: HostInventory, refs: list[StoragePoolRef], size: int, k
 
 def scan_decisions(snap: HostInventory, refs: list[StoragePoolRef], size: int, k: int
                    ) -> float:
-    """µs per full-scan ``place_storage`` decision (claims grow as in the daemon)."""
-    claims: dict[tuple[str, str], str] = {}
+    """µs per dry-run decision (``explain=True``; claims grow as in the daemon)."""
+    inventory = load_live(snap)
     t0 = time.perf_counter_ns()
     for i in range(k):
-        decision = place_storage(snap, refs, size_bytes=size, request_id=f"s{i}",
-                                 claims=claims, template_volumes=TEMPLATES)
+        decision = place_storage(inventory, refs, size_bytes=size, request_id=f"s{i}",
+                                 template_volumes=TEMPLATES, explain=True)
         if decision.action == "reuse":
             assert decision.volume is not None
-            claims[(decision.volume.pool, decision.volume.name)] = f"s{i}"
+            inventory.hold(decision.volume.pool, decision.volume.name, f"s{i}")
     return (time.perf_counter_ns() - t0) / k / 1000
 
 
@@ -249,7 +250,7 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=500, help="in-process decisions per round")
     parser.add_argument("--rounds", type=int, default=20, help="in-process rounds (20)")
     parser.add_argument("--scan-k", type=int, default=10,
-                        help="full-scan place_storage decisions, for reference (10)")
+                        help="dry-run (explain) decisions, for reference (10)")
     parser.add_argument("--batches", type=int, default=3,
                         help="alternating batches of --n on each daemon; the median counts (3)")
     parser.add_argument("--start-timeout", type=float, default=600,
@@ -268,12 +269,12 @@ def main() -> None:
           f"small = {shape_text(args.small)}, large = {shape_text(args.large)}, "
           f"wide (in process only) = {shape_text(args.wide)}")
     for case in ("create", "reuse"):
-        print(f"  in process, place_storage_fast + claim, {case}: small {s[case]:.1f}, large "
+        print(f"  in process, place_storage + claim, {case}: small {s[case]:.1f}, large "
               f"{lg[case]:.1f}, wide {w[case]:.1f} us/decision (median of {args.rounds} "
               f"rounds of {s['reuse_k'] if case == 'reuse' else args.k}; best round "
               f"{s[case + '_best']:.1f}, {lg[case + '_best']:.1f}, {w[case + '_best']:.1f}); "
               f"large/small {lg[case] / s[case]:.2f}")
-    print(f"  in process, full-scan place_storage (reference, {args.scan_k} decisions): create "
+    print(f"  in process, dry run (explain=True, reference, {args.scan_k} decisions): create "
           f"{s['scan_create']:.0f} / {lg['scan_create']:.0f} / {w['scan_create']:.0f} us, "
           f"reuse {s['scan_reuse']:.0f} / {lg['scan_reuse']:.0f} / {w['scan_reuse']:.0f} us "
           "(small / large / wide)")

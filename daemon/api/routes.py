@@ -26,7 +26,7 @@ from daemon import __version__
 from daemon.api.openapi import openapi_document
 from daemon.auth import Identity
 from daemon.errors import InvalidInput, PermissionDenied, ProvisiondError
-from daemon.placement.storage import Decision  # TEMP
+from daemon.placement import Decision
 from daemon.process.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from daemon.service import IDEMPOTENCY_KEY_RE, ProvisioningRequest, Service
 from daemon.store import LogEntry, RequestRecord

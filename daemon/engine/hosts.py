@@ -60,7 +60,7 @@ class Hosts:
         for name, host in self._connections.items():
             self._up[name] = asyncio.Event()
             for (pool, volume), holder in claims(name).items():
-                host.inventory.hold(pool, volume)  # TEMP
+                host.inventory.hold(pool, volume, holder)
             try:
                 await host.open(on_event)
                 self._up[name].set()

@@ -18,7 +18,7 @@ from daemon.config import Config
 from daemon.engine import Engine, EventRouter, Hosts
 from daemon.errors import HostUnreachable, InvalidInput, InvalidState, PermissionDenied
 from daemon.errors import UnknownName
-from daemon.placement.storage import Decision  # TEMP
+from daemon.placement import Decision
 from daemon.process.metrics import Metrics
 from daemon.service import reconcile
 from daemon.service.intake import ProvisioningRequest, new_request_row, pools_granting

@@ -43,7 +43,8 @@ class LiveInventory:
         self._domain_disks: dict[str, tuple[DiskUse, ...]] = {}
         self._users_by_path: dict[str, set[str]] = {}
         self._users_by_volume: dict[tuple[str, str], set[str]] = {}
-        self._held: set[tuple[str, str]] = set()  # claimed by a request (mirrors the store)
+        self._held: dict[tuple[str, str], str] = {}
+        """Claimed volumes (mirrors the store's claims) -> the request holding each."""
         # free (unused, unclaimed, not an image) volumes: capacity -> pool -> sorted names
         self._free: dict[int, dict[str, list[str]]] = {}
         self._capacities: list[int] = []
@@ -181,16 +182,16 @@ class LiveInventory:
                         del self._users_by_volume[(use.pool, use.volume)]
         self._reindex_disks(disks)
 
-    def hold(self, pool: str, name: str) -> None:
-        """A request claimed this volume: it is not free any more."""
-        self._held.add((pool, name))
+    def hold(self, pool: str, name: str, holder: str) -> None:
+        """Request ``holder`` claimed this volume: it is not free any more."""
+        self._held[(pool, name)] = holder
         vol = self._volume(pool, name)
         if vol is not None:
             self._unindex(vol)
 
     def release(self, pool: str, name: str) -> None:
         """A claim ended: the volume is free again unless something else uses it."""
-        self._held.discard((pool, name))
+        self._held.pop((pool, name), None)
         vol = self._volume(pool, name)
         if vol is not None:
             self._index(vol)
@@ -201,6 +202,24 @@ class LiveInventory:
         """A pool's libvirt figures and the sum of its volumes' capacities."""
         entry = self._pools.get(name)
         return (entry.info, entry.provisioned) if entry else None
+
+    def pool_volumes(self, name: str) -> list[VolumeInfo]:
+        """The volumes of a pool, in the order the inventory learnt them."""
+        entry = self._pools.get(name)
+        return list(entry.volumes.values()) if entry else []
+
+    def holder_of(self, vol: VolumeInfo) -> str | None:
+        """The request that claimed this volume, or None."""
+        return self._held.get((vol.pool, vol.name))
+
+    def user_of(self, vol: VolumeInfo) -> str | None:
+        """The name of a domain using this volume as a disk, or None."""
+        users = self._users_by_volume.get((vol.pool, vol.name)) or \
+            self._users_by_path.get(vol.path)
+        for uuid in sorted(users or ()):
+            for use in self._domain_disks.get(uuid, ()):
+                return use.domain
+        return None
 
     def has_volume(self, pool: str, name: str) -> bool:
         """Whether the volume exists (as far as the inventory knows)."""
@@ -226,16 +245,6 @@ class LiveInventory:
                     if not excluded(vol):
                         return vol
         return None
-
-    def snapshot(self, pool_names: Iterable[str]) -> HostInventory:
-        """A frozen copy, for the dry run and the reconciler (costs a full copy)."""
-        pools = {}
-        for name in pool_names:
-            entry = self._pools.get(name)
-            if entry is not None:
-                pools[name] = replace(entry.info, volumes=tuple(entry.volumes.values()))
-        domains = [use for disks in self._domain_disks.values() for use in disks]
-        return HostInventory(self.host, pools, tuple(domains))
 
     # ------------------------------------------------------------------ the free index
 

@@ -20,7 +20,7 @@ from daemon.config import Config, HardwarePool
 from daemon.engine.workflow import Outcome, Workflow
 from daemon.errors import HostUnreachable, NoStorage, PermissionDenied, ProvisiondError
 from daemon.errors import QuotaExceeded, UnknownName, VirtError, VirtTimeout
-from daemon.placement.storage import Decision, place_storage, place_storage_fast  # TEMP
+from daemon.placement import Decision, place_storage
 from daemon.process.metrics import Metrics
 from daemon.store import QuotaUsage, RequestRecord, Reservation
 from daemon.virt import domain_xml
@@ -138,7 +138,7 @@ async def search_storage(ctx: ProvisioningContext, req: RequestRecord) -> Outcom
 
         def claim() -> None:
             store.claim_volume(host.name, vol.pool, vol.name, req.id)
-            host.inventory.hold(vol.pool, vol.name)
+            host.inventory.hold(vol.pool, vol.name, req.id)
 
         return Outcome(Trigger.REUSE_VOLUME, decision.reason, {
             "volume_pool": vol.pool, "volume_name": vol.name, "volume_path": vol.path,
@@ -153,7 +153,7 @@ async def search_storage(ctx: ProvisioningContext, req: RequestRecord) -> Outcom
                                             decision.new_volume_bytes))
             # Claim the name too: once created, the volume must not look free to others.
             store.claim_volume(host.name, pool, name, req.id)
-            host.inventory.hold(pool, name)
+            host.inventory.hold(pool, name, req.id)
 
         return Outcome(Trigger.CREATE_STORAGE, decision.reason, {
             "volume_pool": pool, "volume_name": name,
@@ -344,18 +344,12 @@ def place(ctx: ProvisioningContext, host: HostConnection, hardware: HardwarePool
     """The seed's placement rule on the host's live inventory (no libvirt call); with
     ``explain``, every candidate's verdict too (the dry run)."""
     templates = ctx.config.templates.values()
-    if explain:  # TEMP
-        return place_storage(host.inventory.snapshot([p.name for p in hardware.storage_pools]), hardware.storage_pools, size_bytes=size_bytes, request_id=request_id,
-        tolerance_bytes=hardware.reuse_tolerance_gb * 1024**3, claims=ctx.store.claims_on(host.name),
-        reservations=ctx.store.reservations_on(host.name),
-        template_volumes=[(t.volume.pool, t.volume.name) for t in templates if t.volume],
-        template_paths=[t.path for t in templates if t.path])
-    return place_storage_fast(
+    return place_storage(
         host.inventory, hardware.storage_pools, size_bytes=size_bytes, request_id=request_id,
         tolerance_bytes=hardware.reuse_tolerance_gb * 1024**3,
         reservations=ctx.store.reservations_on(host.name),
         template_volumes=[(t.volume.pool, t.volume.name) for t in templates if t.volume],
-        template_paths=[t.path for t in templates if t.path])
+        template_paths=[t.path for t in templates if t.path], explain=explain)
 
 
 def _hardware_pool(ctx: ProvisioningContext, req: RequestRecord) -> HardwarePool:

@@ -29,7 +29,7 @@ def test_a_held_volume_is_not_offered_and_released_it_is() -> None:
     vol = VolumeInfo("p", "v", "/p/v", GiB, 0, "qcow2")
     inv.load(inv.begin_read(), HostInventory("h", {"p": pool(vol)}), {})
     assert inv.best_free_volume(["p"], GiB, GiB, lambda v: False) == vol
-    inv.hold("p", "v")
+    inv.hold("p", "v", "r1")
     assert inv.best_free_volume(["p"], GiB, GiB, lambda v: False) is None
     inv.release("p", "v")
     assert inv.best_free_volume(["p"], GiB, GiB, lambda v: False) == vol
