@@ -2,8 +2,8 @@
 
     .venv/bin/python bench/fuzz_api.py [--examples 20000] [--seed S] [--include BUG,...|all]
 
-The same calls and the same property as ``tests/daemon/test_fuzz.py`` (see
-``tests/api_fuzz.py``): never a 5xx, every 4xx with the JSON error body, no traceback in
+The same calls and the same property as ``tests/daemon/api/test_fuzz.py`` (see
+``harness/api_fuzz.py``): never a 5xx, every 4xx with the JSON error body, no traceback in
 the daemon's log, the daemon alive and healthy at the end. It does not stop at the first
 violation: it counts them, prints the first few (with the seed, to replay), and prints at
 the end the examples run, the statuses seen and the number of 5xx. Exit status 0 only when
@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from hypothesis import HealthCheck, Phase, given, seed, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from tests.api_fuzz import (  # noqa: E402
+from harness.api_fuzz import (  # noqa: E402
     FUZZ_DAEMON,
     FUZZ_POOLS,
     KNOWN_BUGS,
@@ -42,7 +42,7 @@ from tests.api_fuzz import (  # noqa: E402
     seed_requests,
     violation,
 )
-from tests.conftest import OTHER_USER, Daemon, daemon_config  # noqa: E402
+from harness.daemon import Daemon, OTHER_USER, daemon_config  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
                 try:
                     reply = call_daemon(d, call)
                 except (BrokenPipeError, ConnectionResetError):
-                    # As in tests/daemon/test_fuzz.py: aiohttp's parser drops a connection
+                    # As in tests/daemon/api/test_fuzz.py: aiohttp's parser drops a connection
                     # whose request line or headers are over its limits: a refusal too, if
                     # it logged no traceback and the daemon lives.
                     statuses[-1] += 1

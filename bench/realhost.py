@@ -1,10 +1,10 @@
 """Shared by bench/real_overhead.py and bench/vs_tools.py: a real libvirtd with QEMU and a
 provisiond configured on it, the same way the end-to-end tests do it.
 
-- the libvirt daemon is ``tests/e2e/libvirtd.py``'s ``LibvirtDaemon`` (root only; a private
+- the libvirt daemon is ``harness/libvirtd.py``'s ``LibvirtDaemon`` (root only; a private
   mount namespace on a temporary directory, the host's libvirt left alone);
 - one ``dir`` pool holding the template ISO; the benchmark's size is 1 GiB, qcow2;
-- provisiond is ``tests/conftest.py``'s ``Daemon`` on ``daemon_config`` with the host URI
+- provisiond is ``harness/daemon.py``'s ``Daemon`` on ``daemon_config`` with the host URI
   rewritten to the libvirtd and ``domain_type: qemu`` (as ``tests/e2e`` class ``E2E``).
 
 Each provisiond phase gets a fresh daemon and database (``fresh_provisiond``): the host is
@@ -34,17 +34,16 @@ from pathlib import Path
 from typing import Any, Iterator
 
 REPO = Path(__file__).resolve().parent.parent
-for _p in (REPO / "tests" / "e2e", REPO):
-    if str(_p) not in sys.path:
-        sys.path.insert(0, str(_p))
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
 
 import libvirt  # noqa: E402
 
 from bench.common import code_version, interruptible  # noqa: E402,F401 (re-exported)
 
 from daemon.virt import domain_xml  # noqa: E402
-from libvirtd import LibvirtDaemon  # noqa: E402
-from tests.conftest import Daemon, UnixHTTPConnection, daemon_config  # noqa: E402
+from harness.libvirtd import LibvirtDaemon  # noqa: E402
+from harness.daemon import Daemon, UnixHTTPConnection, daemon_config  # noqa: E402
 
 GiB = 1024**3
 SIZE = {"cpus": 1, "memory": 131072, "storage_size_in_gb": 1}
@@ -62,7 +61,7 @@ def say(text: str) -> None:
 def require_root_and_packages(extra_apt: tuple[str, ...] = ()) -> None:
     """Root, the e2e packages (scripts/setup-libvirtd), and ``extra_apt`` packages."""
     if os.geteuid() != 0:
-        sys.exit("these benchmarks run a privileged libvirtd (tests/e2e/libvirtd.py): root only")
+        sys.exit("these benchmarks run a privileged libvirtd (harness/libvirtd.py): root only")
     setup = subprocess.run([str(REPO / "scripts" / "setup-libvirtd")], capture_output=True,
                            text=True, timeout=900)
     if setup.returncode != 0:
@@ -162,7 +161,7 @@ class RealHost:
     # -- life cycle
 
     def start(self) -> None:
-        say("starting libvirtd (tests/e2e/libvirtd.py) ...")
+        say("starting libvirtd (harness/libvirtd.py) ...")
         self.libvirtd.start()
         self.pool_dir = self.libvirtd.create_dir_pool(self.pool)
         self.libvirtd.add_iso_to_pool(self.pool, ISO)

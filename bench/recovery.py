@@ -2,7 +2,7 @@
 
     ./dev bench recovery [--n 1000] [--clients 64] [--pause-libvirtd] [--test-driver]
 
-Default: on a real libvirtd with QEMU (``bench/realhost.py``: ``tests/e2e/libvirtd.py``'s
+Default: on a real libvirtd with QEMU (``bench/realhost.py``: ``harness/libvirtd.py``'s
 private libvirtd, a ``dir`` pool, provisiond configured as the end-to-end tests do; root
 only). N requests are POSTed by ``--clients`` concurrent connections as fast as they go;
 right after the last 202, provisiond is SIGKILLed. The requests still in flight then are

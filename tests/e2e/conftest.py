@@ -2,7 +2,7 @@
 
 ``libvirtd`` (session scope) installs what is missing (scripts/setup-libvirtd), starts a
 privileged libvirtd + virtlogd in a private mount namespace on a temporary directory
-(tests/e2e/libvirtd.py says how), yields the ``LibvirtDaemon`` and stops it at the end:
+(harness/libvirtd.py says how), yields the ``LibvirtDaemon`` and stops it at the end:
 guests destroyed, processes reaped, files removed. Connect with ``libvirtd.uri``.
 
 It opens no libvirt connection itself (set-up checks go through ``virsh -c URI``): the test
@@ -15,14 +15,12 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-from libvirtd import LibvirtDaemon, LibvirtError  # noqa: E402
+from harness.libvirtd import LibvirtDaemon, LibvirtError
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -22,8 +22,8 @@ from typing import Any, Iterator
 import pytest
 
 from daemon.virt.domain_xml import METADATA_NS, domain_uuid_for
-from libvirtd import LibvirtDaemon
-from tests.conftest import OTHER_USER, REPO, Daemon, daemon_config
+from harness.libvirtd import LibvirtDaemon
+from harness.daemon import Daemon, OTHER_USER, REPO, daemon_config
 
 GiB = 1024**3
 SIZES = {"one": {"cpus": 1, "memory": 131072, "storage_size_in_gb": 1},

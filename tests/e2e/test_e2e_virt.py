@@ -7,7 +7,7 @@ another of the same name, which only shows here.
 
 from __future__ import annotations
 
-from libvirtd import LibvirtDaemon
+from harness.libvirtd import LibvirtDaemon
 
 from daemon.virt import domain_xml
 from daemon.virt.connection import HostConnection

@@ -11,7 +11,7 @@ import signal
 import time
 from pathlib import Path
 
-from libvirtd import BINDS, LibvirtDaemon, file_digest
+from harness.libvirtd import BINDS, LibvirtDaemon, file_digest
 
 DOMAIN_XML = """\
 <domain type='qemu'>

@@ -11,7 +11,7 @@ import socket
 import stat
 import time
 
-from tests.conftest import ME, OTHER_USER, Daemon
+from harness.daemon import Daemon, ME, OTHER_USER
 
 
 def create(daemon: Daemon, as_user: str | None = None, **body: str):

@@ -1,6 +1,6 @@
 """Property-based fuzz of the HTTP API against one real provisiond process.
 
-Junk methods, paths, ids, query strings, headers and bodies (see ``tests/api_fuzz.py``):
+Junk methods, paths, ids, query strings, headers and bodies (see ``harness/api_fuzz.py``):
 never a 5xx, every 4xx with the API's JSON error body, no traceback in the daemon's log,
 and the daemon alive and healthy at the end. Derandomized and bounded here (about 5 s);
 the long run with a random seed is ``bench/fuzz_api.py``.
@@ -19,7 +19,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from tests.api_fuzz import (
+from harness.api_fuzz import (
     FUZZ_DAEMON,
     FUZZ_POOLS,
     KNOWN_BUG_CALLS,
@@ -32,7 +32,7 @@ from tests.api_fuzz import (
     seed_requests,
     violation,
 )
-from tests.conftest import OTHER_USER, Daemon
+from harness.daemon import Daemon, OTHER_USER
 
 FUZZ_EXAMPLES = 400
 

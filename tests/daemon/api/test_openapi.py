@@ -22,7 +22,8 @@ from referencing.jsonschema import DRAFT202012
 from daemon import errors
 from daemon.api import openapi, routes as api
 from statemachines import State
-from tests.conftest import OTHER_USER, Daemon, LateHost, Reply
+from harness.daemon import Daemon, OTHER_USER, Reply
+from tests.conftest import LateHost
 
 DOC_URI = "urn:provisiond:openapi"
 METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")

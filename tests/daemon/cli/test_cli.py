@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from tests.conftest import Daemon
+from harness.daemon import Daemon
 
 PROVCTL = str(Path(sys.executable).parent / "provctl")
 PROVISIOND = str(Path(sys.executable).parent / "provisiond")

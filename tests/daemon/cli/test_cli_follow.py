@@ -19,7 +19,8 @@ from typing import Any
 import pytest
 
 from daemon.cli import main as cli
-from tests.conftest import ME, OTHER_USER, Daemon, LateHost
+from harness.daemon import Daemon, ME, OTHER_USER
+from tests.conftest import LateHost
 
 PROVCTL = str(Path(sys.executable).parent / "provctl")
 PROVISIOND = str(Path(sys.executable).parent / "provisiond")

@@ -17,7 +17,7 @@ import yaml
 
 from daemon.config import DEFAULT_CONFIG, Size, load_config
 from daemon.errors import ConfigError
-from tests.conftest import REPO, write_config
+from harness.daemon import REPO, write_config
 
 PROVISIOND = Path(sys.executable).parent / "provisiond"
 
@@ -373,7 +373,7 @@ def test_cli_accepts_a_valid_config(tmp_path: Path) -> None:
 
 def test_cli_warns_of_grants_to_users_and_groups_the_host_does_not_know(
         tmp_path: Path) -> None:
-    cfg = write_config(tmp_path / "cfg", grants={
+    write_config(tmp_path / "cfg", grants={
         "CLOUD_CREATE": {"users": ["root", "no-such-user-x"], "groups": ["no-such-group-y"]},
         "CLOUD_ADMIN": {"groups": ["nogroup"]}})
     result = run_check("--config", "cfg/provisiond.yml", cwd=tmp_path)

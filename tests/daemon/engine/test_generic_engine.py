@@ -25,7 +25,7 @@ from daemon.process.metrics import Metrics
 from daemon.store import Store
 from daemon.virt.connection import HostConnection
 from statemachines.table import DocumentedState, StateTable, Transition
-from tests.conftest import DATA
+from harness.daemon import DATA
 
 
 class JobState(DocumentedState):

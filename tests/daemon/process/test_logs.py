@@ -16,7 +16,7 @@ from typing import Iterator
 import pytest
 
 from daemon.process import logs
-from tests.conftest import Daemon, spawn_daemon, wait_healthy
+from harness.daemon import Daemon, spawn_daemon, wait_healthy
 
 CONTEXT = {"request_id": "abc", "state": "authorized"}
 

@@ -8,7 +8,7 @@ import time
 
 import yaml
 
-from tests.conftest import DATA, SIZES, Daemon
+from harness.daemon import DATA, Daemon, SIZES
 
 RELOADED = "configuration reloaded from"
 KEPT = "configuration not reloaded; the old one stays in force"

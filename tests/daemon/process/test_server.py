@@ -10,7 +10,7 @@ import sys
 import threading
 import time
 
-from tests.conftest import REPO, Daemon
+from harness.daemon import Daemon, REPO
 
 LIVE = ("requested", "authorized", "storage-searching", "storage-creating", "defining")
 

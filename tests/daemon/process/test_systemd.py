@@ -16,7 +16,7 @@ import pytest
 
 from daemon.process import systemd
 from daemon.store import Store
-from tests.conftest import ME, REPO, Daemon, spawn_daemon, wait_for_log, wait_healthy
+from harness.daemon import Daemon, ME, REPO, spawn_daemon, wait_for_log, wait_healthy
 
 UNITS = REPO / "systemd"
 SERVICE = UNITS / "provisiond.service"

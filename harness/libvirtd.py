@@ -71,7 +71,7 @@ BINDS = {
 }
 
 LIBVIRTD_CONF = """\
-# Written by tests/e2e/libvirtd.py: a libvirtd owned by the test suite.
+# Written by harness/libvirtd.py: a libvirtd owned by the test suite.
 unix_sock_group = "root"
 unix_sock_ro_perms = "0777"
 unix_sock_rw_perms = "0770"
@@ -81,7 +81,7 @@ log_outputs = "3:file:/var/log/libvirt/libvirtd.log"
 """
 
 QEMU_CONF = """\
-# Written by tests/e2e/libvirtd.py.
+# Written by harness/libvirtd.py.
 user = "root"
 group = "root"
 security_driver = "none"

@@ -1,6 +1,6 @@
 """The API fuzz: hypothesis strategies for junk HTTP calls, and the property they must hold.
 
-Shared by ``tests/daemon/test_fuzz.py`` (a bounded, derandomized run in the suite) and
+Shared by ``tests/daemon/api/test_fuzz.py`` (a bounded, derandomized run in the suite) and
 ``bench/fuzz_api.py`` (a long run with a random seed). Every call is a well-formed HTTP/1.1
 message (``http.client`` frames it), whose method, path, query, headers and body are junk:
 the daemon must answer each with a status below 500, and every 4xx with the API's error
@@ -24,7 +24,7 @@ from urllib.parse import quote, urlencode
 
 from hypothesis import strategies as st
 
-from tests.conftest import ME, OTHER_USER
+from harness.daemon import ME, OTHER_USER
 
 # --------------------------------------------------------------------------- known bugs
 
@@ -458,7 +458,7 @@ def parser_refused(status: int, body: Any, logged: str, method: str = "GET") -> 
 
 
 def call_daemon(daemon: Any, call: ApiCall) -> Any:
-    """Make ``call`` with ``tests.conftest.Daemon.call``; returns its Reply."""
+    """Make ``call`` with ``harness.daemon.Daemon.call``; returns its Reply."""
     return daemon.call(call.method, call.url, raw=call.raw, headers=dict(call.headers),
                        as_user=call.as_user)
 
@@ -479,7 +479,7 @@ FUZZ_POOLS = {
             "grants": {"CLOUD_CREATE": {"users": [ME]}}},
     "rp3": {"hardware_pool": "hw", "grants": {"CLOUD_CREATE": {"users": ["alice"]}}},
 }
-"""``resource_pools`` of the fuzzed daemon's configuration (``tests.conftest.daemon_config``)."""
+"""``resource_pools`` of the fuzzed daemon's configuration (``harness.daemon.daemon_config``)."""
 
 
 def seed_requests(daemon: Any) -> tuple[list[str], list[str]]:

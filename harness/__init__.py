@@ -1,0 +1,1 @@
+"""What tests/ and bench/ share: a real provisiond process, a private libvirtd, the API fuzz."""
