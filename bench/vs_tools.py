@@ -22,9 +22,10 @@ at a time (sequential), each path starting on an empty pool:
   per VM. (``--allocation 0`` matters there: without it allocation = capacity, and
   libvirt then asks qemu-img for ``preallocation=falloc``, a fully allocated file.)
 - for reference, the raw calls (Python binding, in this process: createXML + defineXML).
-- ``--provctl K``: K more VMs through ``provctl create --wait`` (a Python process per VM;
-  it reads the request's log as it goes and returns when the daemon says it ended),
-  informational; 0 skips it.
+- provctl: ``provctl create --wait`` (a process per VM, as a user would run it; it prints
+  each state and returns when the daemon says the request ended), ``--provctl K`` VMs
+  per round (default: ``--n``), against the same provisiond. Its per-VM time is printed
+  beside virsh's two processes (target: provctl no slower).
 
 Tools get one warm-up call each (not counted); provisiond is stopped while they run (it
 would otherwise handle their domains' events). Everything is removed at the end (domains,
@@ -131,13 +132,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--poll", type=float, default=0,
                         help="seconds between two GETs while waiting for done; 0 (default): "
                              "one GET ?wait= the daemon answers when the request is done")
-    parser.add_argument("--provctl", type=int, default=5, metavar="K",
-                        help="VMs through 'provctl create --wait' (informational; default 5)")
+    parser.add_argument("--provctl", type=int, default=None, metavar="K",
+                        help="VMs through 'provctl create --wait' per round (default: --n; "
+                             "0 skips it)")
     parser.add_argument("--rounds", type=int, default=1,
                         help="repeat all paths this many times, in turn, and pool the "
                              "samples (default 1)")
     args = parser.parse_args(argv)
     n = args.n
+    provctl_n = n if args.provctl is None else args.provctl
 
     require_root_and_packages(extra_apt=("virtinst",))
     version = code_version()
@@ -161,9 +164,10 @@ def main(argv: list[str] | None = None) -> int:
                 say(f"provisiond: {n} VMs{of} ...")
                 prov += host.provision_sequential(n, args.poll)[1]
                 host.reset()
-                if args.provctl and r == 0:
-                    say(f"provctl create --wait: {args.provctl} VMs ...")
-                    provctl = run_provctl(host, args.provctl)
+                if provctl_n:
+                    say(f"provctl create --wait: {provctl_n} VMs{of} ...")
+                    provctl += run_provctl(host, provctl_n)
+                    host.reset()
                 host.stop_provisiond()  # idle while the tools run: no event handling there
                 host.reset()
 
@@ -240,6 +244,12 @@ def main(argv: list[str] | None = None) -> int:
           f"virsh {s:.4f} s/VM (n={n}{rounds} each, sequential)")
     print(f"vs_tools: virt-install/provisiond {i / p:.1f}x ({verdict(i / p, TARGET_VIRT_INSTALL)})"
           f", virsh/provisiond {s / p:.2f}x ({verdict(s / p, TARGET_VIRSH)})")
+    if provctl:
+        c = mean(provctl)
+        print(f"vs_tools: per call, provctl create --wait {ms(c)} ms/VM (one process), virsh "
+              f"vol-create-as + define {ms(s)} ms/VM (two processes): provctl/virsh "
+              f"{c / s:.2f} (target <= 1: {'met' if c <= s else 'MISSED'}; medians "
+              f"{ms(median(provctl))} vs {ms(median(vs))} ms)")
     return 0
 
 

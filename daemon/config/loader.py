@@ -21,6 +21,7 @@ from typing import Any, Callable
 
 import yaml
 
+from daemon.cli import contract
 from daemon.config.model import (
     DOMAIN_TYPES,
     PRIVILEGES,
@@ -52,11 +53,9 @@ PLACEHOLDER_RE = re.compile(r"\$\{([^}]*)\}")
 
 
 def default_socket_path() -> Path:
-    """Per-user socket: ``$XDG_RUNTIME_DIR/provisiond/provisiond.sock``, else under /tmp."""
-    runtime = os.environ.get("XDG_RUNTIME_DIR")
-    if runtime:
-        return Path(runtime) / "provisiond" / "provisiond.sock"
-    return Path(f"/tmp/provisiond-{os.geteuid()}") / "provisiond.sock"
+    """Per-user socket: ``$XDG_RUNTIME_DIR/provisiond/provisiond.sock``, else under /tmp
+    (one definition, shared with provctl: ``daemon.cli.contract``)."""
+    return Path(contract.default_socket_path())
 
 
 def default_database_path() -> Path:

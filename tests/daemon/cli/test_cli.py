@@ -127,10 +127,10 @@ def test_list_follows_every_page(daemon: Daemon, monkeypatch) -> None:
     ids = [json.loads(provctl("create", "--json", "--template", "ipxe", "--size", "small",
                               "--pool", "rp", socket=daemon.socket).stdout)["id"]
            for _ in range(3)]
-    from daemon.cli import main as cli
+    from daemon.cli import client
 
-    monkeypatch.setattr(cli.Client, "call", _paged(cli.Client.call))
-    client = cli.Client(daemon.socket)
+    monkeypatch.setattr(client.Client, "call", _paged(client.Client.call))
+    client = client.Client(daemon.socket)
     assert [r["id"] for r in client.list()["requests"]] == ids
 
 

@@ -18,7 +18,8 @@ from typing import Any
 
 import pytest
 
-from daemon.cli import main as cli
+from daemon.cli import completion, contract
+from daemon.cli import parser as cli_parser
 from harness.daemon import Daemon, ME, OTHER_USER
 from tests.conftest import LateHost
 
@@ -230,14 +231,14 @@ def test_list_filters_by_age(daemon: Daemon) -> None:
     ("90s", 90), ("10m", 600), ("2h", 7200), ("7d", 604800), ("1h30m", 5400), ("0.5m", 30),
 ])
 def test_durations(text: str, seconds: float) -> None:
-    bound = cli.parse_time_bound(text)
+    bound = cli_parser.parse_time_bound(text)
     assert bound.age == seconds and bound.epoch(10_000_000) == 10_000_000 - seconds
 
 
 def test_absolute_times_are_utc_unless_they_say_otherwise() -> None:
-    assert cli.parse_time_bound("1970-01-02").epoch(0) == 86400
-    assert cli.parse_time_bound("1970-01-02T00:00:00Z").epoch(0) == 86400
-    assert cli.parse_time_bound("1970-01-02T02:00:00+02:00").epoch(0) == 86400
+    assert cli_parser.parse_time_bound("1970-01-02").epoch(0) == 86400
+    assert cli_parser.parse_time_bound("1970-01-02T00:00:00Z").epoch(0) == 86400
+    assert cli_parser.parse_time_bound("1970-01-02T02:00:00+02:00").epoch(0) == 86400
 
 
 # --------------------------------------------------------------------------- completion
@@ -263,14 +264,14 @@ def test_bash_completion_loads_and_registers() -> None:
 
 
 def test_bash_completion_offers_commands_options_and_states() -> None:
-    commands = list(cli._subcommands(cli.build_parser()))
+    commands = list(completion._subcommands(cli_parser.build_parser()))
     assert complete([""]) == commands
     assert "log" in commands and "completion" in commands
     assert complete(["l"]) == ["list", "log"]
     assert sorted(complete(["--json", "ca"])) == ["cancel", "catalog"]
     assert set(complete(["list", "--"])) >= {"--state", "--owner", "--pool", "--since",
                                              "--older-than", "--quiet", "--json", "--help"}
-    assert complete(["list", "--state", ""]) == list(cli.STATES)
+    assert complete(["list", "--state", ""]) == list(contract.STATES)
     assert complete(["--socket", "/x", "list", "--state", "s"]) == [
         "storage-searching", "storage-creating"]
     assert "--follow" in complete(["log", "-"])
@@ -301,16 +302,16 @@ def test_zsh_completion_loads() -> None:
     out = subprocess.run(["zsh", "-f", "-c", program], capture_output=True, text=True,
                          timeout=30, env={**os.environ, "HOME": "/tmp"})
     assert out.returncode == 0, out.stderr
-    assert out.stdout.splitlines() == ["_bash_complete -F _provctl", " ".join(cli.STATES)]
+    assert out.stdout.splitlines() == ["_bash_complete -F _provctl", " ".join(contract.STATES)]
 
 
 # --------------------------------------------------------------------------- help
 
 
 def all_parsers() -> list[tuple[str, argparse.ArgumentParser]]:
-    parser = cli.build_parser()
+    parser = cli_parser.build_parser()
     return [("provctl", parser), *((f"provctl {n}", p)
-                                   for n, p in cli._subcommands(parser).items())]
+                                   for n, p in completion._subcommands(parser).items())]
 
 
 @pytest.mark.parametrize("name, parser", all_parsers(), ids=[n for n, _ in all_parsers()])

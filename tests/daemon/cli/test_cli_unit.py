@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
-from daemon.cli import main as cli
+from daemon.cli import client, commands, contract, render
 from daemon.config import default_socket_path
 from daemon.errors import ProvisiondError
 
@@ -150,15 +150,15 @@ def short_dir() -> Iterator[Path]:
 def fake(short_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeDaemon]:
     daemon = FakeDaemon(short_dir / "fake.sock")
     daemon.thread.start()
-    monkeypatch.setenv(cli.SOCKET_ENV, str(daemon.path))
-    monkeypatch.setattr(cli, "POLL_INTERVAL", 0.005)
+    monkeypatch.setenv(contract.SOCKET_ENV, str(daemon.path))
+    monkeypatch.setattr(commands, "POLL_INTERVAL", 0.005)
     yield daemon
     daemon.server.shutdown()
     daemon.server.server_close()
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = cli.main(list(argv))
+    code = commands.main(list(argv))
     out, err = capsys.readouterr()
     return code, out, err
 
@@ -173,32 +173,32 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
     ["--json", "list", "--socket", "/x/p.sock"],
 ])
 def test_global_options_go_before_or_after_the_command(argv):
-    args = cli.parse_args(argv)
+    args = commands.parse_args(argv)
 
     assert args.command == "list"
     assert args.json is True
-    assert args.socket == Path("/x/p.sock")
+    assert args.socket == "/x/p.sock"
 
 
 def test_socket_defaults_to_the_environment_then_the_per_user_path(monkeypatch):
-    monkeypatch.setenv(cli.SOCKET_ENV, "/env/provisiond.sock")
-    assert cli.parse_args(["catalog"]).socket == Path("/env/provisiond.sock")
-    assert cli.parse_args(["catalog", "--socket", "/cli.sock"]).socket == Path("/cli.sock")
+    monkeypatch.setenv(contract.SOCKET_ENV, "/env/provisiond.sock")
+    assert commands.parse_args(["catalog"]).socket == "/env/provisiond.sock"
+    assert commands.parse_args(["catalog", "--socket", "/cli.sock"]).socket == "/cli.sock"
 
-    monkeypatch.delenv(cli.SOCKET_ENV)
-    args = cli.parse_args(["catalog"])
-    assert args.socket == default_socket_path()
+    monkeypatch.delenv(contract.SOCKET_ENV)
+    args = commands.parse_args(["catalog"])
+    assert args.socket == str(default_socket_path())
     assert args.json is False
 
 
 def test_create_and_list_options():
-    args = cli.parse_args(["create", "-t", "ipxe", "-s", "small", "--pool", "rp",
+    args = commands.parse_args(["create", "-t", "ipxe", "-s", "small", "--pool", "rp",
                            "--name", "web1", "--idempotency-key", "k1", "--wait"])
     assert (args.template, args.size, args.pool, args.name, args.idempotency_key, args.wait) \
         == ("ipxe", "small", "rp", "web1", "k1", True)
-    assert cli.parse_args(["list", "--state", "failed", "--state", "done"]).state \
+    assert commands.parse_args(["list", "--state", "failed", "--state", "done"]).state \
         == ["failed", "done"]
-    assert cli.parse_args(["list"]).state is None
+    assert commands.parse_args(["list"]).state is None
 
 
 @pytest.mark.parametrize("argv", [
@@ -210,7 +210,7 @@ def test_create_and_list_options():
 ])
 def test_usage_errors_exit_2(argv, capsys):
     with pytest.raises(SystemExit) as exc:
-        cli.main(argv)
+        commands.main(argv)
     assert exc.value.code == 2
     assert "usage: provctl" in capsys.readouterr().err
 
@@ -226,7 +226,7 @@ def test_usage_errors_exit_2(argv, capsys):
 ])
 def test_every_command_has_help_with_the_global_options(command, text, capsys):
     with pytest.raises(SystemExit) as exc:
-        cli.main([command, "--help"])
+        commands.main([command, "--help"])
     out = capsys.readouterr().out
     assert exc.value.code == 0
     assert text in out
@@ -238,8 +238,8 @@ def test_exit_code_table_agrees_with_the_error_hierarchy():
         return [cls] + [c for sub in cls.__subclasses__() for c in all_classes(sub)]
 
     for cls in all_classes(ProvisiondError):
-        assert cli.exit_code_for_status(cls.http_status) == cls.exit_code, cls.__name__
-    assert cli.exit_code_for_status(418) == 1
+        assert client.exit_code_for_status(cls.http_status) == cls.exit_code, cls.__name__
+    assert client.exit_code_for_status(418) == 1
 
 
 # --------------------------------------------------------------------------- unreachable
@@ -247,12 +247,12 @@ def test_exit_code_table_agrees_with_the_error_hierarchy():
 
 def provctl_command() -> list[str]:
     script = Path(sys.executable).parent / "provctl"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "daemon.cli.main"]
+    return [str(script)] if script.exists() else [sys.executable, "-m", "daemon.commands.main"]
 
 
 def test_missing_socket_exits_4_with_one_line(short_dir):
     sock = short_dir / "nowhere" / "provisiond.sock"
-    env = {**os.environ, cli.SOCKET_ENV: str(sock)}
+    env = {**os.environ, contract.SOCKET_ENV: str(sock)}
 
     result = subprocess.run([*provctl_command(), "list"], capture_output=True, text=True,
                             env=env, cwd=REPO, timeout=30)
@@ -284,8 +284,8 @@ def test_a_daemon_that_does_not_answer_times_out(short_dir):
     s.bind(str(sock))
     s.listen(1)  # accepts into the backlog, never answers
     try:
-        with pytest.raises(cli.Unreachable) as exc:
-            cli.Client(sock, timeout=0.2).health()
+        with pytest.raises(client.Unreachable) as exc:
+            client.Client(sock, timeout=0.2).health()
     finally:
         s.close()
     assert exc.value.exit_code == 4
@@ -297,7 +297,7 @@ def test_a_daemon_that_does_not_answer_times_out(short_dir):
 
 
 def test_table_columns_are_aligned_and_numbers_right_aligned():
-    text = cli.render_table(["NAME", "CPUS", "NOTE"],
+    text = render.render_table(["NAME", "CPUS", "NOTE"],
                             [["small", 2, "x"], ["enormous", 16, None]], right={1})
     assert text.splitlines() == [
         "NAME      CPUS  NOTE",
@@ -324,7 +324,7 @@ CATALOG = {
 
 
 def test_catalog_shows_three_tables_with_memory_in_mib():
-    text = cli.render_catalog(CATALOG)
+    text = render.render_catalog(CATALOG)
     lines = text.splitlines()
 
     assert lines[0] == "Catalog for user alice"
@@ -344,7 +344,7 @@ def test_catalog_shows_three_tables_with_memory_in_mib():
 
 def test_list_shows_full_ids_and_aligned_columns():
     second = {**FAILED_REQUEST, "id": "ab" * 16, "name": "db-primary"}
-    lines = cli.render_list([REQUEST, second]).splitlines()
+    lines = render.render_list([REQUEST, second]).splitlines()
 
     assert lines[0].split() == ["ID", "NAME", "STATE", "TEMPLATE", "SIZE", "POOL", "CREATED"]
     assert lines[1].split() == [RID, "web1", "requested", "ipxe", "small", "rp",
@@ -353,11 +353,11 @@ def test_list_shows_full_ids_and_aligned_columns():
     assert {line.index("STATE") if i == 0 else line.index(s)
             for i, (line, s) in enumerate(zip(lines, ["", "requested", "failed"]))} \
         == {lines[0].index("STATE")}
-    assert cli.render_list([]) == "No requests."
+    assert render.render_list([]) == "No requests."
 
 
 def test_show_is_key_value_lines():
-    lines = cli.render_request(DONE_REQUEST).splitlines()
+    lines = render.render_request(DONE_REQUEST).splitlines()
 
     assert lines[0] == f"id:            {RID}"
     assert "state:         done" in lines
@@ -368,11 +368,11 @@ def test_show_is_key_value_lines():
             "reused") in lines
     assert "domain:        web1 (0b9e5c3a-1111-2222-3333-444455556666)" in lines
     assert "reason:        no storage: pool-dir: 3 GiB free, 15 GiB needed" in \
-        cli.render_request(FAILED_REQUEST).splitlines()
+        render.render_request(FAILED_REQUEST).splitlines()
 
 
 def test_log_shows_one_line_per_entry_and_the_time_spent_in_each_state():
-    lines = cli.render_log(DONE_LOG).splitlines()
+    lines = render.render_log(DONE_LOG).splitlines()
 
     assert lines[0].split() == ["TIME", "KIND", "STATE", "TRIGGER", "TOOK", "DETAIL"]
     rows = lines[1:7]
@@ -392,9 +392,9 @@ def test_log_shows_one_line_per_entry_and_the_time_spent_in_each_state():
 
 
 def test_duration_format():
-    assert cli.format_duration(0.012) == "+0.012s"
-    assert cli.format_duration(12.3456) == "+12.346s"
-    assert cli.format_duration(185) == "+3m05.000s"
+    assert render.format_duration(0.012) == "+0.012s"
+    assert render.format_duration(12.3456) == "+12.346s"
+    assert render.format_duration(185) == "+3m05.000s"
 
 
 def test_explain_shows_the_decision_then_every_candidate():
@@ -407,16 +407,16 @@ def test_explain_shows_the_decision_then_every_candidate():
                    "verdict": "refused", "reason": "iscsi pools cannot create volumes"},
                   {"stage": "create", "pool": "pool-dir", "volume": None, "verdict": "ok",
                    "reason": "40 GiB free"}]}
-    lines = cli.render_explain(result).splitlines()
+    lines = render.render_explain(result).splitlines()
 
     assert lines[0] == "create: no free volume of 15 GiB; pool-dir has room"
     assert lines[2].split() == ["STAGE", "POOL", "VOLUME", "VERDICT", "REASON"]
     assert lines[3].split()[:4] == ["reuse", "pool-dir", "free-10g.qcow2", "refused"]
     assert lines[5].split() == ["create", "pool-dir", "-", "ok", "40", "GiB", "free"]
-    assert cli.render_explain({"action": "none", "pool": None, "volume": None,
+    assert render.render_explain({"action": "none", "pool": None, "volume": None,
                                "reason": "no pool has room", "candidates": []}) \
         .startswith("none: no pool has room\n\nNo candidates.")
-    assert cli.render_explain({"action": "reuse", "pool": "pool-dir", "volume": "v1",
+    assert render.render_explain({"action": "reuse", "pool": "pool-dir", "volume": "v1",
                                "reason": "", "candidates": []}) \
         .startswith("reuse: free volume pool-dir/v1")
 
@@ -451,7 +451,7 @@ def test_create_wait_prints_each_state_and_exits_0_on_done(fake, capsys):
     assert headers["Content-Type"] == "application/json"
     assert fake.paths().count(f"/v1/requests/{RID}/log") == len(DONE_LOG)  # it polled
     # Between two reads it waits on the daemon, which answers at once when the request ends.
-    assert f"/v1/requests/{RID}?wait={cli.POLL_INTERVAL:g}" in fake.paths()
+    assert f"/v1/requests/{RID}?wait={commands.POLL_INTERVAL:g}" in fake.paths()
 
 
 def test_create_wait_exits_1_on_failed_with_the_reason_on_stderr(fake, capsys):
@@ -564,7 +564,7 @@ def test_interrupt_exits_130_without_a_traceback(fake, capsys, monkeypatch):
 
     def interrupted(*_args: Any) -> Any:
         raise KeyboardInterrupt
-    monkeypatch.setattr(cli.Client, "log", interrupted)
+    monkeypatch.setattr(client.Client, "log", interrupted)
 
     code, _out, err = run(capsys, "create", "-t", "ipxe", "-s", "small", "--wait")
 
@@ -574,13 +574,13 @@ def test_interrupt_exits_130_without_a_traceback(fake, capsys, monkeypatch):
 
 
 def test_socket_falls_back_to_the_system_service(tmp_path, monkeypatch) -> None:
-    from daemon.cli import main as cli
+    from daemon.cli import commands
 
     system = tmp_path / "system.sock"
-    monkeypatch.setattr(cli, "SYSTEM_SOCKET", system)
-    monkeypatch.setattr(cli, "default_socket_path", lambda: tmp_path / "mine.sock")
-    assert cli.find_socket() == tmp_path / "mine.sock"  # neither exists: the user's own
+    monkeypatch.setattr(commands, "SYSTEM_SOCKET", system)
+    monkeypatch.setattr(commands, "default_socket_path", lambda: tmp_path / "mine.sock")
+    assert commands.find_socket() == tmp_path / "mine.sock"  # neither exists: the user's own
     system.touch()
-    assert cli.find_socket() == system  # only the system service's exists
+    assert commands.find_socket() == system  # only the system service's exists
     (tmp_path / "mine.sock").touch()
-    assert cli.find_socket() == tmp_path / "mine.sock"  # the user's own daemon first
+    assert commands.find_socket() == tmp_path / "mine.sock"  # the user's own daemon first

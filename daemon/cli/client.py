@@ -1,0 +1,293 @@
+"""provctl's side of the API: HTTP/1.1 + JSON over the daemon's Unix socket.
+
+One connection per call (``Connection: close``), written with ``socket`` directly:
+``http.client`` would pull in the ``email`` package, about 12 ms of every provctl run.
+Every failure becomes a ``CliError`` carrying provctl's exit code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+
+from daemon.cli.contract import EXIT_BY_STATUS
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # annotations only: importing typing costs every run
+    from typing import Any, Sequence
+
+CALL_TIMEOUT = 30.0
+"""Seconds for one API call: connecting, sending, and reading the whole answer."""
+MAX_ANSWER = 64 * 1024 * 1024
+"""An answer larger than this is not provisiond's."""
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_UNREACHABLE = 4
+EXIT_INTERRUPTED = 130
+EXIT_OTHER_ERROR = 1
+"""Exit code of an error status missing from ``EXIT_BY_STATUS``."""
+
+
+def exit_code_for_status(status: int) -> int:
+    """The exit code for an HTTP error status."""
+    return EXIT_BY_STATUS.get(status, EXIT_OTHER_ERROR)
+
+
+# --------------------------------------------------------------------------- errors
+
+
+class CliError(Exception):
+    """An error to report as one ``provctl: ...`` line, with its exit code."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.message = message
+        self.exit_code = exit_code
+
+
+class ApiError(CliError):
+    """The daemon answered with an error status and its ``{"error": {...}}`` body."""
+
+    def __init__(self, status: int, code: str | None, message: str,
+                 field: str | None = None) -> None:
+        text = f"{message} (field: {field})" if field else message
+        super().__init__(text, exit_code_for_status(status))
+        self.status = status
+        self.code = code
+        self.field = field
+
+
+class Unreachable(CliError):
+    """The daemon's socket could not be used: missing, refused, timed out, not HTTP."""
+
+    def __init__(self, socket_path: str, reason: str, hint: str | None = None) -> None:
+        hint = hint or "is the daemon running? see --socket"
+        super().__init__(f"cannot reach provisiond at {socket_path}: {reason} ({hint})",
+                         EXIT_UNREACHABLE)
+
+
+# --------------------------------------------------------------------------- HTTP
+
+
+class NotHTTP(Exception):
+    """What came back on the socket is not an HTTP/1.x answer."""
+
+
+def exchange(socket_path: str, timeout: float, method: str, target: str,
+             headers: dict[str, str], payload: bytes) -> tuple[int, str, bytes]:
+    """One HTTP/1.1 request on a new connection; (status, reason, body) of the answer."""
+    head = [f"{method} {target} HTTP/1.1", "Host: localhost", "Connection: close",
+            *(f"{k}: {v}" for k, v in headers.items())]
+    if payload or method in ("POST", "PUT"):
+        head.append(f"Content-Length: {len(payload)}")
+    request = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + payload
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(timeout)
+        sock.connect(socket_path)
+        try:
+            sock.sendall(request)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # answered before it read it all: read the answer
+        chunks = []
+        size = 0
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > MAX_ANSWER:
+                raise NotHTTP("answer too large")
+    finally:
+        sock.close()
+    return parse_answer(b"".join(chunks))
+
+
+def parse_answer(data: bytes) -> tuple[int, str, bytes]:
+    """Status, reason and body of a complete HTTP/1.x answer (chunked or not)."""
+    head, sep, body = data.partition(b"\r\n\r\n")
+    if not sep:
+        raise NotHTTP("incomplete answer" if data.startswith(b"HTTP/") else "no status line")
+    lines = head.decode("latin-1").split("\r\n")
+    parts = lines[0].split(" ", 2)
+    if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
+        raise NotHTTP("bad status line")
+    fields = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        fields[name.strip().lower()] = value.strip()
+    if "chunked" in fields.get("transfer-encoding", "").lower():
+        body = _dechunk(body)
+    elif fields.get("content-length", "").isdigit():
+        length = int(fields["content-length"])
+        if len(body) < length:
+            raise NotHTTP("answer cut short")
+        body = body[:length]
+    return int(parts[1]), parts[2] if len(parts) > 2 else "", body
+
+
+def _dechunk(body: bytes) -> bytes:
+    out = []
+    while True:
+        size_line, sep, rest = body.partition(b"\r\n")
+        try:
+            size = int(size_line.split(b";")[0], 16)
+        except ValueError:
+            raise NotHTTP("bad chunk") from None
+        if not sep or len(rest) < size:
+            raise NotHTTP("answer cut short")
+        if size == 0:
+            return b"".join(out)
+        out.append(rest[:size])
+        body = rest[size + 2:]
+
+
+class Client:
+    """provisiond's API, one method per endpoint; each call is one connection."""
+
+    def __init__(self, socket_path: str | os.PathLike[str],
+                 timeout: float = CALL_TIMEOUT) -> None:
+        self.socket_path = os.fspath(socket_path)
+        self.timeout = timeout
+
+    def call(self, method: str, path: str, body: dict[str, Any] | None = None,
+             headers: dict[str, str] | None = None) -> tuple[int, Any]:
+        """Send one request; return (status, decoded JSON) or raise ApiError / Unreachable."""
+        sent = {"Accept": "application/json", **(headers or {})}
+        payload = b""
+        if body is not None:
+            payload = json.dumps(body).encode()
+            sent["Content-Type"] = "application/json"
+        try:
+            status, reason, raw = exchange(self.socket_path, self.timeout, method, path, sent,
+                                           payload)
+        except TimeoutError:
+            raise Unreachable(self.socket_path, f"no answer within {self.timeout:g}s",
+                              "is the daemon stuck? see --socket") from None
+        except PermissionError as exc:
+            raise Unreachable(self.socket_path, exc.strerror or str(exc),
+                              "the socket's group may use it; see --socket") from None
+        except OSError as exc:
+            raise Unreachable(self.socket_path, exc.strerror or str(exc) or type(exc).__name__
+                              ) from None
+        except NotHTTP as exc:
+            raise Unreachable(self.socket_path, f"not an HTTP answer ({exc})",
+                              "is this provisiond's socket? see --socket") from None
+        data = _decode(raw)
+        if status >= 400:
+            raise _api_error(status, reason, raw, data)
+        if data is _NOT_JSON:
+            raise CliError(f"unexpected answer from provisiond to {method} {path}: "
+                           f"HTTP {status} {reason} without a JSON body", EXIT_FAILED)
+        return status, data
+
+    # -- endpoints
+
+    def health(self) -> dict[str, Any]:
+        """GET /v1/health."""
+        return self.call("GET", "/v1/health")[1]
+
+    def catalog(self) -> dict[str, Any]:
+        """GET /v1/catalog: templates, sizes and resource pools the caller may use."""
+        return self.call("GET", "/v1/catalog")[1]
+
+    def create(self, template: str, size: str, resource_pool: str | None = None,
+               name: str | None = None, idempotency_key: str | None = None
+               ) -> tuple[int, dict[str, Any]]:
+        """POST /v1/requests; return (202 new | 200 idempotent replay, the Request)."""
+        body: dict[str, Any] = {"template": template, "size": size}
+        if resource_pool is not None:
+            body["resource_pool"] = resource_pool
+        if name is not None:
+            body["name"] = name
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key is not None else None
+        return self.call("POST", "/v1/requests", body, headers)
+
+    def list(self, states: Sequence[str] = (), owners: Sequence[str] = (),
+             pools: Sequence[str] = (), since: float | None = None,
+             until: float | None = None) -> dict[str, Any]:
+        """GET /v1/requests, optionally filtered by state, owner, pool and creation time."""
+        params = [("state", s) for s in states] + [("owner", o) for o in owners]
+        params += [("resource_pool", p) for p in pools]
+        params += [(key, f"{value:.3f}") for key, value in (("since", since), ("until", until))
+                   if value is not None]
+        requests: list[Any] = []
+        after = None
+        while True:  # the daemon answers a page at a time
+            page = params + ([("after", after)] if after else [])
+            query = "?" + "&".join(f"{quote(k)}={quote(v)}" for k, v in page) if page else ""
+            data = self.call("GET", f"/v1/requests{query}")[1]
+            requests += data.get("requests") or []
+            after = data.get("next")
+            if not after:
+                return {"requests": requests, "next": None}
+
+    def get(self, request_id: str, wait: float = 0) -> dict[str, Any]:
+        """GET /v1/requests/{id}; with ``wait``, answered once it has ended (or after
+        ``wait`` seconds)."""
+        query = f"?wait={wait:g}" if wait > 0 else ""
+        return self.call("GET", f"/v1/requests/{_seg(request_id)}{query}")[1]
+
+    def log(self, request_id: str) -> dict[str, Any]:
+        """GET /v1/requests/{id}/log."""
+        return self.call("GET", f"/v1/requests/{_seg(request_id)}/log")[1]
+
+    def cancel(self, request_id: str) -> dict[str, Any]:
+        """POST /v1/requests/{id}/cancel."""
+        return self.call("POST", f"/v1/requests/{_seg(request_id)}/cancel")[1]
+
+    def explain(self, template: str, size: str, resource_pool: str | None = None
+                ) -> dict[str, Any]:
+        """POST /v1/placement/explain: where a request would get its storage."""
+        body: dict[str, Any] = {"template": template, "size": size}
+        if resource_pool is not None:
+            body["resource_pool"] = resource_pool
+        return self.call("POST", "/v1/placement/explain", body)[1]
+
+    def reconcile(self, apply: bool) -> dict[str, Any]:
+        """POST /v1/reconcile: orphans of this daemon (removed when ``apply``)."""
+        return self.call("POST", "/v1/reconcile", {"apply": apply})[1]
+
+
+_NOT_JSON: Any = object()
+
+
+_UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+
+
+def quote(value: str) -> str:
+    """Percent-encode everything but RFC 3986's unreserved characters."""
+    return "".join(chr(b) if b in _UNRESERVED else f"%{b:02X}" for b in value.encode())
+
+
+def _seg(value: str) -> str:
+    """A value quoted as one URL path segment."""
+    return quote(value)
+
+
+def _decode(raw: bytes) -> Any:
+    if not raw.strip():
+        return {}
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return _NOT_JSON
+
+
+def _api_error(status: int, reason: str, raw: bytes, data: Any) -> ApiError:
+    error = data.get("error") if isinstance(data, dict) else None
+    if isinstance(error, dict) and error.get("message"):
+        return ApiError(status, error.get("code"), one_line(str(error["message"])),
+                        error.get("field"))
+    text = one_line(raw.decode("utf-8", "replace"))[:200]
+    message = f"HTTP {status} {reason}" + (f": {text}" if text else "")
+    return ApiError(status, None, message)
+
+
+def one_line(text: str) -> str:
+    """Text on one line: its non-blank lines joined by '; '."""
+    return "; ".join(line.strip() for line in text.strip().splitlines() if line.strip())
