@@ -79,7 +79,6 @@ def write_config(directory: Path, node_xml: str = "host_basic.xml", *,
     return directory / "provisiond.yml"
 
 
-
 ME = getpass.getuser()
 OTHER_USER = "nobody"  # a second real uid, present on every Debian system
 OTHER_GROUP = "nogroup"
@@ -141,21 +140,14 @@ class Daemon:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 20) -> None:
-        log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "daemon", "--config", str(self.main)],
-                                     stdout=log, stderr=log, cwd=REPO)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"provisiond exited {self.proc.returncode}:\n{self.log()}")
-            try:
-                if self.call("GET", "/v1/health").status == 200:
-                    return
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError(f"provisiond did not come up:\n{self.log()}")
+        """Start provisiond and wait until it answers ``GET /v1/health``."""
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen([sys.executable, "-m", "daemon", "--config",
+                                          str(self.main)], stdout=log, stderr=log, cwd=REPO)
+        wait_healthy(self, timeout)
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
+        """Send ``sig`` and wait for the exit status (SIGKILL if it outlives ``timeout``)."""
         assert self.proc is not None
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
@@ -167,6 +159,7 @@ class Daemon:
             raise
 
     def log(self) -> str:
+        """Everything the process wrote to stdout and stderr so far."""
         return self.log_path.read_text(errors="replace")
 
     def call(self, method: str, url: str, body: Any = None, *, raw: bytes | None = None,
@@ -206,6 +199,7 @@ class Daemon:
         return Reply(status, decoded, resp_headers)
 
     def wait_terminal(self, request_id: str, timeout: float = 20) -> dict[str, Any]:
+        """Poll a request until it is done or failed; return its body."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             body = self.call("GET", f"/v1/requests/{request_id}").body
@@ -227,14 +221,12 @@ def daemon_config(directory: Path, node_xml: str = "host_basic.xml", **options: 
     return write_config(directory, node_xml, resource_pools=pools, daemon=daemon, **options)
 
 
-
-
 def spawn_daemon(d: Daemon, *args: str, prefix: tuple[str, ...] = (),
                  env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     """Start ``d``'s provisiond with extra ``args``, under ``prefix`` (e.g.
     systemd-socket-activate) and with ``env`` added, without waiting for it to serve.
 
-    ``d.proc`` is set, so ``make_daemon`` stops it at teardown.
+    ``d.proc`` is set, so whoever made ``d`` stops it as usual.
     """
     clean = {k: v for k, v in os.environ.items()
              if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_PID",
