@@ -12,7 +12,7 @@ One VM = a 1 GiB qcow2 volume created in a dir pool + a domain defined on it (no
   ``requested`` -> ``done``) and, from ``/metrics``, where that time goes.
 - raw calls: the Python binding, synchronous, in this process: ``storagePool.createXML`` of
   the same volume XML (flags 0, like provisiond) + ``conn.defineXML`` of the same domain
-  XML (both built by ``daemon/domain_xml.py``); the pool looked up once.
+  XML (both built by ``daemon/virt/domain_xml.py``); the pool looked up once.
 - sequential (N one after the other), then concurrent: N provisiond requests submitted back
   to back versus the raw pair run by ``--workers`` threads on one connection (provisiond's
   libvirt thread pool has 4 workers); per VM = wall time / N.

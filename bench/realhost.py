@@ -351,7 +351,7 @@ class RealHost:
         return domain_xml.build_volume_xml(name, SIZE["storage_size_in_gb"] * GiB, "qcow2")
 
     def domain_xml(self, name: str, volume: str) -> str:
-        """The same domain XML provisiond defines (daemon/domain_xml.py), for raw calls."""
+        """The same domain XML provisiond defines (daemon/virt/domain_xml.py), for raw calls."""
         request_id = uuid.uuid4().hex
         return domain_xml.build_domain_xml(domain_xml.DomainSpec(
             name=name, uuid=str(uuid.uuid4()), domain_type="qemu", arch="x86_64",

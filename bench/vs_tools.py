@@ -17,7 +17,7 @@ at a time (sequential), each path starting on an empty pool:
   ``VIR_STORAGE_VOL_CREATE_PREALLOC_METADATA`` (qemu-img ``preallocation=metadata``).
 - virsh: two processes per VM, ``vol-create-as P NAME 1G --allocation 0 --format qcow2``
   (flags 0, the same volume XML as provisiond's) and ``define FILE`` of provisiond's own
-  domain XML (daemon/domain_xml.py); and again with ``--prealloc-metadata``, the flag
+  domain XML (daemon/virt/domain_xml.py); and again with ``--prealloc-metadata``, the flag
   virt-install uses, to compare like with like: the difference is what preallocation costs
   per VM. (``--allocation 0`` matters there: without it allocation = capacity, and
   libvirt then asks qemu-img for ``preallocation=falloc``, a fully allocated file.)
