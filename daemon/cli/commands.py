@@ -85,7 +85,7 @@ def pause_unless_ended(client: Client, request_id: str) -> None:
 
 def wait_for(client: Client, req: dict[str, Any], *, quiet: bool = False,
              replay: bool = False) -> int:
-    """Poll a request's log, print each state reached, end on done (0) or failed (1)."""
+    """Follow a request, print each state reached, end on done (0) or failed (1)."""
     request_id = str(req.get("id"))
     if not quiet:
         what = "already submitted" if replay else "accepted"
@@ -94,21 +94,29 @@ def wait_for(client: Client, req: dict[str, Any], *, quiet: bool = False,
     seen = 0
     try:
         while True:
-            log = client.log(request_id).get("log") or []
-            reached = None
-            for entry in log[seen:]:
-                if entry.get("kind") != "transition":
-                    continue
-                if not quiet:
+            # Answered as soon as the request ends (else after POLL_INTERVAL): a quick
+            # request costs this call and one read of its log.
+            started = time.monotonic()
+            current = client.get(request_id, wait=POLL_INTERVAL)
+            ended = current.get("state") in TERMINAL_STATES
+            while not quiet:  # the log up to the state the answer shows
+                log = client.log(request_id).get("log") or []
+                reached = False
+                for entry in log[seen:]:
+                    if entry.get("kind") != "transition":
+                        continue
                     print(render_transition(entry), flush=True)
-                if entry.get("to") in TERMINAL_STATES:
-                    reached = entry.get("to")
+                    if entry.get("to") in TERMINAL_STATES:
+                        reached = True
+                        break
+                seen = len(log)
+                if reached or not ended:
                     break
-            seen = len(log)
-            if reached:
+            if ended:
+                final = current
                 break
-            pause_unless_ended(client, request_id)
-        final = client.get(request_id)
+            # A daemon that answers at once is not asked again sooner than this.
+            time.sleep(max(0.0, POLL_INTERVAL - (time.monotonic() - started)))
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted; request {request_id} goes on "
               f"(see: {PROG} show {request_id})", file=sys.stderr)

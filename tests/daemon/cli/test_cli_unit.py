@@ -562,8 +562,9 @@ def test_ids_are_quoted_into_one_path_segment(fake, capsys):
 def test_interrupt_exits_130_without_a_traceback(fake, capsys, monkeypatch):
     fake.routes[("POST", "/v1/requests")] = (202, REQUEST)
 
-    def interrupted(*_args: Any) -> Any:
+    def interrupted(*_args: Any, **_kwargs: Any) -> Any:
         raise KeyboardInterrupt
+    monkeypatch.setattr(client.Client, "get", interrupted)  # Ctrl-C while it waits
     monkeypatch.setattr(client.Client, "log", interrupted)
 
     code, _out, err = run(capsys, "create", "-t", "ipxe", "-s", "small", "--wait")
