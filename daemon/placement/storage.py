@@ -135,6 +135,8 @@ def _volume_refusal(vol: VolumeInfo, inventory: LiveInventory,
         return "template image"
     if is_image(vol):
         return "ISO image"
+    # Never the asking request's own claim: it is written in the transaction that leaves
+    # storage-searching, so a request that is placing holds none.
     holder = inventory.holder_of(vol)
     if holder is not None:
         return f"claimed by request {holder}"

@@ -41,8 +41,10 @@ class LiveInventory:
         self.host = host
         self._pools: dict[str, _Pool] = {}
         self._domain_disks: dict[str, tuple[DiskUse, ...]] = {}
-        self._users_by_path: dict[str, set[str]] = {}
-        self._users_by_volume: dict[tuple[str, str], set[str]] = {}
+        # uuids of the domains using a disk, in the order they were defined (the first
+        # names the volume's user in the dry run's verdicts)
+        self._users_by_path: dict[str, dict[str, None]] = {}
+        self._users_by_volume: dict[tuple[str, str], dict[str, None]] = {}
         self._held: dict[tuple[str, str], str] = {}
         """Claimed volumes (mirrors the store's claims) -> the request holding each."""
         # free (unused, unclaimed, not an image) volumes: capacity -> pool -> sorted names
@@ -155,9 +157,9 @@ class LiveInventory:
         touched = []
         for use in disks:
             if use.path:
-                self._users_by_path.setdefault(use.path, set()).add(uuid)
+                self._users_by_path.setdefault(use.path, {})[uuid] = None
             if use.pool and use.volume:
-                self._users_by_volume.setdefault((use.pool, use.volume), set()).add(uuid)
+                self._users_by_volume.setdefault((use.pool, use.volume), {})[uuid] = None
             touched.append(use)
         self._reindex_disks(touched)
 
@@ -171,13 +173,13 @@ class LiveInventory:
             if use.path:
                 users = self._users_by_path.get(use.path)
                 if users:
-                    users.discard(uuid)
+                    users.pop(uuid, None)
                     if not users:
                         del self._users_by_path[use.path]
             if use.pool and use.volume:
                 users = self._users_by_volume.get((use.pool, use.volume))
                 if users:
-                    users.discard(uuid)
+                    users.pop(uuid, None)
                     if not users:
                         del self._users_by_volume[(use.pool, use.volume)]
         self._reindex_disks(disks)
@@ -213,13 +215,13 @@ class LiveInventory:
         return self._held.get((vol.pool, vol.name))
 
     def user_of(self, vol: VolumeInfo) -> str | None:
-        """The name of a domain using this volume as a disk, or None."""
+        """The name of a domain using this volume as a disk (named by pool/volume first,
+        else by path; the earliest defined of several), or None."""
         users = self._users_by_volume.get((vol.pool, vol.name)) or \
             self._users_by_path.get(vol.path)
-        for uuid in sorted(users or ()):
-            for use in self._domain_disks.get(uuid, ()):
-                return use.domain
-        return None
+        if not users:
+            return None
+        return self._domain_disks[next(iter(users))][0].domain
 
     def has_volume(self, pool: str, name: str) -> bool:
         """Whether the volume exists (as far as the inventory knows)."""
