@@ -264,18 +264,17 @@ class Engine:
                           state)
             self._fail(live, f"internal error in {state}: {type(exc).__name__}: {exc}")
 
-    async def _wait_for_host(self, live: _Live, exc: HostUnreachable,
-                             timeout: float | None = -1.0) -> bool:
-        """Wait until the record's host is back; False after the timeout (default:
-        ``host_wait_timeout``; None waits as long as it takes)."""
+    async def _wait_for_host(self, live: _Live, exc: HostUnreachable, *,
+                             forever: bool = False) -> bool:
+        """Wait until the record's host is back; False after ``host_wait_timeout`` (or,
+        ``forever``, only if the host is not configured)."""
         host = live.workflow.host_of(live.record)
         if host is None or host not in self.hosts:
             return False
         self.hosts.lost(host, exc.message)
         live.workflow.records.append_log(live.id, "note", live.state, "host-unreachable",
                                          f"{exc.message}; waiting for host {host}")
-        return await self.hosts.wait_up(
-            host, self._host_wait_timeout() if timeout == -1.0 else timeout)
+        return await self.hosts.wait_up(host, None if forever else self._host_wait_timeout())
 
     async def _cleanup_until_done(self, workflow: Workflow[Any], record: Any) -> None:
         """Clean up; each time the host is unreachable, wait for it and try again."""
@@ -286,7 +285,7 @@ class Engine:
                 await workflow.cleanup(workflow.context, record)
                 return
             except HostUnreachable as exc:
-                if not await self._wait_for_host(live, exc, timeout=None):
+                if not await self._wait_for_host(live, exc, forever=True):
                     return  # a host no longer configured: left for the next start
 
     async def _cleanup_task(self, workflow: Workflow[Any], record: Any) -> None:

@@ -390,8 +390,12 @@ class QuotaLedger:
         """Count a request in when it passes the quota, out when it fails."""
         if (left in HOLDS_QUOTA) == (entered in HOLDS_QUOTA):
             return
+        if req.resource_pool not in self._usage:
+            # Read now, the store already has this transition: nothing to add.
+            self._usage[req.resource_pool] = self._read(req.resource_pool)
+            return
         sign = 1 if entered in HOLDS_QUOTA else -1
-        usage = self.usage(req.resource_pool)
+        usage = self._usage[req.resource_pool]
         self._usage[req.resource_pool] = QuotaUsage(
             usage.vms + sign, usage.cpus + sign * req.cpus,
             usage.memory + sign * req.memory_kib, usage.storage_gb + sign * req.storage_gb)

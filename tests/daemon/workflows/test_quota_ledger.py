@@ -1,0 +1,32 @@
+"""The quota counted in memory agrees with the store, whenever it is first read."""
+
+from __future__ import annotations
+
+from daemon.store import QuotaUsage
+from daemon.workflows.provisioning import QuotaLedger
+from statemachines.provisioning import State
+
+
+class Req:
+    resource_pool = "rp"
+    cpus, memory_kib, storage_gb = 2, 1024, 10
+
+
+def test_a_request_that_fails_before_the_pool_was_read_is_not_subtracted_twice() -> None:
+    # After a restart, the first thing a pool sees may be a resumed request failing: the
+    # store has already recorded it as failed when the ledger first reads it.
+    stored = {"rp": QuotaUsage(3, 6, 3072, 30)}
+    ledger = QuotaLedger(lambda pool: stored[pool])
+    ledger.on_transition(Req(), State.DEFINING, State.FAILED)
+    assert ledger.usage("rp") == QuotaUsage(3, 6, 3072, 30)
+
+
+def test_counted_in_when_authorized_and_out_when_failed() -> None:
+    ledger = QuotaLedger(lambda pool: QuotaUsage(0, 0, 0, 0))
+    assert ledger.usage("rp") == QuotaUsage(0, 0, 0, 0)  # read before, as authorize does
+    ledger.on_transition(Req(), State.REQUESTED, State.AUTHORIZED)
+    assert ledger.usage("rp") == QuotaUsage(1, 2, 1024, 10)
+    ledger.on_transition(Req(), State.AUTHORIZED, State.STORAGE_SEARCHING)
+    assert ledger.usage("rp") == QuotaUsage(1, 2, 1024, 10)
+    ledger.on_transition(Req(), State.STORAGE_SEARCHING, State.FAILED)
+    assert ledger.usage("rp") == QuotaUsage(0, 0, 0, 0)
