@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 from transitions import MachineError
@@ -38,6 +38,10 @@ from statemachines.table import fire
 
 log = logging.getLogger("provisiond.engine")
 
+MAX_UNREACHABLE_IN_A_ROW = 5
+"""A host that comes back at once but fails the same call again this many times is not
+down: the error stands (the step fails; a cleanup is left for the next start)."""
+
 
 @dataclass(eq=False)
 class _Live:
@@ -49,7 +53,8 @@ class _Live:
     repeating: bool = False
     """The current state's step ran before (a restart or a lost host cut it short)."""
     cancelled_by: str | None = None
-    waiters: list[asyncio.Future[None]] = field(default_factory=list)
+    unreachable: int = 0
+    """How many times in a row its host was reported unreachable (reset by progress)."""
 
     @property
     def id(self) -> str:
@@ -104,8 +109,10 @@ class Engine:
                     self.drive(workflow, record, repeating=True)
             for record in workflow.records.needing_cleanup():
                 if record.id not in self._tasks:
-                    self._tasks[record.id] = asyncio.create_task(
-                        self._cleanup_task(workflow, record), name=f"cleanup-{record.id}")
+                    task = asyncio.create_task(self._cleanup_task(workflow, record),
+                                               name=f"cleanup-{record.id}")
+                    task.add_done_callback(self._task_ended)
+                    self._tasks[record.id] = task
 
     async def stop(self, timeout: float) -> None:
         """Stop driving (each record stays in its last durable state)."""
@@ -121,8 +128,9 @@ class Engine:
         """Start driving a stored record from its state (a new one: its initial state)."""
         live = _Live(record, workflow, record.updated_at, repeating=repeating)
         self._live[record.id] = live
-        self._tasks[record.id] = asyncio.create_task(self._drive(live),
-                                                     name=f"{workflow.table.name}-{record.id}")
+        task = asyncio.create_task(self._drive(live), name=f"{workflow.table.name}-{record.id}")
+        task.add_done_callback(self._task_ended)
+        self._tasks[record.id] = task
 
     def cancel(self, record_id: str, by_user: str) -> None:
         """Make a live record fail with 'cancelled by USER' at its next step boundary,
@@ -134,6 +142,11 @@ class Engine:
         if live.cancelled_by is None:
             live.cancelled_by = by_user
         self.events.interrupt(record_id, RequestCancelled(f"cancelled by {by_user}"))
+
+    def cancelled_by(self, record_id: str) -> str | None:
+        """Who cancelled this live record, if anyone did."""
+        live = self._live.get(record_id)
+        return live.cancelled_by if live is not None else None
 
     def is_live(self, record_id: str) -> bool:
         """Whether the engine is driving (or cleaning up after) this record."""
@@ -248,11 +261,16 @@ class Engine:
             # record decides can come in between.
             self._set_state(live, outcome)
             live.repeating = False
+            live.unreachable = 0
         except RequestCancelled:
             return  # the loop fails it with the canceller's name
         except HostUnreachable as exc:
             live.repeating = True  # the step may have acted before the loss
-            if not await self._wait_for_host(live, exc):
+            live.unreachable += 1
+            if live.unreachable > MAX_UNREACHABLE_IN_A_ROW:
+                self._fail(live, exc.message + f" (the same error {live.unreachable} times "
+                           "in a row, each time with the host reachable again)")
+            elif not await self._wait_for_host(live, exc):
                 self._fail(live, exc.message + " (host unreachable for more than "
                            f"{self._host_wait_timeout():g} s)")
         except ProvisiondError as exc:
@@ -285,14 +303,26 @@ class Engine:
                 await workflow.cleanup(workflow.context, record)
                 return
             except HostUnreachable as exc:
-                if not await self._wait_for_host(live, exc, forever=True):
-                    return  # a host no longer configured: left for the next start
+                live.unreachable += 1
+                if live.unreachable > MAX_UNREACHABLE_IN_A_ROW or \
+                        not await self._wait_for_host(live, exc, forever=True):
+                    workflow.records.append_log(
+                        record.id, "note", record.state, "cleanup",
+                        f"cleanup incomplete, will retry at next start: {exc.message}")
+                    return
 
     async def _cleanup_task(self, workflow: Workflow[Any], record: Any) -> None:
         try:
             await self._cleanup_until_done(workflow, record)
         finally:
             self._finished(record.id)
+
+    def _task_ended(self, task: asyncio.Task[None]) -> None:
+        # A record's task ends by itself only when its record is done with; anything it
+        # raised is a bug worth a traceback, not a silent stall.
+        if not task.cancelled() and task.exception() is not None:
+            log.error("%s stopped on an unexpected error; its record resumes at the next "
+                      "start", task.get_name(), exc_info=task.exception())
 
     def _finished(self, record_id: str) -> None:
         self._tasks.pop(record_id, None)

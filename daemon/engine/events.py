@@ -13,7 +13,7 @@ import asyncio
 import logging
 from typing import Callable
 
-from daemon.errors import HostUnreachable, ProvisiondError
+from daemon.errors import HostUnreachable, InvalidState, ProvisiondError
 from daemon.process.metrics import Metrics
 from daemon.virt.connection import ConnectionClosed, DomainEvent, PoolEvent
 
@@ -64,6 +64,9 @@ class EventRouter:
     def expect(self, host: str, uuid: str, event: str,
                record_id: str) -> asyncio.Future[DomainEvent]:
         """A future resolved by the domain's next ``event`` (register before acting)."""
+        held = self._waiters.get((host, uuid, event))
+        if held is not None and not held[1].done():
+            raise InvalidState(f"{held[0]} already waits for {event} of domain {uuid}")
         waiter: asyncio.Future[DomainEvent] = asyncio.get_running_loop().create_future()
         self._waiters[(host, uuid, event)] = (record_id, waiter)
         self._waiting_for[uuid] = record_id
@@ -72,7 +75,8 @@ class EventRouter:
     def forget(self, host: str, uuid: str, event: str) -> None:
         """Drop a waiter (the step is done with it, however it ended)."""
         self._waiters.pop((host, uuid, event), None)
-        self._waiting_for.pop(uuid, None)
+        if not any(key[1] == uuid for key in self._waiters):
+            self._waiting_for.pop(uuid, None)
 
     def interrupt(self, record_id: str, error: BaseException) -> None:
         """Raise ``error`` into every wait of this record (a cancel)."""

@@ -38,6 +38,7 @@ class Hosts:
         self._up: dict[str, asyncio.Event] = {}
         self._down_since: dict[str, float] = {}
         self._reconnects: dict[str, asyncio.Task[None]] = {}
+        self._resyncs: set[asyncio.Task[None]] = set()
 
     def __getitem__(self, name: str) -> HostConnection:
         return self._connections[name]
@@ -112,11 +113,14 @@ class Hosts:
         log.info("reconnected to %s after %.1f s", name, gap)
         self._on_reconnect(name)
         self._up[name].set()
-        await self._on_back(name, gap)
+        # Its own task: this reconnect is over, so a loss during the resync starts another.
+        task = asyncio.create_task(self._on_back(name, gap), name=f"resync-{name}")
+        self._resyncs.add(task)
+        task.add_done_callback(self._resyncs.discard)
 
     async def close_all(self) -> None:
         """Stop reconnecting and close every connection."""
-        for task in self._reconnects.values():
+        for task in [*self._reconnects.values(), *self._resyncs]:
             task.cancel()
         for host in self._connections.values():
             await host.close()

@@ -17,7 +17,7 @@ from daemon.auth import CLOUD_ADMIN, CLOUD_CREATE, Identity
 from daemon.config import Config
 from daemon.engine import Engine, EventRouter, Hosts
 from daemon.errors import HostUnreachable, InvalidInput, InvalidState, PermissionDenied
-from daemon.errors import UnknownName
+from daemon.errors import RequestCancelled, UnknownName
 from daemon.placement import Decision
 from daemon.process.metrics import Metrics
 from daemon.service import reconcile
@@ -108,9 +108,12 @@ class Service:
         record = self.store.get_request(request_id)
         if record is None:
             raise UnknownName(f"no request {request_id}")
-        if record.state in TERMINAL or not self.engine.is_live(request_id):
+        if record.state in TERMINAL:
             raise InvalidState(f"request {request_id} is already {record.state}; "
                                "only a request in progress can be cancelled")
+        if not self.engine.is_live(request_id):
+            raise InvalidState(f"request {request_id} is {record.state} but not being driven "
+                               "(see the daemon's log); it resumes at the next start")
         self.engine.cancel(request_id, by_user)
         return record
 
@@ -253,7 +256,11 @@ class StepContext:
 
     def expect_domain_event(self, host: str, uuid: str, event: str,
                             request_id: str) -> asyncio.Future[DomainEvent]:
-        """A future resolved by the domain's next ``event``."""
+        """A future resolved by the domain's next ``event``; RequestCancelled if the
+        request was cancelled before it got this far (it must not act any more)."""
+        by = self._service.engine.cancelled_by(request_id)
+        if by is not None:
+            raise RequestCancelled(f"cancelled by {by}")
         return self._service.events.expect(host, uuid, event, request_id)
 
     def forget_domain_event(self, host: str, uuid: str, event: str) -> None:

@@ -59,9 +59,12 @@ def open_connection(uri: str) -> "libvirt.virConnect":
 # libvirt prints every error to stderr unless told otherwise; we report them ourselves.
 libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
 
+# Not VIR_ERR_SYSTEM_ERROR by itself: a storage driver reports a failed unlink with it,
+# and taking that for an outage would reconnect and retry without end. A dead connection
+# shows in the error's domain (RPC, REMOTE) whatever its code.
 _UNREACHABLE_CODES = {
-    libvirt.VIR_ERR_NO_CONNECT, libvirt.VIR_ERR_INVALID_CONN, libvirt.VIR_ERR_SYSTEM_ERROR,
-    libvirt.VIR_ERR_RPC, libvirt.VIR_ERR_AUTH_FAILED, libvirt.VIR_ERR_AUTH_UNAVAILABLE,
+    libvirt.VIR_ERR_NO_CONNECT, libvirt.VIR_ERR_INVALID_CONN, libvirt.VIR_ERR_RPC,
+    libvirt.VIR_ERR_AUTH_FAILED, libvirt.VIR_ERR_AUTH_UNAVAILABLE,
 }
 # A call on a connection whose daemon went away fails in the RPC layer.
 _UNREACHABLE_DOMAINS = {libvirt.VIR_FROM_RPC, libvirt.VIR_FROM_REMOTE}
@@ -115,10 +118,13 @@ class HostConnection:
         """Open the connection and subscribe to domain lifecycle events and closure."""
         ensure_event_loop_registered()
         self._on_event = on_event
-        with map_libvirt_errors(f"cannot connect to {self.uri}"):
-            # Opening runs on the loop thread: libvirt binds the connection's event
-            # plumbing to the registered implementation as it opens.
-            conn = self.opener(self.uri)
+        try:
+            with map_libvirt_errors(f"cannot connect to {self.uri}"):
+                # Opening runs on the loop thread: libvirt binds the connection's event
+                # plumbing to the registered implementation as it opens.
+                conn = self.opener(self.uri)
+        except VirtError as exc:  # whatever the reason, a host we cannot open is unreachable
+            raise HostUnreachable(exc.message, libvirt_code=exc.libvirt_code) from None
         if conn is None:
             raise HostUnreachable(f"cannot connect to {self.uri}")
         self._conn = conn

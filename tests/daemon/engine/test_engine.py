@@ -322,6 +322,57 @@ async def test_a_rollback_cut_short_by_a_host_outage_completes_when_the_host_ret
     assert len(h.connections) == 2 and h.service.hosts.reachable("testhost")
 
 
+class StorageSystemError(libvirt.libvirtError):
+    """What a storage driver raises when it cannot unlink a file (EACCES): the host is up."""
+
+    def __init__(self) -> None:
+        super().__init__("injected: cannot unlink file: Permission denied")
+
+    def get_error_code(self) -> int:
+        return libvirt.VIR_ERR_SYSTEM_ERROR
+
+    def get_error_domain(self) -> int:
+        return libvirt.VIR_FROM_STORAGE
+
+
+def volume_delete_fails(error):
+    def delete(*_args):
+        raise error()
+    return delete
+
+
+async def test_a_rollback_that_libvirt_refuses_is_left_for_the_next_start_at_once(
+        make_harness):
+    # A system error of the storage driver is not an outage: no reconnect, no retry loop.
+    h = await make_harness(faults={"defineXML": "no such emulator",
+                                   "delete": volume_delete_fails(StorageSystemError)},
+                           sizes={"tiny": {"cpus": 1, "memory": 1024, "storage_size_in_gb": 7}})
+    failed = await h.run(size="tiny")
+
+    assert failed.state == State.FAILED and not failed.cleaned_up
+    last = h.store.get_log(failed.id)[-1]
+    assert (last.trigger, last.detail.split(": ")[0]) == (
+        "rollback", "rollback incomplete, will retry at next start")
+    assert len(h.connections) == 1  # never taken for an outage
+
+
+async def test_a_host_that_keeps_failing_the_same_call_ends_the_retries(make_harness):
+    # The connection comes back at once every time, yet the rollback's call fails again
+    # as if it were down: after a few rounds the rollback is left for the next start.
+    h = await make_harness(daemon={"host_wait_timeout": 10},
+                           faults={"defineXML": "no such emulator",
+                                   "lookupByUUIDString": volume_delete_fails(
+                                       DroppedConnection)})
+    failed = await h.run(template="ipxe-file", size="small")
+
+    assert failed.state == State.FAILED and not failed.cleaned_up
+    notes = [e for e in h.store.get_log(failed.id) if e.kind == "note"]
+    assert notes[-1].trigger == "cleanup"
+    assert notes[-1].detail.startswith("cleanup incomplete, will retry at next start")
+    assert sum(n.trigger == "host-unreachable" for n in notes) == 5
+    assert 2 <= len(h.connections) <= 7
+
+
 async def test_reconcile_finds_and_removes_only_orphans(make_harness):
     from daemon.virt.domain_xml import DomainSpec, build_domain_xml
     from daemon.service.reconcile import find_orphans, remove_orphans
