@@ -1,7 +1,7 @@
 """State tables of provisiond; pure declarations, no I/O.
 
 ``table`` holds what every table declares and what is derived from any of them;
-``provisioning`` is the provisioning request's table. ``TABLES`` lists them all, for the
+``provisioning`` is the provisioning request's table, ``vm`` the VM's lifecycle after it. ``TABLES`` lists them all, for the
 generated docs.
 """
 
@@ -20,8 +20,9 @@ from statemachines.provisioning import (
     render_mermaid,
 )
 from statemachines.table import StateTable, Transition, fire
+from statemachines.vm import TABLE as VM_TABLE
 
-TABLES: tuple[StateTable, ...] = (TABLE,)
+TABLES: tuple[StateTable, ...] = (TABLE, VM_TABLE)
 """Every state table of provisiond, in the order the docs show them."""
 
 
@@ -32,6 +33,7 @@ def render_docs() -> str:
 
 __all__ = [
     "ACTS_OUTSIDE", "HOLDS_QUOTA", "IN_PROGRESS", "INITIAL", "TABLE", "TABLES", "TERMINAL",
+    "VM_TABLE",
     "TRANSITIONS", "State", "StateTable", "Transition", "Trigger", "build_machine",
     "destination", "fire", "render_docs", "render_mermaid",
 ]

@@ -60,6 +60,9 @@ class StateTable(Generic[S]):
     """States whose step acts outside the database: the state is on disk before it runs."""
     fail: enum.StrEnum
     """The trigger the engine fires when a step fails; every in-progress state has it."""
+    resting: frozenset[S] = frozenset()
+    """Non-terminal states with no step: a record waits there for an operation or an
+    event to fire one of their triggers (a VM that is running)."""
 
     def __post_init__(self) -> None:
         for state in self.in_progress:
@@ -71,8 +74,8 @@ class StateTable(Generic[S]):
 
     @property
     def in_progress(self) -> frozenset[S]:
-        """States of a live record: the engine has a step to run (or wait in) for it."""
-        return frozenset(self.states) - self.terminal
+        """States with a step: the engine drives a record in one until it rests or ends."""
+        return frozenset(self.states) - self.terminal - self.resting
 
     def transitions_from(self, state: S) -> list[Transition[S]]:
         """The edges leaving ``state``, in table order."""
@@ -122,7 +125,8 @@ class StateTable(Generic[S]):
         lines += [f"    {name[s]} --> [*]" for s in self.states if s in self.terminal]
         lines += ["```", "", "| state | meaning | its step acts outside the database "
                   "(durable first) |", "| --- | --- | --- |"]
-        lines += [f"| `{s.value}` | {s.__doc__} | {'yes' if s in self.acts_outside else ''} |"
+        lines += [f"| `{s.value}` | {s.__doc__} | "
+                  f"{'yes' if s in self.acts_outside else 'no step' if s in self.resting else ''} |"
                   for s in self.states]
         lines += ["", "| trigger | from | to | fired by |", "| --- | --- | --- | --- |"]
         lines += [f"| `{t.trigger.value}` | `{t.source.value}` | `{t.dest.value}` | "

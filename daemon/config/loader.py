@@ -24,6 +24,7 @@ import yaml
 from daemon.cli import contract
 from daemon.config.model import (
     DOMAIN_TYPES,
+    ON_RELEASE,
     PRIVILEGES,
     Config,
     DaemonSettings,
@@ -330,13 +331,18 @@ def _parse_host(value: Any, path: str, c: _Checker) -> Host | None:
 
 
 def _parse_storage_pool(value: Any, path: str, c: _Checker) -> StoragePoolRef | None:
-    body = c.mapping(value, path, {"name", "overcommit"}, {"name"})
+    body = c.mapping(value, path, {"name", "overcommit", "on_release"}, {"name"})
     if body is None or "name" not in body:
         return None
     name = c.name(body["name"], f"{path}.name")
     overcommit = (c.positive_number(body["overcommit"], f"{path}.overcommit")
                   if "overcommit" in body else 1.0)
-    return StoragePoolRef(name, overcommit) if name and overcommit else None
+    on_release = body.get("on_release", "wipe")
+    if on_release not in ON_RELEASE:
+        c.bad(f"{path}.on_release", f"expected one of {', '.join(ON_RELEASE)}, got "
+                                    f"{_show(on_release)}")
+        return None
+    return StoragePoolRef(name, overcommit, on_release) if name and overcommit else None
 
 
 def _no_duplicates(names: list[str], path: str, what: str, c: _Checker) -> None:
@@ -416,7 +422,7 @@ def _parse_quota(value: Any, path: str, c: _Checker) -> Quota | None:
 
 def _parse_daemon(data: Any, c: _Checker) -> DaemonSettings | None:
     keys = {"socket", "database", "socket_group", "define_event_timeout", "libvirt_call_timeout",
-            "host_wait_timeout", "body_timeout"}
+            "host_wait_timeout", "body_timeout", "stop_timeout"}
     body = c.mapping(data if data is not None else {}, "daemon", keys)
     if body is None:
         return None
@@ -436,7 +442,7 @@ def _parse_daemon(data: Any, c: _Checker) -> DaemonSettings | None:
         "socket_group") is not None else None
     timeouts = {}
     for key in ("define_event_timeout", "libvirt_call_timeout", "host_wait_timeout",
-                "body_timeout"):
+                "body_timeout", "stop_timeout"):
         if key in body:
             timeouts[key] = c.positive_number(body[key], f"daemon.{key}")
             if timeouts[key] is None:

@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 PRIVILEGES = ("CLOUD_CREATE", "CLOUD_ADMIN")
+ON_RELEASE = ("wipe", "keep", "delete")
+"""What a storage pool does with a reused volume whose VM is deleted."""
 """CLOUD_CREATE: create VMs in the pool. CLOUD_ADMIN: see and cancel all its requests."""
 
 
@@ -66,6 +68,9 @@ class StoragePoolRef:
 
     name: str
     overcommit: float = 1.0
+    on_release: str = "wipe"
+    """What becomes of a reused volume when its VM is deleted: wiped, then free again
+    (wipe); free again as it is (keep); deleted (delete)."""
 
 
 @dataclass(frozen=True)
@@ -119,6 +124,8 @@ class DaemonSettings:
     host_wait_timeout: float = 300.0
     body_timeout: float = 10.0
     """Seconds a client has to send a request's whole body once its headers are in."""
+    stop_timeout: float = 60.0
+    """Seconds a VM has to shut down after an ACPI request before it is forced off."""
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,9 @@
 
 One driver task per live record runs the step of the record's current state, applies
 the outcome the step returns through ``_set_state`` (the single choke point), and goes
-on until the record is terminal. ``_set_state`` fires the trigger on the table's shared
+on until the record rests (a state without a step, such as a running VM) or ends. An
+operation or a libvirt event moves a resting record through ``fire``, which drives it
+again if its new state has a step. ``_set_state`` fires the trigger on the table's shared
 ``transitions`` machine, whose ``before_state_change`` hook persists the new state, its
 fields and its log row in one transaction before the record moves. Before the step of a
 state in the table's ``acts_outside`` set runs, that state is on disk.
@@ -132,6 +134,23 @@ class Engine:
         task.add_done_callback(self._task_ended)
         self._tasks[record.id] = task
 
+    def fire(self, workflow: Workflow[Any], record: Any, outcome: Outcome) -> None:
+        """Move a resting record by an operation or a libvirt event, then drive it if its
+        new state has a step. InvalidState if the table forbids the trigger from its
+        state, or if the record is being driven (an operation is in progress)."""
+        driven = self._live.get(record.id)
+        if driven is not None:
+            raise InvalidState(f"{workflow.table.noun} {record.id} is {driven.state}: "
+                               "wait until that is over")
+        live = _Live(record, workflow, record.updated_at)
+        self._set_state(live, outcome)
+        if live.state in workflow.table.in_progress:
+            self._live[record.id] = live
+            task = asyncio.create_task(self._drive(live),
+                                       name=f"{workflow.table.name}-{record.id}")
+            task.add_done_callback(self._task_ended)
+            self._tasks[record.id] = task
+
     def cancel(self, record_id: str, by_user: str) -> None:
         """Make a live record fail with 'cancelled by USER' at its next step boundary,
         or now if its step is waiting for an event."""
@@ -236,7 +255,7 @@ class Engine:
     async def _drive(self, live: _Live) -> None:
         table = live.workflow.table
         try:
-            while live.state not in table.terminal:
+            while live.state in table.in_progress:
                 if live.state in table.acts_outside:
                     await self.store.durable()  # on disk before its step acts outside
                 # Else no await: the steps up to the next one that acts run in one pass
@@ -246,7 +265,7 @@ class Engine:
                     break
                 await self._run_step(live)
             await self.store.durable()  # whoever waits for the end is told a durable one
-            if live.workflow.needs_cleanup(live.record):
+            if live.state in table.terminal and live.workflow.needs_cleanup(live.record):
                 await self._cleanup_until_done(live.workflow, live.record)
         finally:
             self._live.pop(live.id, None)
@@ -347,4 +366,11 @@ class Engine:
                 f"reconnected to host {name} after {gap:.1f} s; events of that gap are "
                 "lost, so the request's resources are looked at again")
         await self.events.resync(name)
+        await self.resync(name)
+
+    async def resync(self, host: str) -> None:
+        """Let every workflow look at the host's real state (after a start or a gap)."""
+        for workflow in self._workflows:
+            if workflow.resync is not None:
+                await workflow.resync(workflow.context, host)
 

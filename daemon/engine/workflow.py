@@ -83,6 +83,9 @@ class Workflow(Generic[R]):
     """In-memory bookkeeping after a transition is recorded: (record, left, entered)."""
     on_event: Callable[[Any, object, str | None], None] | None = None
     """A libvirt event, with the id of the live record that waited for it (if any)."""
+    resync: Callable[[Any, str], Awaitable[None]] | None = None
+    """Look at a host's real state after a start or a reconnect (events of a gap are
+    lost) and move the resting records that changed."""
 
     def __post_init__(self) -> None:
         missing = self.table.in_progress - set(self.steps)

@@ -23,12 +23,22 @@ from daemon.process.metrics import Metrics
 from daemon.service import reconcile
 from daemon.service.intake import ProvisioningRequest, new_request_row, pools_granting
 from daemon.service.intake import validate
-from daemon.store import LogEntry, RequestRecord, RequestRecords, Store
+from daemon.engine import Outcome
+from daemon.store import LogEntry, RequestRecord, RequestRecords, Store, VmRecord, VmRecords
 from daemon.virt.connection import DomainEvent, HostConnection, Opener, open_connection
 from daemon.workflows.provisioning import QuotaLedger, place, provisioning_workflow
+from daemon.workflows.vm import vm_workflow
 from statemachines.provisioning import TERMINAL, State
+from statemachines.vm import TABLE as VM_TABLE
+from statemachines.vm import VmState, VmTrigger
 
 log = logging.getLogger("provisiond.service")
+
+OPERATIONS = {"start": VmTrigger.START, "stop": VmTrigger.STOP, "reboot": VmTrigger.REBOOT,
+              "delete": VmTrigger.DELETE}
+"""The operations on a VM, by their name in the API."""
+OPERATION_PAST = {"start": "started", "stop": "stopped", "reboot": "rebooted",
+                  "delete": "deleted"}
 
 
 class Service:
@@ -60,6 +70,10 @@ class Service:
         self.provisioning = provisioning_workflow(self._context, RequestRecords(store),
                                                   self._ledger)
         self.engine.add(self.provisioning)
+        self.vms = vm_workflow(VmStepContext(self), VmRecords(store),
+                               self._ledger.on_vm_transition)
+        self.engine.add(self.vms)
+        self._resyncs: set[asyncio.Task[None]] = set()
 
     # -- lifecycle
 
@@ -69,9 +83,18 @@ class Service:
         self.events.start()
         await self.hosts.open_all(self.events.enqueue, self.store.claims_on)
         self.engine.resume()
+        # VMs at rest may have changed while no provisiond watched: look (in the
+        # background; a slow host must not hold up the start).
+        for name in self.hosts:
+            if self.hosts.reachable(name):
+                task = asyncio.create_task(self.engine.resync(name), name=f"resync-{name}")
+                self._resyncs.add(task)
+                task.add_done_callback(self._resyncs.discard)
 
     async def stop(self, timeout: float = 10.0) -> None:
         """Stop driving (every record stays in its last durable state), close hosts."""
+        for task in self._resyncs:
+            task.cancel()
         await self.engine.stop(timeout)
         await self.events.stop(timeout)
         await self.hosts.close_all()
@@ -116,6 +139,30 @@ class Service:
                                "(see the daemon's log); it resumes at the next start")
         self.engine.cancel(request_id, by_user)
         return record
+
+    def operate(self, who: Identity, request_id: str, operation: str,
+                force: bool = False) -> RequestRecord:
+        """Start, stop (``force``: forced off at once), reboot or delete a done request's VM;
+        the request as it is once the operation is recorded (it runs on). The caller must
+        see the request (owner or CLOUD_ADMIN). A delete while one runs returns that one."""
+        record = self.visible(who, request_id)
+        vm = self.store.get_vm(record.id)
+        if vm is None:
+            raise InvalidState(f"request {record.id} is {record.state}: only the VM of a done "
+                               "request can be operated")
+        trigger = OPERATIONS[operation]
+        if operation == "stop" and force:
+            trigger = VmTrigger.FORCE_OFF
+        if operation == "delete" and vm.state in (VmState.DELETING, VmState.DELETED):
+            return record  # the delete already asked for
+        if VM_TABLE.destination(vm.state, trigger) is None:
+            raise InvalidState(f"VM {vm.name} is {vm.state}: it cannot be "
+                               f"{OPERATION_PAST[operation]} now", field="state")
+        self.engine.fire(self.vms, vm, Outcome(trigger, f"{operation}"
+                                               f"{' --force' if force else ''} by {who.user}"))
+        current = self.store.get_request(record.id)
+        assert current is not None
+        return current
 
     async def wait_terminal(self, request_id: str,
                             timeout: float | None = None) -> RequestRecord:
@@ -266,3 +313,37 @@ class StepContext:
     def forget_domain_event(self, host: str, uuid: str, event: str) -> None:
         """Drop a waiter."""
         self._service.events.forget(host, uuid, event)
+
+
+class VmStepContext:
+    """What the VM lifecycle's steps see of the service (``VmContext``)."""
+
+    def __init__(self, service: Service) -> None:
+        self._service = service
+        self.store = service.store
+
+    @property
+    def config(self) -> Config:
+        """The configuration in force."""
+        return self._service.config
+
+    def host(self, name: str | None) -> HostConnection:
+        """A configured host's connection."""
+        return self._service.hosts.connection(name)
+
+    def expect_domain_event(self, host: str, uuid: str, event: str,
+                            request_id: str) -> asyncio.Future[DomainEvent]:
+        """A future resolved by the domain's next ``event``."""
+        return self._service.events.expect(host, uuid, event, request_id)
+
+    def forget_domain_event(self, host: str, uuid: str, event: str) -> None:
+        """Drop a waiter."""
+        self._service.events.forget(host, uuid, event)
+
+    def move(self, vm: VmRecord, trigger: VmTrigger, detail: str) -> None:
+        """Fire an event's trigger on a resting VM."""
+        self._service.engine.fire(self._service.vms, vm, Outcome(trigger, detail))
+
+    def driven(self, request_id: str) -> bool:
+        """Whether an operation of this VM is in progress."""
+        return self._service.engine.is_live(request_id)

@@ -7,6 +7,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from statemachines.provisioning import State
+from statemachines.vm import VmState
 
 
 @dataclass
@@ -39,6 +40,9 @@ class RequestRecord:
     cleaned_up: bool
     created_at: float
     updated_at: float
+    vm_state: str | None = None
+    """The VM's lifecycle state once the request is done (``statemachines.vm``)."""
+    vm_reason: str | None = None
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> "RequestRecord":
@@ -84,3 +88,34 @@ class QuotaUsage:
     cpus: int
     memory: int
     storage_gb: int
+
+
+@dataclass
+class VmRecord:
+    """A provisioned VM, as its lifecycle's steps see it: the ``requests`` row of the
+    request that made it, with ``state`` its lifecycle state."""
+
+    id: str
+    state: VmState
+    updated_at: float
+    name: str
+    owner: str
+    resource_pool: str
+    host: str | None
+    domain_uuid: str | None
+    domain_name: str | None
+    volume_pool: str | None
+    volume_name: str | None
+    volume_owned: bool
+    cpus: int
+    memory_kib: int
+    storage_gb: int
+    reason: str | None = None
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> "VmRecord":
+        """Build from a ``requests`` row whose ``vm_state`` is set."""
+        values = {f.name: row[f.name] for f in fields(cls)
+                  if f.name not in ("state", "reason")}
+        values["volume_owned"] = bool(row["volume_owned"])
+        return cls(state=VmState(row["vm_state"]), reason=row["vm_reason"], **values)

@@ -81,4 +81,12 @@ def _m1_initial(db: sqlite_utils.Database) -> None:
     db["pool_reservations"].create_index(["host", "pool"])
 
 
-MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (_m1_initial,)
+def _m2_vm_lifecycle(db: sqlite_utils.Database) -> None:
+    # The VM's lifecycle state (statemachines.vm), NULL until its request is done.
+    db["requests"].add_column("vm_state", str)
+    db["requests"].add_column("vm_reason", str)
+    db["requests"].create_index(["vm_state"])
+
+
+MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (_m1_initial,
+                                                                   _m2_vm_lifecycle)

@@ -28,22 +28,25 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 import sqlite_utils
 
 from daemon.errors import AlreadyClaimed, StaleState
-from daemon.store.records import LogEntry, QuotaUsage, RequestRecord, Reservation
+from daemon.store.records import LogEntry, QuotaUsage, RequestRecord, Reservation, VmRecord
 from daemon.store.schema import MIGRATIONS
 from statemachines.provisioning import HOLDS_QUOTA, IN_PROGRESS, State
+from statemachines.vm import TABLE as VM_TABLE
+from statemachines.vm import VmState
 
 # --------------------------------------------------------------------------- store
 
 REQUEST_UPDATABLE = {
     "host", "reason", "volume_pool", "volume_name", "volume_path", "volume_format", "volume_owned",
-    "domain_uuid", "domain_name", "cleaned_up",
+    "domain_uuid", "domain_name", "cleaned_up", "vm_state",
 }
 
 
 _REQUEST_DEFAULTS: dict[str, Any] = {
     "host": None, "network": None, "reason": None, "volume_pool": None, "volume_name": None,
     "volume_path": None, "volume_format": None, "volume_owned": 0, "domain_uuid": None,
-    "domain_name": None, "idempotency_key": None, "cleaned_up": 0,
+    "domain_name": None, "idempotency_key": None, "cleaned_up": 0, "vm_state": None,
+    "vm_reason": None,
 }
 """What a new ``requests`` row holds in the columns ``insert_request`` leaves out."""
 
@@ -321,15 +324,52 @@ class Store:
             "SELECT * FROM state_log WHERE request_id = ? ORDER BY id", [request_id])]
 
     def quota_usage(self, resource_pool: str, *, excluding: str | None = None) -> QuotaUsage:
-        """What the pool's quota-holding requests (authorized onwards, and done) add up to."""
+        """What the pool's quota-holding requests (authorized onwards, and done until their
+    VM is deleted) add up to."""
         states = sorted(HOLDS_QUOTA)
         row = self.db.execute(
             "SELECT COUNT(*), COALESCE(SUM(cpus), 0), COALESCE(SUM(memory_kib), 0),"
             " COALESCE(SUM(storage_gb), 0) FROM requests"
-            f" WHERE resource_pool = ? AND id != ? AND state IN ({','.join('?' * len(states))})",
+            f" WHERE resource_pool = ? AND id != ? AND state IN ({','.join('?' * len(states))})"
+            " AND (vm_state IS NULL OR vm_state != 'deleted')",
             [resource_pool, excluding or "", *[str(s) for s in states]],
         ).fetchone()
         return QuotaUsage(*row)
+
+    # -- VMs (the lifecycle after done)
+
+    def record_vm_transition(self, request_id: str, from_state: VmState, to_state: VmState,
+                             trigger: str, detail: str | None = None,
+                             updates: Mapping[str, Any] | None = None) -> None:
+        """Persist a VM's state change (``reason`` is its ``vm_reason``) and its log row."""
+        now = self.clock()
+        sets: dict[str, Any] = {"vm_state": str(to_state), "updated_at": now}
+        for key, value in (updates or {}).items():
+            if key != "reason":
+                raise ValueError(f"VM field {key!r} cannot be updated")
+            sets["vm_reason"] = value
+        with self.atomic():
+            cursor = self.db.conn.execute(
+                f"UPDATE requests SET {', '.join(f'{k} = :{k}' for k in sets)}"
+                " WHERE id = :_id AND vm_state = :_from",
+                {**sets, "_id": request_id, "_from": str(from_state)})
+            if cursor.rowcount != 1:
+                raise StaleState(f"VM {request_id} is not {from_state}")
+            self._insert_log(request_id, "transition", from_state, to_state, trigger, now,
+                             detail)
+
+    def get_vm(self, request_id: str) -> VmRecord | None:
+        """The VM of a done request, or None."""
+        rows = list(self.db.query("SELECT * FROM requests WHERE id = ? AND vm_state IS NOT"
+                                  " NULL", [request_id]))
+        return VmRecord.from_row(rows[0]) if rows else None
+
+    def vms(self, *, states: Sequence[VmState], host: str | None = None) -> list[VmRecord]:
+        """VMs in these states (on this host), oldest first."""
+        sql = (f"SELECT * FROM requests WHERE vm_state IN ({','.join('?' * len(states))})"
+               + (" AND host = ?" if host is not None else "") + " ORDER BY created_at, id")
+        params = [str(s) for s in states] + ([host] if host is not None else [])
+        return [VmRecord.from_row(r) for r in self.db.query(sql, params)]
 
     # -- claims and reservations
 
@@ -424,4 +464,29 @@ class RequestRecords:
     def append_log(self, record_id: str, kind: str, state: State, trigger: str,
                    detail: str | None = None) -> None:
         """A note or an event in the request's log."""
+        self._store.append_log(record_id, kind, state, trigger, detail)
+
+
+class VmRecords:
+    """The VM lifecycle's records: the engine's view of the ``requests`` rows' VM state."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    def live(self) -> list[VmRecord]:
+        """VMs with an operation in progress, oldest first."""
+        return self._store.vms(states=sorted(VM_TABLE.in_progress))
+
+    def needing_cleanup(self) -> list[VmRecord]:
+        """None: a deleted VM has given everything back on its way to deleted."""
+        return []
+
+    def record_transition(self, record_id: str, source: VmState, dest: VmState, trigger: str,
+                          detail: str | None, fields: Mapping[str, Any]) -> None:
+        """Persist a VM's state change with its log row."""
+        self._store.record_vm_transition(record_id, source, dest, trigger, detail, fields)
+
+    def append_log(self, record_id: str, kind: str, state: VmState, trigger: str,
+                   detail: str | None = None) -> None:
+        """A note or an event in the request's (and so the VM's) log."""
         self._store.append_log(record_id, kind, state, trigger, detail)

@@ -237,3 +237,58 @@ def _undefine_domain(conn: Any, uuid: str) -> bool:
         dom.destroy()
     dom.undefine()
     return True
+
+
+POWER_STATES = {
+    libvirt.VIR_DOMAIN_RUNNING: "running", libvirt.VIR_DOMAIN_BLOCKED: "running",
+    libvirt.VIR_DOMAIN_PAUSED: "paused", libvirt.VIR_DOMAIN_PMSUSPENDED: "paused",
+    libvirt.VIR_DOMAIN_SHUTDOWN: "running", libvirt.VIR_DOMAIN_SHUTOFF: "shutoff",
+    libvirt.VIR_DOMAIN_CRASHED: "crashed",
+}
+"""libvirt's domain states as a VM's lifecycle reads them (shutting down is still on)."""
+
+
+def _domain_power(conn: Any, uuid: str, action: str) -> str | None:
+    """Act on a domain (start, shutdown, destroy, reboot); its power state before, or None
+    if it does not exist. Starting a running domain or stopping a stopped one is a no-op."""
+    try:
+        dom = conn.lookupByUUIDString(uuid)
+    except libvirt.libvirtError as exc:
+        if _is_not_found(exc):
+            return None
+        raise
+    state = POWER_STATES.get(dom.state()[0], "shutoff")
+    active = state != "shutoff" and state != "crashed"
+    if action == "start" and not active:
+        dom.create()
+    elif action == "shutdown" and active:
+        dom.shutdown()
+    elif action == "destroy" and active:
+        dom.destroy()
+    elif action == "reboot":
+        dom.reboot(0)
+    return state
+
+
+def _power_states(conn: Any) -> dict[str, str]:
+    """Every domain's power state, by UUID."""
+    out = {}
+    for dom in conn.listAllDomains(0):
+        try:
+            out[dom.UUIDString()] = POWER_STATES.get(dom.state()[0], "shutoff")
+        except libvirt.libvirtError as exc:
+            if not _is_not_found(exc):  # undefined while we listed
+                raise
+    return out
+
+
+def _wipe_volume(conn: Any, pool_name: str, name: str) -> bool:
+    """Wipe a volume; False if the driver cannot (the volume is then left as it is)."""
+    vol = conn.storagePoolLookupByName(pool_name).storageVolLookupByName(name)
+    try:
+        vol.wipe(0)
+    except libvirt.libvirtError as exc:
+        if exc.get_error_code() == libvirt.VIR_ERR_NO_SUPPORT:
+            return False
+        raise
+    return True

@@ -20,6 +20,9 @@ from daemon.errors import HostUnreachable, VirtError, VirtTimeout
 from daemon.virt import domain_xml
 from daemon.virt.calls import (
     DomainInfo,
+    _domain_power,
+    _power_states,
+    _wipe_volume,
     TaggedDomain,
     _create_volume,
     _define_domain,
@@ -344,6 +347,22 @@ class HostConnection:
                                 self._conn, uuid)
         self.inventory.remove_domain(uuid)
         return gone
+
+    async def power(self, uuid: str, action: str) -> str | None:
+        """Start, shutdown, destroy or reboot a domain; its power state before the call
+        (running, paused, shutoff, crashed), or None if it does not exist."""
+        return await self._call(f"cannot {action} domain {uuid}", _domain_power, self._conn,
+                                uuid, action)
+
+    async def power_states(self) -> dict[str, str]:
+        """Every domain's power state by UUID (running, paused, shutoff, crashed)."""
+        return await self._call(f"cannot list the domains of {self.name}", _power_states,
+                                self._conn)
+
+    async def wipe_volume(self, pool: str, name: str) -> bool:
+        """Wipe a volume's content; False if this host's driver cannot wipe."""
+        return await self._call(f"cannot wipe volume {pool}/{name}", _wipe_volume, self._conn,
+                                pool, name)
 
 
 __all__ = ["ConnectionClosed", "DomainEvent", "DomainInfo", "HostConnection", "Opener",

@@ -27,6 +27,11 @@ from daemon.virt import domain_xml
 from daemon.virt.connection import DomainEvent, HostConnection, PoolEvent
 from daemon.virt.inventory import gib
 from statemachines.provisioning import HOLDS_QUOTA, TABLE, State, Trigger
+from statemachines.vm import TABLE as VM_TABLE
+from statemachines.vm import VmState
+
+VM_INITIAL = str(VM_TABLE.initial)
+"""The state a done request's VM starts its own lifecycle in (shut off)."""
 
 log = logging.getLogger("provisiond.provisioning")
 
@@ -207,7 +212,8 @@ async def define(ctx: ProvisioningContext, req: RequestRecord) -> Outcome:
                             "but is not this request's")
         return Outcome(Trigger.FINISH,
                        f"domain {existing.name} ({uuid}) was already defined (adopted)",
-                       {"domain_uuid": uuid, "domain_name": existing.name})
+                       {"domain_uuid": uuid, "domain_name": existing.name,
+                        "vm_state": VM_INITIAL})
     template = ctx.config.templates.get(req.template)
     if template is None:
         raise UnknownName(f"template {req.template} is no longer configured")
@@ -250,7 +256,7 @@ async def define(ctx: ProvisioningContext, req: RequestRecord) -> Outcome:
     return Outcome(Trigger.FINISH,
                    f"domain {event.name} ({uuid}) defined on {host.name} "
                    f"({domain_type}, {req.cpus} vcpus, {req.memory_kib} KiB)",
-                   {"domain_uuid": uuid, "domain_name": event.name})
+                   {"domain_uuid": uuid, "domain_name": event.name, "vm_state": VM_INITIAL})
 
 
 STEPS = {
@@ -332,7 +338,8 @@ def record_event(ctx: ProvisioningContext, event: object, waiting: str | None) -
         record = (ctx.live_request(waiting) if waiting is not None else None) or \
             store.find_by_domain_uuid(event.uuid)
         if record is not None and record.host == event.host:
-            store.append_log(record.id, "event", record.state, f"libvirt:{event.event}",
+            store.append_log(record.id, "event", record.vm_state or record.state,
+                             f"libvirt:{event.event}",
                              f"domain {event.name} {event.event} (detail {event.detail})")
 
 
@@ -395,10 +402,22 @@ class QuotaLedger:
             self._usage[req.resource_pool] = self._read(req.resource_pool)
             return
         sign = 1 if entered in HOLDS_QUOTA else -1
-        usage = self._usage[req.resource_pool]
-        self._usage[req.resource_pool] = QuotaUsage(
-            usage.vms + sign, usage.cpus + sign * req.cpus,
-            usage.memory + sign * req.memory_kib, usage.storage_gb + sign * req.storage_gb)
+        self._add(req, sign)
+
+    def on_vm_transition(self, vm: Any, left: VmState, entered: VmState) -> None:
+        """A deleted VM gives its share of its pool's quota back."""
+        if entered != VmState.DELETED:
+            return
+        if vm.resource_pool not in self._usage:
+            self._usage[vm.resource_pool] = self._read(vm.resource_pool)  # counts it out
+            return
+        self._add(vm, -1)
+
+    def _add(self, what: Any, sign: int) -> None:
+        usage = self._usage[what.resource_pool]
+        self._usage[what.resource_pool] = QuotaUsage(
+            usage.vms + sign, usage.cpus + sign * what.cpus,
+            usage.memory + sign * what.memory_kib, usage.storage_gb + sign * what.storage_gb)
 
 
 def provisioning_workflow(ctx: ProvisioningContext, records: Any,

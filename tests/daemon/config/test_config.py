@@ -156,7 +156,7 @@ def test_bad_size_values(cfg: Path, text: str, expected: str) -> None:
     ("provisiond.yml", lambda d: d["daemon"].update(sokcet="/tmp/x"),
      "cfg/provisiond.yml: daemon.sokcet: unknown key (expected one of: body_timeout, "
      "database, define_event_timeout, host_wait_timeout, libvirt_call_timeout, socket, "
-     "socket_group)"),
+     "socket_group, stop_timeout)"),
     ("pools.yml", lambda d: hw_pool(d).update(hostz=[]),
      "cfg/pools.yml: hardware_pools.hw.hostz: unknown key "
      "(expected one of: hosts, reuse_tolerance_gb, storage_pools)"),
@@ -166,7 +166,10 @@ def test_bad_size_values(cfg: Path, text: str, expected: str) -> None:
     ("templates.yml", lambda d: d["ipxe"].update(checksum="abc"),
      "cfg/templates.yml: ipxe.checksum: unknown key "
      "(expected one of: description, kind, path, volume)"),
-], ids=["size", "main", "daemon", "hardware-pool", "privilege", "template"])
+    ("pools.yml", lambda d: hw_pool(d)["storage_pools"][1].update(on_release="shred"),
+     "cfg/pools.yml: hardware_pools.hw.storage_pools[1].on_release: expected one of wipe, "
+     "keep, delete, got 'shred'"),
+], ids=["size", "main", "daemon", "hardware-pool", "privilege", "template", "on-release"])
 def test_unknown_keys_are_errors_naming_the_key(cfg: Path, file: str,
                                                  change: Callable[[Any], None],
                                                  expected: str) -> None:

@@ -1,0 +1,266 @@
+"""The VM lifecycle workflow: one step per operation of ``statemachines.vm``.
+
+Each operation's state is durable before its step acts (they are all in the table's
+``acts_outside``), and each step is safe to run again: it looks at the domain's power
+state and does only what is left (starting a running domain, or destroying a stopped
+one, is a no-op). libvirt's events move the resting states (``on_event``); after a start
+or a reconnect the real states are looked up (``resync``), since events in a gap are lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, ContextManager, Protocol
+
+from daemon.config import Config
+from daemon.engine.workflow import Outcome, Workflow
+from daemon.errors import HostUnreachable, ProvisiondError, VirtError
+from daemon.store import VmRecord
+from daemon.virt.connection import DomainEvent, HostConnection
+from statemachines.vm import TABLE, VmState, VmTrigger
+
+log = logging.getLogger("provisiond.vm")
+
+STOPPED_FAILED = 5
+"""libvirt's VIR_DOMAIN_EVENT_STOPPED_FAILED: the emulator died (a crash, not a stop)."""
+
+EVENT_TRIGGERS = {"STARTED": VmTrigger.STARTED, "RESUMED": VmTrigger.RESUMED,
+                  "SUSPENDED": VmTrigger.PAUSED, "CRASHED": VmTrigger.CRASHED,
+                  "UNDEFINED": VmTrigger.VANISHED}
+"""A libvirt lifecycle event -> the trigger it fires on a resting VM (STOPPED: see
+``trigger_of``)."""
+
+POWER_TRIGGERS = {"running": VmTrigger.STARTED, "paused": VmTrigger.PAUSED,
+                  "shutoff": VmTrigger.STOPPED, "crashed": VmTrigger.CRASHED}
+"""A power state found by looking -> the trigger that brings a resting VM to it."""
+
+
+class VmStore(Protocol):
+    """The store's methods the VM steps use (the ``Store`` has them all)."""
+
+    def atomic(self) -> ContextManager[None]: ...
+    def release_storage(self, request_id: str) -> None: ...
+    def append_log(self, request_id: str, kind: str, state: Any, trigger: str,
+                   detail: str | None = None) -> None: ...
+    def find_by_domain_uuid(self, domain_uuid: str) -> Any: ...
+    def get_vm(self, request_id: str) -> VmRecord | None: ...
+    def vms(self, *, states: Any, host: str | None = None) -> list[VmRecord]: ...
+
+
+class VmContext(Protocol):
+    """What a VM step may see and do; nothing here moves a state."""
+
+    @property
+    def config(self) -> Config:
+        """The configuration in force."""
+
+    @property
+    def store(self) -> VmStore:
+        """Claims and notes."""
+
+    def host(self, name: str | None) -> HostConnection:
+        """A configured host's connection."""
+
+    def expect_domain_event(self, host: str, uuid: str, event: str,
+                            request_id: str) -> asyncio.Future[DomainEvent]:
+        """A future resolved by the domain's next ``event``."""
+
+    def forget_domain_event(self, host: str, uuid: str, event: str) -> None:
+        """Drop the waiter of ``expect_domain_event``."""
+
+    def move(self, vm: VmRecord, trigger: VmTrigger, detail: str) -> None:
+        """Fire an event's trigger on a resting VM (through the engine)."""
+
+    def driven(self, request_id: str) -> bool:
+        """Whether an operation of this VM is in progress."""
+
+
+# --------------------------------------------------------------------------- the steps
+
+
+async def _power(ctx: VmContext, vm: VmRecord, action: str, event: str,
+                 timeout: float) -> tuple[str | None, bool]:
+    """Ask for a power action and wait (at most ``timeout``) for its event; (the power
+    state before, whether the event came)."""
+    host = ctx.host(vm.host)
+    assert vm.domain_uuid is not None
+    waiter = ctx.expect_domain_event(host.name, vm.domain_uuid, event, vm.id)
+    try:
+        before = await host.power(vm.domain_uuid, action)
+        if before is None:
+            raise VirtError(f"domain {vm.domain_name} ({vm.domain_uuid}) is not on host "
+                            f"{host.name}")
+        try:
+            await asyncio.wait_for(waiter, timeout)
+            return before, True
+        except asyncio.TimeoutError:
+            return before, False
+    finally:
+        ctx.forget_domain_event(host.name, vm.domain_uuid, event)
+
+
+async def start(ctx: VmContext, vm: VmRecord) -> Outcome:
+    """starting: start the domain (unless it runs) and wait for STARTED."""
+    before, seen = await _power(ctx, vm, "start", "STARTED",
+                                ctx.config.daemon.define_event_timeout)
+    if before == "running":
+        return Outcome(VmTrigger.STARTED, f"domain {vm.domain_name} was already running")
+    if not seen:
+        raise VirtError(f"domain {vm.domain_name} was started but libvirt's STARTED event "
+                        f"did not arrive within {ctx.config.daemon.define_event_timeout:g} s")
+    return Outcome(VmTrigger.STARTED, f"domain {vm.domain_name} started on {vm.host}")
+
+
+async def stop(ctx: VmContext, vm: VmRecord) -> Outcome:
+    """stopping: ACPI shutdown; forced off if it has not stopped within stop_timeout."""
+    timeout = ctx.config.daemon.stop_timeout
+    before, seen = await _power(ctx, vm, "shutdown", "STOPPED", timeout)
+    if before in ("shutoff", "crashed"):
+        return Outcome(VmTrigger.STOPPED, f"domain {vm.domain_name} was already off")
+    if seen:
+        return Outcome(VmTrigger.STOPPED, f"domain {vm.domain_name} shut down")
+    await _power(ctx, vm, "destroy", "STOPPED", ctx.config.daemon.define_event_timeout)
+    return Outcome(VmTrigger.STOPPED, f"domain {vm.domain_name} did not shut down within "
+                                      f"{timeout:g} s: forced off")
+
+
+async def power_off(ctx: VmContext, vm: VmRecord) -> Outcome:
+    """powering-off: destroy the domain (forced off at once)."""
+    before, _seen = await _power(ctx, vm, "destroy", "STOPPED",
+                                 ctx.config.daemon.define_event_timeout)
+    return Outcome(VmTrigger.STOPPED, f"domain {vm.domain_name} "
+                   + ("was already off" if before in ("shutoff", "crashed") else "forced off"))
+
+
+async def reboot(ctx: VmContext, vm: VmRecord) -> Outcome:
+    """rebooting: ask the guest to reboot (ACPI)."""
+    host = ctx.host(vm.host)
+    assert vm.domain_uuid is not None
+    if await host.power(vm.domain_uuid, "reboot") is None:
+        raise VirtError(f"domain {vm.domain_name} ({vm.domain_uuid}) is not on {host.name}")
+    return Outcome(VmTrigger.REBOOTED, f"domain {vm.domain_name} asked to reboot")
+
+
+async def delete(ctx: VmContext, vm: VmRecord) -> Outcome:
+    """deleting: force off, undefine, then give the storage back (see ``release``)."""
+    host = ctx.host(vm.host)
+    assert vm.domain_uuid is not None
+    found = await host.find_domain(vm.domain_uuid)
+    if found is not None and found.metadata.get("request_id") == vm.id:
+        await host.undefine_domain(vm.domain_uuid)
+        done = [f"undefined domain {found.name}"]
+    else:
+        done = [f"domain {vm.domain_name} was already gone"]
+    return await release(ctx, vm, host, done)
+
+
+async def release(ctx: VmContext, vm: VmRecord, host: HostConnection,
+                  done: list[str]) -> Outcome:
+    """Give the VM's storage back: a volume it created is deleted; a volume it reused is
+    wiped and free again, or as its pool's ``on_release`` says. A volume that cannot be
+    wiped stays claimed (never handed to another owner unwiped), and the log says so."""
+    keep_claim = False
+    if vm.volume_pool and vm.volume_name:
+        where = f"{vm.volume_pool}/{vm.volume_name}"
+        policy = _on_release(ctx.config, vm)
+        if vm.volume_owned or policy == "delete":
+            if await host.delete_volume(vm.volume_pool, vm.volume_name):
+                done.append(f"deleted volume {where}")
+        elif policy == "keep":
+            done.append(f"released volume {where} as it is (on_release: keep)")
+        elif await host.wipe_volume(vm.volume_pool, vm.volume_name):
+            done.append(f"wiped and released volume {where}")
+        else:
+            keep_claim = True
+            done.append(f"volume {where} kept out of the free set: host {host.name} cannot "
+                        "wipe it, and another owner must not see this VM's data "
+                        "(wipe or delete it by hand, then run provctl reconcile)")
+    store = ctx.store
+
+    def give_back() -> None:
+        if keep_claim or not (vm.volume_pool and vm.volume_name):
+            return
+        store.release_storage(vm.id)
+        host.inventory.release(vm.volume_pool, vm.volume_name)
+
+    return Outcome(VmTrigger.DELETED, "; ".join(done), writes=give_back)
+
+
+def _on_release(config: Config, vm: VmRecord) -> str:
+    for hardware in config.hardware_pools.values():
+        if any(h.name == vm.host for h in hardware.hosts):
+            for ref in hardware.storage_pools:
+                if ref.name == vm.volume_pool:
+                    return ref.on_release
+    return "wipe"
+
+
+STEPS = {
+    VmState.STARTING: start,
+    VmState.STOPPING: stop,
+    VmState.POWERING_OFF: power_off,
+    VmState.REBOOTING: reboot,
+    VmState.DELETING: delete,
+}
+"""The step of each operation's state."""
+
+
+# --------------------------------------------------------------------------- events
+
+
+def trigger_of(event: DomainEvent) -> VmTrigger | None:
+    """The trigger a libvirt lifecycle event fires on a resting VM, if any."""
+    if event.event == "STOPPED":
+        return VmTrigger.CRASHED if event.detail == STOPPED_FAILED else VmTrigger.STOPPED
+    return EVENT_TRIGGERS.get(event.event)
+
+
+def on_event(ctx: VmContext, event: object, waiting: str | None) -> None:
+    """A lifecycle event of a provisiond VM at rest moves it (an operation in progress
+    waits for its own events)."""
+    if not isinstance(event, DomainEvent) or waiting is not None:
+        return
+    trigger = trigger_of(event)
+    if trigger is None:
+        return
+    record = ctx.store.find_by_domain_uuid(event.uuid)
+    if record is None or record.host != event.host or record.vm_state is None:
+        return
+    vm = ctx.store.get_vm(record.id)
+    if vm is None or ctx.driven(vm.id) or TABLE.destination(vm.state, trigger) is None:
+        return
+    ctx.move(vm, trigger, f"libvirt: domain {event.name} {event.event} (detail "
+                          f"{event.detail})")
+
+
+async def resync(ctx: VmContext, host_name: str) -> None:
+    """Look at the real power state of every resting VM on the host (events of a gap
+    are lost) and move those that changed."""
+    try:
+        states = await ctx.host(host_name).power_states()
+    except (HostUnreachable, VirtError) as exc:
+        log.warning("cannot look at the VMs on %s: %s", host_name, exc.message)
+        return
+    for vm in ctx.store.vms(states=sorted(TABLE.resting), host=host_name):
+        if ctx.driven(vm.id) or vm.domain_uuid is None:
+            continue
+        power = states.get(vm.domain_uuid)
+        trigger = VmTrigger.VANISHED if power is None else POWER_TRIGGERS[power]
+        if TABLE.destination(vm.state, trigger) is None:
+            continue  # as recorded
+        seen = "not defined any more" if power is None else power
+        try:
+            ctx.move(vm, trigger, f"looked after a start or a reconnect: the domain is "
+                                  f"{seen}")
+        except ProvisiondError as exc:  # moved meanwhile by an operation or an event
+            log.info("VM %s not resynced: %s", vm.id, exc.message)
+
+
+def vm_workflow(ctx: VmContext, records: Any, on_transition: Any) -> Workflow[VmRecord]:
+    """The VM lifecycle table with its steps, records and event listener."""
+    return Workflow(table=TABLE, steps=STEPS, records=records, context=ctx,
+                    host_of=lambda vm: vm.host, on_event=on_event, resync=resync,
+                    on_transition=on_transition)
+
+
