@@ -18,6 +18,7 @@ from typing import Any
 
 from daemon import __version__
 from statemachines import State
+from statemachines.vm import VmState
 
 Schema = dict[str, Any]
 
@@ -59,6 +60,7 @@ ERROR_RESPONSES: dict[int, tuple[str, str]] = {
 """Each error status's reusable response (``#/components/responses/<name>``)."""
 
 STATE_NAMES: list[str] = [s.value for s in State]
+VM_STATE_NAMES: list[str] = [s.value for s in VmState]
 
 ISO_TIME: Schema = {
     "type": "string", "format": "date-time",
@@ -132,6 +134,17 @@ def json_body(schema_name: str, description: str, required: bool = True) -> dict
 SCHEMAS: dict[str, Schema] = {
     "State": {"type": "string", "enum": STATE_NAMES,
               "description": "A request's state; `done` and `failed` are terminal."},
+    "VmState": {"type": "string", "enum": VM_STATE_NAMES,
+                "description": "A done request's VM's state (docs/states.md); `deleted` is "
+                               "terminal."},
+    "Vm": closed({
+        "state": ref("schemas", "VmState"),
+        "reason": {"type": ["string", "null"],
+                   "description": "Why its last operation did not succeed."},
+    }, description="The VM a done request made, in its own lifecycle."),
+    "StopRequest": closed({
+        "force": {"type": "boolean", "description": "Forced off at once (virsh destroy)."},
+    }, description="How to stop a VM."),
     "Request": closed({
         "id": {"type": "string", "pattern": "^[0-9a-f]{32}$"},
         "name": {**NAME, "description": "The VM's (domain's) name."},
@@ -148,6 +161,8 @@ SCHEMAS: dict[str, Schema] = {
         "reason": {"type": ["string", "null"], "description": "Why it failed."},
         "volume": nullable(ref("schemas", "Volume")),
         "domain": nullable(ref("schemas", "Domain")),
+        "vm": {**nullable(ref("schemas", "Vm")),
+               "description": "The VM's lifecycle once the request is done (else null)."},
         "created_at": ISO_TIME,
         "updated_at": ISO_TIME,
     }, description="A provisioning request."),
@@ -174,10 +189,11 @@ SCHEMAS: dict[str, Schema] = {
                  "description": "transition: the state changed; event: a libvirt event "
                                 "about the request's domain; note: anything else worth "
                                 "keeping (rollback, reconnects)."},
-        "from": {**nullable(ref("schemas", "State")),
-                 "description": "The state left (null for the first transition); for an "
-                                "event or note, the state it happened in."},
-        "to": {**nullable(ref("schemas", "State")),
+        "from": {"type": ["string", "null"], "enum": [*STATE_NAMES, *VM_STATE_NAMES, None],
+                 "description": "The state left (null for the first transition): a "
+                                "request's, then its VM's; for an event or note, the state "
+                                "it happened in."},
+        "to": {"type": ["string", "null"], "enum": [*STATE_NAMES, *VM_STATE_NAMES, None],
                "description": "The state entered; for an event or note, the current one."},
         "trigger": {"type": ["string", "null"],
                     "description": "What fired it (e.g. `authorize`, `libvirt:DEFINED`)."},
@@ -401,6 +417,32 @@ PATHS: dict[str, Any] = {
                           **errors(404, 409)},
         },
     },
+    **{f"/v1/requests/{{id}}/{operation}": {
+        "parameters": [ref("parameters", "RequestId")],
+        "post": {
+            "operationId": f"{operation}Vm", "tags": ["vms"], "summary": summary,
+            "description": description + " Recorded before it acts; it runs in the "
+                           "background (follow it with `GET /v1/requests/{id}?wait=`). "
+                           "Refused with 409 where the VM's state does not allow it, and "
+                           "while another operation of it runs." + (
+                               "" if operation == "stop" else " Any body is ignored."),
+            **({"requestBody": json_body("StopRequest", "Optional.", required=False)}
+               if operation == "stop" else {}),
+            "responses": {"202": ok("Accepted; the request (and its VM) as it is now.",
+                                    REQUEST),
+                          **(errors(400, 404, 409, 413, 415) if operation == "stop"
+                             else errors(404, 409))},
+        },
+    } for operation, summary, description in (
+        ("start", "Start the VM", "The domain is started; its STARTED event ends it."),
+        ("stop", "Stop the VM", "An ACPI shutdown, forced off after `daemon.stop_timeout`; "
+                                "with `force`, forced off at once."),
+        ("reboot", "Reboot the VM", "An ACPI reboot."),
+        ("delete", "Delete the VM", "Forced off if running, undefined, and its storage given "
+                                    "back (a created volume deleted, a reused one wiped or as "
+                                    "its pool's `on_release` says); its quota is given back. "
+                                    "While a delete runs, another returns it."),
+    )},
     "/v1/placement/explain": {"post": {
         "operationId": "explainPlacement", "tags": ["placement"],
         "summary": "Placement dry run",
@@ -440,8 +482,8 @@ def _document() -> dict[str, Any]:
                  "license": {"name": "Apache-2.0", "identifier": "Apache-2.0"}},
         "servers": [{"url": "http://localhost",
                      "description": "over the Unix socket, e.g. curl --unix-socket PATH"}],
-        "tags": [{"name": "daemon"}, {"name": "requests"}, {"name": "placement"},
-                 {"name": "admin"}],
+        "tags": [{"name": "daemon"}, {"name": "requests"}, {"name": "vms"},
+                 {"name": "placement"}, {"name": "admin"}],
         "paths": PATHS,
         "components": {
             "schemas": SCHEMAS,

@@ -82,6 +82,7 @@ def request_json(r: RequestRecord) -> dict[str, Any]:
                    "owned": r.volume_owned} if r.volume_name else None,
         "domain": {"uuid": r.domain_uuid, "name": r.domain_name}
         if r.domain_uuid and r.state == State.DONE else None,
+        "vm": {"state": r.vm_state, "reason": r.vm_reason} if r.vm_state else None,
         "created_at": iso(r.created_at), "updated_at": iso(r.updated_at),
     }
 
@@ -317,6 +318,27 @@ async def cancel_request(request: web.Request) -> web.Response:
     return web.json_response(request_json(current), status=202)
 
 
+def vm_operation(operation: str) -> Handler:
+    """POST /v1/requests/{id}/OPERATION: start, stop, reboot or delete the request's VM."""
+
+    async def handler(request: web.Request) -> web.Response:
+        service = request.app[SERVICE]
+        who = peer_identity(request)
+        force = False
+        if operation == "stop" and request.can_read_body:
+            body = await read_json(request)
+            if not isinstance(body, dict) or set(body) - {"force"} or not isinstance(
+                    body.get("force", False), bool):
+                raise InvalidInput('the body must be {"force": true|false}', field="force")
+            force = body.get("force", False)
+        record = service.operate(who, request.match_info["id"], operation, force=force)
+        await service.store.durable()  # 202 means recorded: it runs even after a crash
+        return web.json_response(request_json(record), status=202)
+
+    handler.__doc__ = f"POST /v1/requests/{{id}}/{operation}."
+    return handler
+
+
 async def explain(request: web.Request) -> web.Response:
     """POST /v1/placement/explain: the placement dry run."""
     who = peer_identity(request)
@@ -414,6 +436,9 @@ def make_app() -> web.Application:
     app.router.add_get("/v1/requests/{id}", show_request, expect_handler=expect_handler)
     app.router.add_get("/v1/requests/{id}/log", request_log, expect_handler=expect_handler)
     app.router.add_post("/v1/requests/{id}/cancel", cancel_request, expect_handler=expect_handler)
+    for operation in ("start", "stop", "reboot", "delete"):
+        app.router.add_post(f"/v1/requests/{{id}}/{operation}", vm_operation(operation),
+                            expect_handler=expect_handler)
     app.router.add_post("/v1/placement/explain", explain, expect_handler=expect_handler)
     app.router.add_post("/v1/reconcile", reconcile, expect_handler=expect_handler)
     app.router.add_get("/v1/openapi.json", openapi_json, expect_handler=expect_handler)

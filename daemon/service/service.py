@@ -298,8 +298,9 @@ class StepContext:
         return self._service._ledger.usage(resource_pool)
 
     def live_request(self, request_id: str) -> RequestRecord | None:
-        """The in-memory record of a live request."""
-        return self._service.engine.live_record(request_id)
+        """The in-memory record of a request being provisioned (not of its VM's operation)."""
+        record = self._service.engine.live_record(request_id)
+        return record if isinstance(record, RequestRecord) else None
 
     def expect_domain_event(self, host: str, uuid: str, event: str,
                             request_id: str) -> asyncio.Future[DomainEvent]:

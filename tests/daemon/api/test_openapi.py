@@ -267,6 +267,28 @@ def test_every_answer_matches_the_document(daemon: Daemon, checker: OpenAPICheck
     assert call("POST", f"/v1/requests/{rid}/cancel").status == 409
     assert call("POST", "/v1/requests/" + "0" * 32 + "/cancel").status == 404
 
+    # the VM after done: start, reboot, stop (and forced off), delete
+    def vm_after(answer: Reply) -> str:
+        assert answer.status == 202, answer.body
+        return daemon.call("GET", f"/v1/requests/{rid}?wait=10").body["vm"]["state"]
+
+    assert call("POST", f"/v1/requests/{rid}/stop").status == 409  # it is stopped
+    assert vm_after(call("POST", f"/v1/requests/{rid}/start")) == "running"
+    assert call("POST", f"/v1/requests/{rid}/start").status == 409
+    assert vm_after(call("POST", f"/v1/requests/{rid}/reboot")) == "running"
+    assert call("POST", f"/v1/requests/{rid}/stop", {"force": "yes"}).status == 400
+    assert call("POST", f"/v1/requests/{rid}/stop", raw=b'{"force": true}' + b" " * 70_000
+                ).status == 413
+    assert call("POST", f"/v1/requests/{rid}/stop", raw=b"{}",
+                headers={"Content-Type": "text/plain"}).status == 415
+    assert vm_after(call("POST", f"/v1/requests/{rid}/stop", {"force": True})) == "stopped"
+    assert call("POST", f"/v1/requests/{rid}/reboot").status == 409
+    for operation in ("start", "stop", "reboot", "delete"):
+        assert call("POST", "/v1/requests/" + "0" * 32 + f"/{operation}").status == 404
+    assert vm_after(call("POST", f"/v1/requests/{rid}/delete")) == "deleted"
+    assert call("POST", f"/v1/requests/{rid}/delete").status == 202  # already: no error
+    assert call("POST", f"/v1/requests/{rid}/start").status == 409
+
     # explain and reconcile
     assert call("POST", "/v1/placement/explain", small).status == 200
     assert call("POST", "/v1/placement/explain", {**small, "size": "huge"}).status == 400
@@ -300,6 +322,7 @@ def test_every_answer_matches_the_document(daemon: Daemon, checker: OpenAPICheck
     live = call("POST", "/v1/requests", small).body["id"]
     waited = call("GET", f"/v1/requests/{live}?wait=0.3")  # it waits for the host: time out
     assert waited.status == 200 and waited.body["state"] not in ("done", "failed")
+    assert call("POST", f"/v1/requests/{live}/delete").status == 409  # no VM yet
     cancelled = call("POST", f"/v1/requests/{live}/cancel")
     assert cancelled.status == 202 and cancelled.body["state"] not in ("done", "failed")
 
@@ -312,7 +335,8 @@ def test_an_undocumented_answer_fails_the_check(checker: OpenAPIChecker) -> None
     request = {"id": "0" * 32, "name": "n", "owner": "o", "template": "t", "size": "s",
                "resource_pool": "rp", "hardware_pool": "hw", "host": None, "cpus": 1,
                "memory_kib": 1, "storage_gb": 1, "state": "requested", "reason": None,
-               "volume": None, "domain": None, "created_at": "2026-01-01T00:00:00.000Z",
+               "volume": None, "domain": None, "vm": None,
+               "created_at": "2026-01-01T00:00:00.000Z",
                "updated_at": "2026-01-01T00:00:00.000Z"}
     headers = {"Content-Type": "application/json; charset=utf-8"}
     url = "/v1/requests/" + "0" * 32
