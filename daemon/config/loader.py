@@ -40,7 +40,11 @@ from daemon.config.model import (
 )
 from daemon.errors import ConfigError, ConfigProblem
 
-DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "config" / "provisiond.yml"
+EMBEDDED_CONFIG = Path(__file__).resolve().parents[2] / "config" / "provisiond.yml"
+SYSTEM_CONFIG = Path("/etc/provisiond/provisiond.yml")
+DEFAULT_CONFIG = EMBEDDED_CONFIG if EMBEDDED_CONFIG.exists() else SYSTEM_CONFIG
+"""Without --config: the embedded default (libvirt's test driver) in a source checkout;
+an installed provisiond (whose package has no config/) reads the system's."""
 
 TEMPLATE_KINDS_SUPPORTED = ("iso",)
 TEMPLATE_KINDS_RESERVED = ("kickstart", "appliance")
