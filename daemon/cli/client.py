@@ -240,6 +240,11 @@ class Client:
         """POST /v1/requests/{id}/cancel."""
         return self.call("POST", f"/v1/requests/{_seg(request_id)}/cancel")[1]
 
+    def operate(self, request_id: str, operation: str, force: bool = False) -> dict[str, Any]:
+        """POST /v1/requests/{id}/OPERATION: start, stop, reboot or delete its VM."""
+        body = {"force": True} if force else None
+        return self.call("POST", f"/v1/requests/{_seg(request_id)}/{operation}", body)[1]
+
     def explain(self, template: str, size: str, resource_pool: str | None = None
                 ) -> dict[str, Any]:
         """POST /v1/placement/explain: where a request would get its storage."""

@@ -16,7 +16,14 @@ from daemon.cli.client import (
     Client,
     one_line,
 )
-from daemon.cli.contract import SOCKET_ENV, SYSTEM_SOCKET, TERMINAL_STATES, default_socket_path
+from daemon.cli.contract import (
+    SOCKET_ENV,
+    SYSTEM_SOCKET,
+    TERMINAL_STATES,
+    VM_BUSY_STATES,
+    VM_GOALS,
+    default_socket_path,
+)
 from daemon.cli.parser import PROG, build_parser, command_in
 from daemon.cli.render import (
     Timeline,
@@ -63,7 +70,7 @@ def cmd_create(client: Client, args: argparse.Namespace) -> int:
     """``provctl create``: submit, and with --wait follow the request to its end."""
     status, req = client.create(args.template, args.size, args.pool, args.name,
                                 args.idempotency_key)
-    if not args.wait:
+    if not args.wait and not args.start:
         if args.json:
             _print_json(req)
         else:
@@ -71,7 +78,54 @@ def cmd_create(client: Client, args: argparse.Namespace) -> int:
                 print("An earlier request had this idempotency key; it is shown instead.\n")
             print(render_request(req))
         return EXIT_OK
-    return wait_for(client, req, quiet=args.json, replay=status == 200)
+    code = wait_for(client, req, quiet=args.json, replay=status == 200,
+                    final_json=not args.start)
+    if code != EXIT_OK or not args.start:
+        return code
+    return operate(client, str(req.get("id")), "start", wait=args.wait, as_json=args.json)
+
+
+def operate(client: Client, request_id: str, operation: str, *, force: bool = False,
+            wait: bool = False, as_json: bool = False) -> int:
+    """Ask for a VM operation; with ``wait``, follow it until the VM rests (exit 0 when it
+    got where the operation goes, 1 otherwise)."""
+    req = client.operate(request_id, operation, force)
+    vm = req.get("vm") or {}
+    if not wait:
+        if as_json:
+            _print_json(req)
+        else:
+            print(f"{operation}{' --force' if force else ''} accepted for VM {req.get('name')}"
+                  f" (request {req.get('id', request_id)}; VM now {vm.get('state')})")
+        return EXIT_OK
+    if not as_json:
+        print(f"{operation}: VM {req.get('name')} ({vm.get('state')}) ...", flush=True)
+    try:
+        while vm.get("state") in VM_BUSY_STATES or vm.get("state") is None:
+            req = client.get(request_id, wait=30)  # answered when the operation is over
+            vm = req.get("vm") or {}
+            if vm.get("state") is None:
+                break
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted; the operation goes on (see: {PROG} show {request_id})",
+              file=sys.stderr)
+        return EXIT_INTERRUPTED
+    if as_json:
+        _print_json(req)
+    state = vm.get("state")
+    if state == VM_GOALS[operation]:
+        if not as_json:
+            print(f"{state}: VM {req.get('name')}")
+        return EXIT_OK
+    reason = one_line(vm.get("reason") or "no reason given")
+    print(f"{PROG}: VM {req.get('name')} is {state}: {reason}", file=sys.stderr)
+    return EXIT_FAILED
+
+
+def cmd_operate(client: Client, args: argparse.Namespace) -> int:
+    """``provctl start|stop|reboot|delete ID [--wait]``."""
+    return operate(client, args.id, args.command, force=getattr(args, "force", False),
+                   wait=args.wait, as_json=args.json)
 
 
 def pause_unless_ended(client: Client, request_id: str) -> None:
@@ -84,7 +138,7 @@ def pause_unless_ended(client: Client, request_id: str) -> None:
 
 
 def wait_for(client: Client, req: dict[str, Any], *, quiet: bool = False,
-             replay: bool = False) -> int:
+             replay: bool = False, final_json: bool = True) -> int:
     """Follow a request, print each state reached, end on done (0) or failed (1)."""
     request_id = str(req.get("id"))
     if not quiet:
@@ -121,7 +175,7 @@ def wait_for(client: Client, req: dict[str, Any], *, quiet: bool = False,
         print(f"{PROG}: interrupted; request {request_id} goes on "
               f"(see: {PROG} show {request_id})", file=sys.stderr)
         return EXIT_INTERRUPTED
-    if quiet:
+    if quiet and final_json:
         _print_json(final)
     if final.get("state") == "done":
         if not quiet:
@@ -249,7 +303,9 @@ def cmd_completion(_client: Client, args: argparse.Namespace) -> int:
 
 COMMANDS: dict[str, Callable[[Client, argparse.Namespace], int]] = {
     "catalog": cmd_catalog, "create": cmd_create, "show": cmd_show, "list": cmd_list,
-    "log": cmd_log, "cancel": cmd_cancel, "explain": cmd_explain, "reconcile": cmd_reconcile,
+    "log": cmd_log, "cancel": cmd_cancel, "start": cmd_operate, "stop": cmd_operate,
+    "reboot": cmd_operate, "delete": cmd_operate, "explain": cmd_explain,
+    "reconcile": cmd_reconcile,
     "completion": cmd_completion,
 }
 """Each subcommand's function."""

@@ -22,6 +22,14 @@ STATES: tuple[str, ...] = ("requested", "authorized", "storage-searching",
 TERMINAL_STATES: frozenset[str] = frozenset({"done", "failed"})
 """The states a request never leaves (``statemachines.provisioning.TERMINAL``)."""
 
+VM_BUSY_STATES: frozenset[str] = frozenset(
+    {"starting", "stopping", "powering-off", "rebooting", "deleting"})
+"""A VM's states while an operation runs (``statemachines.vm.TABLE.in_progress``)."""
+
+VM_GOALS: dict[str, str] = {"start": "running", "stop": "stopped", "reboot": "running",
+                            "delete": "deleted"}
+"""The state each VM operation ends in when it succeeds."""
+
 EXIT_BY_STATUS: dict[int, int] = {400: 2, 403: 3, 404: 5, 409: 1, 500: 1, 502: 1, 503: 1,
                                   504: 1, 507: 1}
 """HTTP status of an API error -> provctl's exit code (``daemon.errors``' tree)."""

@@ -86,8 +86,8 @@ def _global_options(parser: argparse.ArgumentParser) -> None:
                         help="print the API's JSON instead of tables")
 
 
-COMMAND_NAMES = ("catalog", "create", "show", "list", "log", "cancel", "explain",
-                 "reconcile", "completion")
+COMMAND_NAMES = ("catalog", "create", "show", "list", "log", "cancel", "start", "stop",
+                 "reboot", "delete", "explain", "reconcile", "completion")
 
 
 class _Skipped:
@@ -167,6 +167,9 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--wait", "-w", action="store_true",
                    help="follow the request, printing each state it reaches, until done or "
                         "failed (with --json: print the final request)")
+    p.add_argument("--start", action="store_true",
+                   help="start the VM once the request is done (waits for done; with "
+                        "--wait, for the VM to run too)")
 
     p = add("show", "show one request",
             "Show a request: its state (and the reason if it failed), what it asked for, "
@@ -222,6 +225,26 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
             "volume\nit created, a domain it defined, quota) is released. A request that is "
             "done or\nfailed cannot be cancelled (exit 1).")
     p.add_argument("id", metavar="ID", help="request id (see 'list')")
+
+    for name, summary, description in (
+            ("start", "start a VM", "Start the VM of a done request."),
+            ("stop", "stop a VM (ACPI shutdown; --force: forced off)",
+             "Stop the VM of a done request: an ACPI shutdown, forced off if the guest has "
+             "not\nstopped within the daemon's stop_timeout; --force forces it off at once."),
+            ("reboot", "reboot a running VM", "Ask a running VM's guest to reboot (ACPI)."),
+            ("delete", "delete a VM and give its storage back",
+             "Delete the VM of a done request: forced off if running, undefined, its volume\n"
+             "deleted (one it created) or wiped and freed (one it reused), its quota given\n"
+             "back. Deleting while a delete runs is not an error.")):
+        p = add(name, summary, description + "\n\nWith --wait: exit 0 when the VM got "
+                "there, 1 when the operation failed.")
+        p.add_argument("id", metavar="ID", help="request id (see 'list')")
+        p.add_argument("--wait", "-w", action="store_true",
+                       help="wait until the operation is over (with --json: print the "
+                            "request then)")
+        if name == "stop":
+            p.add_argument("--force", "-f", action="store_true",
+                           help="force it off at once (virsh destroy)")
 
     p = add("explain", "show where a request would get its storage (dry run)",
             "Dry run of storage placement: whether a request of this template and size "

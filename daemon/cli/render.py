@@ -124,17 +124,26 @@ def render_request(req: dict[str, Any]) -> str:
         ("storage", f"{req['storage_gb']} GiB" if req.get("storage_gb") is not None else None),
         ("volume", vol_text),
         ("domain", dom_text),
+        ("vm", _vm_text(req.get("vm"))),
         ("created", req.get("created_at")),
         ("updated", req.get("updated_at")),
     ]
     known = {"id", "name", "state", "reason", "owner", "template", "size", "resource_pool",
              "hardware_pool", "host", "cpus", "memory_kib", "storage_gb", "volume", "domain",
-             "created_at", "updated_at"}
+             "vm", "created_at", "updated_at"}
     pairs += [(k, v if not isinstance(v, (dict, list)) else json.dumps(v))
               for k, v in req.items() if k not in known]
     width = max(len(k) for k, _ in pairs) + 1
     return "\n".join(f"{k + ':':<{width}} {'-' if v is None or v == '' else v}"
                      for k, v in pairs)
+
+
+def _vm_text(vm: Any) -> str | None:
+    """A done request's VM: its state, and why its last operation failed if it did."""
+    if not isinstance(vm, dict):
+        return None
+    reason = vm.get("reason")
+    return f"{vm.get('state')}" + (f" (last operation: {one_line(reason)})" if reason else "")
 
 
 def _parse_time(value: Any) -> datetime | None:

@@ -343,7 +343,9 @@ class Store:
                              updates: Mapping[str, Any] | None = None) -> None:
         """Persist a VM's state change (``reason`` is its ``vm_reason``) and its log row."""
         now = self.clock()
-        sets: dict[str, Any] = {"vm_state": str(to_state), "updated_at": now}
+        # vm_reason says why the last operation failed: any other transition clears it.
+        sets: dict[str, Any] = {"vm_state": str(to_state), "updated_at": now,
+                                "vm_reason": None}
         for key, value in (updates or {}).items():
             if key != "reason":
                 raise ValueError(f"VM field {key!r} cannot be updated")

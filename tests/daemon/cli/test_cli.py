@@ -142,3 +142,27 @@ def _paged(call):
             url = f"{path}?{query}&limit=1" if query else f"{path}?limit=1"
         return call(self, method, url, *args, **kwargs)
     return paged
+
+
+def test_a_vm_is_started_stopped_and_deleted_with_provctl(make_daemon) -> None:
+    daemon: Daemon = make_daemon()
+    created = provctl("create", "-t", "ipxe", "-s", "small", "--pool", "rp", "--start",
+                      "--wait", socket=daemon.socket)
+    assert created.returncode == 0, created.stderr
+    assert created.stdout.splitlines()[-1].startswith("running: VM ipxe-")
+    rid = re.search(r"request ([0-9a-f]{32})", created.stdout).group(1)
+
+    stopped = provctl("stop", rid, "--wait", socket=daemon.socket)
+    assert (stopped.returncode, stopped.stdout.splitlines()[-1].split(":")[0]) == \
+        (0, "stopped"), stopped.stderr
+    assert provctl("stop", rid, socket=daemon.socket).returncode == 1  # already stopped
+    shown = provctl("show", rid, socket=daemon.socket).stdout
+    assert re.search(r"^vm: +stopped$", shown, re.M), shown
+    gone = json.loads(provctl("delete", rid, "--wait", "--json", socket=daemon.socket).stdout)
+    assert gone["vm"] == {"state": "deleted", "reason": None}
+    refused = provctl("start", rid, socket=daemon.socket)
+    assert refused.returncode == 1
+    assert refused.stderr.startswith("provctl: VM ipxe-") and "is deleted" in refused.stderr
+    log = provctl("log", rid, socket=daemon.socket).stdout
+    assert re.search(r"deleting +-> deleted", log) and "libvirt:STARTED" in log
+    assert log.splitlines()[-1].startswith("requested -> deleted in ")

@@ -15,6 +15,8 @@ from harness.daemon import REPO
 from daemon.config import default_socket_path
 from daemon.errors import exit_codes_by_status
 from statemachines.provisioning import TERMINAL, State
+from statemachines.vm import TABLE as VM_TABLE
+from statemachines.vm import VmState, VmTrigger
 
 
 def test_the_exit_codes_are_the_error_trees() -> None:
@@ -24,6 +26,12 @@ def test_the_exit_codes_are_the_error_trees() -> None:
 def test_the_states_are_the_tables() -> None:
     assert contract.STATES == tuple(s.value for s in State)
     assert contract.TERMINAL_STATES == {s.value for s in TERMINAL}
+    assert contract.VM_BUSY_STATES == {s.value for s in VM_TABLE.in_progress}
+    for operation, goal in contract.VM_GOALS.items():  # each operation ends where it says
+        busy = VM_TABLE.destination(VmState.RUNNING if operation != "start"
+                                    else VmState.STOPPED, VmTrigger(operation))
+        assert busy is not None and str(busy) in contract.VM_BUSY_STATES
+        assert goal in {str(t.dest) for t in VM_TABLE.transitions_from(busy)}
 
 
 def test_provctl_and_the_daemon_find_the_same_socket(monkeypatch) -> None:
