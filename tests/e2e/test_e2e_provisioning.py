@@ -44,7 +44,7 @@ class E2E:
             directory, storage_pools=[self.pool], sizes=SIZES,
             templates={"ipxe": {"kind": "iso", "volume": {"pool": self.pool,
                                                           "name": "ipxe.iso"}}},
-            daemon={"host_wait_timeout": 60, "define_event_timeout": 30},
+            daemon={"host_wait_timeout": 60, "define_event_timeout": 30, "stop_timeout": 3},
             hosts=[{"name": "e2e", "uri": libvirtd.uri, "domain_type": "qemu"}])
         self.started: list[Daemon] = []
 
@@ -119,6 +119,39 @@ def create(d: Daemon, size: str) -> dict[str, Any]:
                                              "resource_pool": "rp"})
     assert reply.status == 202, reply.body
     return reply.body
+
+
+def operate(d: Daemon, request_id: str, operation: str, **body: Any) -> dict[str, Any]:
+    """Ask for a VM operation; the request once the operation is over."""
+    reply = d.call("POST", f"/v1/requests/{request_id}/{operation}", body or None)
+    assert reply.status == 202, reply.body
+    return d.call("GET", f"/v1/requests/{request_id}?wait=60").body
+
+
+def test_a_vm_runs_under_qemu_stops_and_gives_its_wiped_volume_back(e2e: E2E) -> None:
+    d = e2e.daemon()
+    done = d.wait_terminal(create(d, "one")["id"])
+    rid = done["id"]
+    assert done["volume"]["name"] == "free-1g.qcow2" and done["vm"]["state"] == "stopped"
+    uuid = domain_uuid_for(rid)
+
+    assert operate(d, rid, "start")["vm"]["state"] == "running"
+    assert e2e.virsh("domstate", uuid).strip() == "running"  # a real guest, under TCG
+    # iPXE does not answer ACPI: forced off once stop_timeout has passed.
+    stopped = operate(d, rid, "stop")
+    assert stopped["vm"]["state"] == "stopped"
+    assert e2e.virsh("domstate", uuid).strip() == "shut off"
+    assert "forced off" in d.call("GET", f"/v1/requests/{rid}/log").body["log"][-1]["detail"]
+    assert operate(d, rid, "start")["vm"]["state"] == "running"
+    assert operate(d, rid, "stop", force=True)["vm"]["state"] == "stopped"
+
+    assert operate(d, rid, "delete")["vm"]["state"] == "deleted"
+    assert uuid not in e2e.virsh("list", "--all", "--uuid")
+    last = d.call("GET", f"/v1/requests/{rid}/log").body["log"][-1]
+    assert f"wiped and released volume {e2e.pool}/free-1g.qcow2" in last["detail"]
+    # Wiped, the volume is free again: the next request reuses it.
+    again = d.wait_terminal(create(d, "one")["id"])
+    assert again["volume"]["name"] == "free-1g.qcow2", again
 
 
 def test_provision_by_reuse_and_by_creation_as_virsh_sees_it(e2e: E2E) -> None:
