@@ -3,8 +3,9 @@
     PROVISIOND_CRASH_AT=after:create_volume python -m tests.e2e.crashpoint --config FILE
 
 Points: ``before:<call>`` / ``after:<call>`` for the libvirt adapter's calls that change
-something (create_volume, define_domain), and ``after:<state>`` right after the
-transition into that state is committed. Only the first matching moment kills, and only
+something (create_volume, define_domain, power, undefine_domain, delete_volume,
+wipe_volume), and ``after:<state>`` right after the transition into that state (a
+request's or its VM's) is committed. Only the first matching moment kills, and only
 for requests whose template is listed in ``PROVISIOND_CRASH_TEMPLATE`` (default: every
 request). Production code is not changed: this module wraps it from outside.
 """
@@ -60,9 +61,21 @@ def wrap_transitions() -> None:
 
     store_module.Store.record_transition = wrapper  # type: ignore[method-assign]
 
+    original_vm = store_module.Store.record_vm_transition
+
+    @functools.wraps(original_vm)
+    def vm_wrapper(self: Any, request_id: str, from_state: Any, to_state: Any, *args: Any,
+                   **kwargs: Any) -> None:
+        original_vm(self, request_id, from_state, to_state, *args, **kwargs)
+        if CRASH_AT == f"after:{to_state}":
+            asyncio.get_running_loop().call_soon(die, CRASH_AT)
+
+    store_module.Store.record_vm_transition = vm_wrapper  # type: ignore[method-assign]
+
 
 if CRASH_AT:
-    for call in ("create_volume", "define_domain"):
+    for call in ("create_volume", "define_domain", "power", "undefine_domain",
+                 "delete_volume", "wipe_volume"):
         wrap_call(call)
     wrap_transitions()
 

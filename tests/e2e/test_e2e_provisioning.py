@@ -227,6 +227,47 @@ def test_sigkill_at_each_step_boundary_ends_like_no_crash(e2e: E2E, point: str) 
     assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
 
 
+VM_CRASH_POINTS = [
+    ("start", "after:starting", "running"), ("start", "after:power", "running"),
+    ("delete", "after:deleting", "deleted"), ("delete", "after:undefine_domain", "deleted"),
+    ("delete", "after:delete_volume", "deleted"),
+]
+
+
+@pytest.mark.parametrize("operation, point, goal", VM_CRASH_POINTS)
+def test_sigkill_in_a_vm_operation_ends_it_once(e2e: E2E, operation: str, point: str,
+                                                goal: str) -> None:
+    first = e2e.daemon()
+    rid = first.wait_terminal(create(first, "two")["id"])["id"]  # its own volume
+    assert first.stop() == 0
+    crashing = e2e.daemon(crash_at=point)
+    try:
+        acknowledged = crashing.call("POST", f"/v1/requests/{rid}/{operation}").status == 202
+    except OSError:
+        acknowledged = False  # killed before it answered: the operation may be lost
+    assert crashing.proc.wait(30) == -signal.SIGKILL, crashing.log()
+
+    d = e2e.daemon()
+    log = d.call("GET", f"/v1/requests/{rid}/log").body["log"]
+    busy = "starting" if operation == "start" else "deleting"
+    recorded = ("stopped", busy) in [(e["from"], e["to"]) for e in log]
+    assert recorded or not acknowledged  # a 202 means it was on disk
+    if not recorded:  # never acknowledged, never done: nothing happened, ask again
+        assert e2e.virsh("domstate", domain_uuid_for(rid)).strip() == "shut off"
+        assert d.call("POST", f"/v1/requests/{rid}/{operation}").status == 202
+    final = d.call("GET", f"/v1/requests/{rid}?wait=60").body
+    assert final["vm"]["state"] == goal, final
+    log = d.call("GET", f"/v1/requests/{rid}/log").body["log"]
+    moves = [(e["from"], e["to"]) for e in log if e["kind"] == "transition"]
+    assert moves.count(("stopped", busy)) == 1 and moves[-1] == (busy, goal)  # once
+    if goal == "deleted":
+        assert e2e.our_volumes() == [] and e2e.domains_of(rid) == []
+        assert "Traceback" not in d.log()
+    else:
+        assert e2e.virsh("domstate", domain_uuid_for(rid)).strip() == "running"
+    assert d.stop() == 0
+
+
 def test_requests_wait_for_a_libvirt_daemon_that_is_down_then_finish(e2e: E2E) -> None:
     d = e2e.daemon()
     e2e.libvirtd.stop_libvirtd(signal.SIGKILL)
