@@ -126,6 +126,8 @@ class DaemonSettings:
     """Seconds a client has to send a request's whole body once its headers are in."""
     stop_timeout: float = 60.0
     """Seconds a VM has to shut down after an ACPI request before it is forced off."""
+    retention_days: float = 90.0
+    """How long a deleted VM's request and log are kept before they are pruned."""
 
 
 @dataclass(frozen=True)

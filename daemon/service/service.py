@@ -37,6 +37,8 @@ log = logging.getLogger("provisiond.service")
 OPERATIONS = {"start": VmTrigger.START, "stop": VmTrigger.STOP, "reboot": VmTrigger.REBOOT,
               "delete": VmTrigger.DELETE}
 """The operations on a VM, by their name in the API."""
+PRUNE_INTERVAL = 3600.0
+"""Seconds between two prunings of deleted VMs (and one at start)."""
 OPERATION_PAST = {"start": "started", "stop": "stopped", "reboot": "rebooted",
                   "delete": "deleted"}
 
@@ -73,7 +75,7 @@ class Service:
         self.vms = vm_workflow(VmStepContext(self), VmRecords(store),
                                self._ledger.on_vm_transition)
         self.engine.add(self.vms)
-        self._resyncs: set[asyncio.Task[None]] = set()
+        self._background: set[asyncio.Task[None]] = set()
 
     # -- lifecycle
 
@@ -88,12 +90,39 @@ class Service:
         for name in self.hosts:
             if self.hosts.reachable(name):
                 task = asyncio.create_task(self.engine.resync(name), name=f"resync-{name}")
-                self._resyncs.add(task)
-                task.add_done_callback(self._resyncs.discard)
+                self._background.add(task)
+                task.add_done_callback(self._background.discard)
+        pruner = asyncio.create_task(self._prune_every(PRUNE_INTERVAL), name="prune")
+        self._background.add(pruner)
+
+    async def prune(self) -> int:
+        """Forget the deleted VMs older than ``daemon.retention_days``, a batch per loop
+        pass (the event loop is never held long); return how many."""
+        before = self.clock() - self.config.daemon.retention_days * 86400
+        pruned = 0
+        while True:
+            count = self.store.prune_deleted(before)
+            pruned += count
+            await self.store.durable()
+            if count == 0:
+                break
+            await asyncio.sleep(0)
+        if pruned:
+            log.info("pruned %d deleted VMs older than %g days", pruned,
+                     self.config.daemon.retention_days)
+        return pruned
+
+    async def _prune_every(self, seconds: float) -> None:
+        while True:
+            try:
+                await self.prune()
+            except Exception:  # the store's error is logged; try again next time
+                log.exception("pruning deleted VMs failed")
+            await asyncio.sleep(seconds)
 
     async def stop(self, timeout: float = 10.0) -> None:
         """Stop driving (every record stays in its last durable state), close hosts."""
-        for task in self._resyncs:
+        for task in self._background:
             task.cancel()
         await self.engine.stop(timeout)
         await self.events.stop(timeout)

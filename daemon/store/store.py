@@ -373,6 +373,21 @@ class Store:
         params = [str(s) for s in states] + ([host] if host is not None else [])
         return [VmRecord.from_row(r) for r in self.db.query(sql, params)]
 
+    def prune_deleted(self, before: float, *, batch: int = 1000) -> int:
+        """Forget deleted VMs' requests (and their logs) last moved before ``before``, a
+        batch at a time; return how many. A claim a deleted VM kept (a volume its host
+        could not wipe) stays: it still keeps that volume from another owner."""
+        with self.atomic():
+            ids = [row[0] for row in self.db.conn.execute(
+                "SELECT id FROM requests WHERE vm_state = 'deleted' AND updated_at < ?"
+                " LIMIT ?", (before, batch))]
+            if ids:
+                marks = ",".join("?" * len(ids))
+                self.db.conn.execute(f"DELETE FROM state_log WHERE request_id IN ({marks})",
+                                     ids)
+                self.db.conn.execute(f"DELETE FROM requests WHERE id IN ({marks})", ids)
+        return len(ids)
+
     # -- claims and reservations
 
     def claim_volume(self, host: str, pool: str, volume: str, request_id: str) -> None:

@@ -166,3 +166,20 @@ async def test_the_real_state_is_looked_up_after_a_reconnect(harness):
     await h.service.engine.resync("testhost")
     assert h.store.get_vm(done.id).state == VmState.RUNNING
     assert "looked after a start or a reconnect" in h.store.get_log(done.id)[-1].detail
+
+
+async def test_deleted_vms_are_pruned_after_the_retention_but_their_kept_claims_stay(
+        make_harness):
+    h = await make_harness(daemon={"retention_days": 0.000001})  # 0.09 s
+    deleted = await h.run(size="small")              # reuses free-15g: not wipeable here
+    kept = await h.run(size="small")                 # stays: its VM is not deleted
+    h.service.operate(ALICE, deleted.id, "delete")
+    await settle(h, deleted.id)
+    await asyncio.sleep(0.2)
+
+    assert await h.service.prune() == 1
+    assert h.store.get_request(deleted.id) is None and h.store.get_log(deleted.id) == []
+    assert h.store.get_request(kept.id) is not None
+    # The volume its host could not wipe is still kept from other owners.
+    assert ("pool-dir", "free-15g.qcow2") in h.store.claims_on("testhost")
+    assert await h.service.prune() == 0
