@@ -86,6 +86,8 @@ def _m2_vm_lifecycle(db: sqlite_utils.Database) -> None:
     db["requests"].add_column("vm_state", str)
     db["requests"].add_column("vm_reason", str)
     db["requests"].create_index(["vm_state"])
+    # VMs made before: stopped until the look at start-up finds them running.
+    db.execute("UPDATE requests SET vm_state = 'stopped' WHERE state = 'done'")
 
 
 MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (_m1_initial,

@@ -22,8 +22,9 @@ from statemachines.vm import TABLE, VmState, VmTrigger
 
 log = logging.getLogger("provisiond.vm")
 
-STOPPED_FAILED = 5
-"""libvirt's VIR_DOMAIN_EVENT_STOPPED_FAILED: the emulator died (a crash, not a stop)."""
+STOPPED_CRASHED_DETAILS = frozenset({2, 5})
+"""libvirt's VIR_DOMAIN_EVENT_STOPPED_CRASHED and _FAILED: the guest crashed or the
+emulator died (not a stop)."""
 
 EVENT_TRIGGERS = {"STARTED": VmTrigger.STARTED, "RESUMED": VmTrigger.RESUMED,
                   "SUSPENDED": VmTrigger.PAUSED, "CRASHED": VmTrigger.CRASHED,
@@ -212,7 +213,8 @@ STEPS = {
 def trigger_of(event: DomainEvent) -> VmTrigger | None:
     """The trigger a libvirt lifecycle event fires on a resting VM, if any."""
     if event.event == "STOPPED":
-        return VmTrigger.CRASHED if event.detail == STOPPED_FAILED else VmTrigger.STOPPED
+        return (VmTrigger.CRASHED if event.detail in STOPPED_CRASHED_DETAILS
+                else VmTrigger.STOPPED)
     return EVENT_TRIGGERS.get(event.event)
 
 

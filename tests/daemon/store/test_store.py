@@ -102,6 +102,27 @@ def test_migrating_again_is_harmless_and_keeps_the_data(tmp_path: Path) -> None:
         reopened.close()
 
 
+def test_a_database_of_the_first_schema_gets_its_done_vms_stopped(tmp_path: Path) -> None:
+    # A provisiond from before the VM lifecycle left done requests: their VMs start out
+    # stopped (the look at start-up then finds those that run).
+    path = tmp_path / "old.db"
+    s = Store(path)
+    with s.db.atomic():
+        MIGRATIONS[0](s.db)
+        s.db.execute("PRAGMA user_version=1")
+    s.insert_request(request("old-done"))
+    for source, dest in ((State.REQUESTED, State.AUTHORIZED),
+                         (State.AUTHORIZED, State.STORAGE_SEARCHING),
+                         (State.STORAGE_SEARCHING, State.DEFINING),
+                         (State.DEFINING, State.DONE)):
+        s.record_transition("old-done", source, dest, "t")
+    s.insert_request(request("old-live"))
+    assert s.migrate() == len(MIGRATIONS)
+    assert s.get_vm("old-done").state == "stopped"
+    assert s.get_vm("old-live") is None
+    s.close()
+
+
 def test_wal_mode_and_full_sync_are_on(store: Store) -> None:
     assert store.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert store.db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL

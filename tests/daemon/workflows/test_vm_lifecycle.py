@@ -183,3 +183,19 @@ async def test_deleted_vms_are_pruned_after_the_retention_but_their_kept_claims_
     # The volume its host could not wipe is still kept from other owners.
     assert ("pool-dir", "free-15g.qcow2") in h.store.claims_on("testhost")
     assert await h.service.prune() == 0
+
+
+def test_a_crash_is_told_from_a_stop_by_the_event_s_detail() -> None:
+    from daemon.virt.connection import DomainEvent
+    from daemon.workflows.vm import trigger_of
+    from statemachines.vm import VmTrigger
+
+    def event(name: str, detail: int) -> DomainEvent:
+        return DomainEvent("h", "u", "vm", name, detail, 0.0)
+
+    assert trigger_of(event("STOPPED", 0)) == VmTrigger.STOPPED   # shut down
+    assert trigger_of(event("STOPPED", 1)) == VmTrigger.STOPPED   # destroyed
+    assert trigger_of(event("STOPPED", 2)) == VmTrigger.CRASHED   # the guest crashed
+    assert trigger_of(event("STOPPED", 5)) == VmTrigger.CRASHED   # QEMU failed
+    assert trigger_of(event("SUSPENDED", 0)) == VmTrigger.PAUSED
+    assert trigger_of(event("DEFINED", 0)) is None
