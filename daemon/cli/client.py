@@ -1,17 +1,16 @@
 """provctl's side of the API: HTTP/1.1 + JSON over the daemon's Unix socket.
 
-One connection per call (``Connection: close``), written with ``socket`` directly:
-``http.client`` would pull in the ``email`` package, about 12 ms of every provctl run.
-Every failure becomes a ``CliError`` carrying provctl's exit code.
+One connection per call (``wire``). Every failure becomes a ``CliError`` carrying
+provctl's exit code.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import socket
 
 from daemon.cli.contract import EXIT_BY_STATUS
+from daemon.cli.wire import NotHTTP, exchange, posix_path
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # annotations only: importing typing costs every run
@@ -19,8 +18,6 @@ if TYPE_CHECKING:  # annotations only: importing typing costs every run
 
 CALL_TIMEOUT = 30.0
 """Seconds for one API call: connecting, sending, and reading the whole answer."""
-MAX_ANSWER = 64 * 1024 * 1024
-"""An answer larger than this is not provisiond's."""
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -69,96 +66,19 @@ class Unreachable(CliError):
                          EXIT_UNREACHABLE)
 
 
-# --------------------------------------------------------------------------- HTTP
-
-
-class NotHTTP(Exception):
-    """What came back on the socket is not an HTTP/1.x answer."""
-
-
-def exchange(socket_path: str, timeout: float, method: str, target: str,
-             headers: dict[str, str], payload: bytes) -> tuple[int, str, bytes]:
-    """One HTTP/1.1 request on a new connection; (status, reason, body) of the answer."""
-    head = [f"{method} {target} HTTP/1.1", "Host: localhost", "Connection: close",
-            *(f"{k}: {v}" for k, v in headers.items())]
-    if payload or method in ("POST", "PUT"):
-        head.append(f"Content-Length: {len(payload)}")
-    request = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + payload
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        sock.settimeout(timeout)
-        sock.connect(socket_path)
-        try:
-            sock.sendall(request)
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # answered before it read it all: read the answer
-        chunks = []
-        size = 0
-        while True:
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            chunks.append(chunk)
-            size += len(chunk)
-            if size > MAX_ANSWER:
-                raise NotHTTP("answer too large")
-    finally:
-        sock.close()
-    return parse_answer(b"".join(chunks))
-
-
-def parse_answer(data: bytes) -> tuple[int, str, bytes]:
-    """Status, reason and body of a complete HTTP/1.x answer (chunked or not)."""
-    head, sep, body = data.partition(b"\r\n\r\n")
-    if not sep:
-        raise NotHTTP("incomplete answer" if data.startswith(b"HTTP/") else "no status line")
-    lines = head.decode("latin-1").split("\r\n")
-    parts = lines[0].split(" ", 2)
-    if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
-        raise NotHTTP("bad status line")
-    fields = {}
-    for line in lines[1:]:
-        name, _, value = line.partition(":")
-        fields[name.strip().lower()] = value.strip()
-    if "chunked" in fields.get("transfer-encoding", "").lower():
-        body = _dechunk(body)
-    elif fields.get("content-length", "").isdigit():
-        length = int(fields["content-length"])
-        if len(body) < length:
-            raise NotHTTP("answer cut short")
-        body = body[:length]
-    return int(parts[1]), parts[2] if len(parts) > 2 else "", body
-
-
-def _dechunk(body: bytes) -> bytes:
-    out = []
-    while True:
-        size_line, sep, rest = body.partition(b"\r\n")
-        try:
-            size = int(size_line.split(b";")[0], 16)
-        except ValueError:
-            raise NotHTTP("bad chunk") from None
-        if not sep or len(rest) < size:
-            raise NotHTTP("answer cut short")
-        if size == 0:
-            return b"".join(out)
-        out.append(rest[:size])
-        body = rest[size + 2:]
-
-
 class Client:
     """provisiond's API, one method per endpoint; each call is one connection."""
 
     def __init__(self, socket_path: str | os.PathLike[str],
                  timeout: float = CALL_TIMEOUT) -> None:
-        self.socket_path = os.fspath(socket_path)
+        self.socket_path = posix_path(os.fspath(socket_path))
         self.timeout = timeout
 
     def call(self, method: str, path: str, body: dict[str, Any] | None = None,
              headers: dict[str, str] | None = None) -> tuple[int, Any]:
         """Send one request; return (status, decoded JSON) or raise ApiError / Unreachable."""
         sent = {"Accept": "application/json", **(headers or {})}
-        payload = b""
+        payload = None
         if body is not None:
             payload = json.dumps(body).encode()
             sent["Content-Type"] = "application/json"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import sys
 
 from daemon.cli.contract import SOCKET_ENV, STATES, SYSTEM_SOCKET, default_socket_path
 
@@ -59,20 +60,31 @@ def parse_time_bound(text: str) -> TimeBound:
 class _Formatter(argparse.RawDescriptionHelpFormatter):
     """Keep the descriptions' and epilogs' line breaks (for the examples).
 
-    The width comes from ``os`` rather than argparse's ``shutil.get_terminal_size``:
-    argparse makes a formatter for every option it adds, and importing ``shutil`` is
-    3 ms of every provctl run.
+    The width is argparse's, ``shutil.get_terminal_size()``'s columns less 2, found the
+    way it finds them without importing ``shutil``: argparse makes a formatter for every
+    option it adds, and importing ``shutil`` is 3 ms of every provctl run.
     """
 
     def __init__(self, prog: str, indent_increment: int = 2, max_help_position: int = 24,
                  width: int | None = None) -> None:
         if width is None:
-            try:
-                width = int(os.environ.get("COLUMNS", "0")) or os.get_terminal_size().columns
-            except (ValueError, OSError):
-                width = 80
-            width -= 2
+            width = terminal_columns() - 2
         super().__init__(prog, indent_increment, max_help_position, width)
+
+
+def terminal_columns() -> int:
+    """``shutil.get_terminal_size().columns``: $COLUMNS, else stdout's terminal, else 80."""
+    try:
+        columns = int(os.environ["COLUMNS"])
+    except (KeyError, ValueError):
+        columns = 0
+    if columns <= 0:
+        try:
+            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns
+        except (AttributeError, ValueError, OSError):
+            columns = 0
+        columns = columns or 80
+    return columns
 
 
 def _global_options(parser: argparse.ArgumentParser) -> None:
@@ -98,17 +110,20 @@ class _Skipped:
 
 
 def command_in(argv: list[str]) -> str | None:
-    """The subcommand named on a command line, when no help is asked before it."""
-    skip = False
+    """The subcommand of a command line when only global options come before it, else None."""
+    takes_value = False
     for word in argv:
-        if skip:
-            skip = False
-        elif word == "--socket":
-            skip = True
-        elif word in ("-h", "--help"):
-            return None
-        elif not word.startswith("-"):
-            return word if word in COMMAND_NAMES else None
+        if takes_value:
+            takes_value = False
+            continue
+        # argparse takes any unambiguous prefix of an option for it ("--so PATH")
+        name, equals, _value = word.partition("=")
+        if len(name) > 2 and "--json".startswith(name) and not equals:
+            continue
+        if len(name) > 2 and "--socket".startswith(name):
+            takes_value = not equals
+            continue
+        return word if word in COMMAND_NAMES else None
     return None
 
 
@@ -118,6 +133,8 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     With ``only``, just that subcommand is built: each parser argparse makes costs about
     a millisecond, and provctl starts once per command.
     """
+    from daemon.cli.commands import POLL_INTERVAL as poll_interval  # commands imports us
+
     common = argparse.ArgumentParser(add_help=False, formatter_class=_Formatter)
     _global_options(common.add_argument_group("global options"))
     parser = argparse.ArgumentParser(
@@ -209,8 +226,8 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
             "note, with the time spent in each state (TOOK: time since the previous\n"
             "transition, i.e. in the state that was left).\n\n"
             "With --follow, print the entries as they come until the request is done or\n"
-            "failed; exit 0 when done, 1 when failed. A request that is already done or\n"
-            "failed prints its log and exits the same way.",
+            f"failed (polling every {poll_interval:g} s); exit 0 when done, 1 when failed. A "
+            "request that\nis already done or failed prints its log and exits the same way.",
             "examples:\n"
             "  provctl log 3f2a9c...\n"
             "  provctl log --follow 3f2a9c...\n"

@@ -247,7 +247,7 @@ def test_exit_code_table_agrees_with_the_error_hierarchy():
 
 def provctl_command() -> list[str]:
     script = Path(sys.executable).parent / "provctl"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "daemon.commands.main"]
+    return [str(script)] if script.exists() else [sys.executable, "-m", "daemon.cli"]
 
 
 def test_missing_socket_exits_4_with_one_line(short_dir):
@@ -261,6 +261,24 @@ def test_missing_socket_exits_4_with_one_line(short_dir):
     assert result.stdout == ""
     assert result.stderr == (f"provctl: cannot reach provisiond at {sock}: No such file or "
                              f"directory (is the daemon running? see --socket)\n")
+
+
+def test_provctl_runs_as_its_script_and_as_python_m_daemon_cli(short_dir):
+    import importlib
+    import tomllib
+
+    entry = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]["provctl"]
+    module, _, function = entry.partition(":")
+    assert callable(getattr(importlib.import_module(module), function))
+    env = {**os.environ, contract.SOCKET_ENV: str(short_dir / "nowhere.sock")}
+    for command in ([str(Path(sys.executable).parent / "provctl")],
+                    [sys.executable, "-m", "daemon.cli"]):
+        if not Path(command[0]).exists():
+            continue
+        result = subprocess.run([*command, "catalog"], capture_output=True, text=True,
+                                env=env, cwd=REPO, timeout=30)
+        assert (result.returncode, result.stdout) == (4, ""), command
+        assert result.stderr.startswith("provctl: cannot reach provisiond at "), command
 
 
 def test_refused_connection_exits_4(short_dir):
