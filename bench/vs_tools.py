@@ -8,8 +8,9 @@ One VM = a 1 GiB qcow2 volume in a dir pool + a domain defined on it (not starte
 at a time (sequential), each path starting on an empty pool:
 
 - provisiond: ``POST /v1/requests`` on its socket, then ``GET /v1/requests/{id}?wait=300``,
-  answered once the request is ``done`` (``--poll S``: a plain GET every S s instead) (fresh provisiond and database, warmed up by 2 VMs first). Volume: createXML
-  flags 0, ``allocation 0`` (thin qcow2, no preallocation), as provisiond does today.
+  answered once the request is ``done`` (``--poll S``: a plain GET every S s instead;
+  fresh provisiond and database, warmed up by 2 VMs first). Volume: createXML flags 0,
+  ``allocation 0`` (thin qcow2, no preallocation), as provisiond does.
 - virt-install (Debian package ``virtinst``, installed with apt when missing), one process
   per VM: ``--disk pool=P,size=1,format=qcow2 --disk vol=P/ipxe.iso,device=cdrom --import
   --noreboot`` (defines, does not start), ``--osinfo detect=on,require=off --virt-type qemu

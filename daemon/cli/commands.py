@@ -229,9 +229,10 @@ def _rolled_back(entries: Sequence[dict[str, Any]]) -> bool:
 def follow_log(client: Client, request_id: str, *, as_json: bool = False) -> int:
     """Print a request's log as it grows until it is done (exit 0) or failed (exit 1).
 
-    Reads the log every ``POLL_INTERVAL`` seconds, at once when the request ends. After ``failed`` it goes on until the
-    rollback's note is in (at most ``ROLLBACK_GRACE`` seconds more). With ``as_json``
-    each entry is one JSON line. A request already done or failed prints its whole log.
+    Reads the log every ``POLL_INTERVAL`` seconds, at once when the request ends. After
+    ``failed`` it goes on until the rollback's note is in (at most ``ROLLBACK_GRACE``
+    seconds more). With ``as_json`` each entry is one JSON line. A request already done
+    or failed prints its whole log.
     """
     timeline = Timeline()
     seen: list[dict[str, Any]] = []
