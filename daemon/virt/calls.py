@@ -207,13 +207,20 @@ def _delete_volume(conn: Any, pool_name: str, name: str) -> bool:
     return True
 
 
-def _find_domain(conn: Any, uuid: str) -> DomainInfo | None:
+def _lookup_domain(conn: Any, uuid: str) -> Any | None:
+    """The domain with this UUID, or None if there is none."""
     try:
-        dom = conn.lookupByUUIDString(uuid)
+        return conn.lookupByUUIDString(uuid)
     except libvirt.libvirtError as exc:
         if _is_not_found(exc):
             return None
         raise
+
+
+def _find_domain(conn: Any, uuid: str) -> DomainInfo | None:
+    dom = _lookup_domain(conn, uuid)
+    if dom is None:
+        return None
     try:
         meta_xml = dom.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, domain_xml.METADATA_NS)
     except libvirt.libvirtError:
@@ -227,12 +234,9 @@ def _define_domain(conn: Any, xml: str) -> None:
 
 
 def _undefine_domain(conn: Any, uuid: str) -> bool:
-    try:
-        dom = conn.lookupByUUIDString(uuid)
-    except libvirt.libvirtError as exc:
-        if _is_not_found(exc):
-            return False
-        raise
+    dom = _lookup_domain(conn, uuid)
+    if dom is None:
+        return False
     if dom.isActive():
         dom.destroy()
     dom.undefine()
@@ -251,12 +255,9 @@ POWER_STATES = {
 def _domain_power(conn: Any, uuid: str, action: str) -> str | None:
     """Act on a domain (start, shutdown, destroy, reboot); its power state before, or None
     if it does not exist. Starting a running domain or stopping a stopped one is a no-op."""
-    try:
-        dom = conn.lookupByUUIDString(uuid)
-    except libvirt.libvirtError as exc:
-        if _is_not_found(exc):
-            return None
-        raise
+    dom = _lookup_domain(conn, uuid)
+    if dom is None:
+        return None
     state = POWER_STATES.get(dom.state()[0], "shutoff")
     active = state != "shutoff" and state != "crashed"
     if action == "start" and not active:
