@@ -141,7 +141,21 @@ SCHEMAS: dict[str, Schema] = {
         "state": ref("schemas", "VmState"),
         "reason": {"type": ["string", "null"],
                    "description": "Why its last operation did not succeed."},
-    }, description="The VM a done request made, in its own lifecycle."),
+        "addresses": {"type": ["array", "null"], "items": ref("schemas", "Address"),
+                      "description": "Only with `?addresses=true`: a running VM's IP "
+                                     "addresses (none when it is not running); null when "
+                                     "its host could not be asked."},
+    }, required=["state", "reason"],
+        description="The VM a done request made, in its own lifecycle."),
+    "Address": closed({
+        "interface": {"type": "string"},
+        "mac": {"type": ["string", "null"]},
+        "address": {"type": "string"},
+        "prefix": {"type": "integer", "minimum": 0, "maximum": 128},
+        "source": {"type": "string", "enum": ["lease", "agent", "arp"],
+                   "description": "Who told libvirt: the network's DHCP lease, the guest "
+                                  "agent, or the host's ARP table (asked in that order)."},
+    }, description="One IP address of a VM's network interface."),
     "StopRequest": closed({
         "force": {"type": "boolean", "description": "Forced off at once (virsh destroy)."},
     }, description="How to stop a VM."),
@@ -391,7 +405,11 @@ PATHS: dict[str, Any] = {
                            "a request without polling.",
             "parameters": [{"name": "wait", "in": "query",
                             "description": "Seconds to wait at most for the request to end.",
-                            "schema": {"type": "number", "minimum": 0, "maximum": 300}}],
+                            "schema": {"type": "number", "minimum": 0, "maximum": 300}},
+                           {"name": "addresses", "in": "query",
+                            "description": "true: ask libvirt for the running VM's IP "
+                                           "addresses (in `vm.addresses`).",
+                            "schema": {"type": "string", "enum": ["true", "false"]}}],
             "responses": {"200": ok("The request.", REQUEST), **errors(400, 404)},
         },
     },

@@ -274,12 +274,18 @@ async def list_requests(request: web.Request) -> web.Response:
 
 
 async def show_request(request: web.Request) -> web.Response:
-    """GET /v1/requests/{id}[?wait=SECONDS]: the request; with ``wait``, once it has ended
-    (done, or failed and rolled back) or the seconds have passed, whichever comes first."""
+    """GET /v1/requests/{id}[?wait=SECONDS][&addresses=true]: the request; with ``wait``,
+    once it has ended (done, or failed and rolled back) or the seconds have passed,
+    whichever comes first; with ``addresses``, its running VM's IP addresses too."""
     service = request.app[SERVICE]
     for key in request.query:
-        if key != "wait":
-            raise InvalidInput(f"unknown query parameter {key!r} (expected: wait)", field=key)
+        if key not in ("wait", "addresses"):
+            raise InvalidInput(f"unknown query parameter {key!r} (expected: wait, addresses)",
+                               field=key)
+    addresses = request.query.getall("addresses", [])
+    if addresses not in ([], ["true"], ["false"]):
+        raise InvalidInput("addresses must be given once, as true or false",
+                           field="addresses")
     wait = None
     if "wait" in request.query:
         text = request.query.getall("wait")[-1]
@@ -296,7 +302,10 @@ async def show_request(request: web.Request) -> web.Response:
             record = await service.wait_terminal(record.id, timeout=wait)
         except asyncio.TimeoutError:
             record = service.store.get_request(record.id) or record
-    return web.json_response(request_json(record))
+    answer = request_json(record)
+    if addresses == ["true"] and answer["vm"] is not None:
+        answer["vm"]["addresses"] = await service.addresses(record)
+    return web.json_response(answer)
 
 
 async def request_log(request: web.Request) -> web.Response:

@@ -146,10 +146,13 @@ class Client:
             if not after:
                 return {"requests": requests, "next": None}
 
-    def get(self, request_id: str, wait: float = 0) -> dict[str, Any]:
+    def get(self, request_id: str, wait: float = 0,
+            addresses: bool = False) -> dict[str, Any]:
         """GET /v1/requests/{id}; with ``wait``, answered once it has ended (or after
-        ``wait`` seconds)."""
-        query = f"?wait={wait:g}" if wait > 0 else ""
+        ``wait`` seconds); with ``addresses``, its running VM's IP addresses too."""
+        params = ([f"wait={wait:g}"] if wait > 0 else []) + (
+            ["addresses=true"] if addresses else [])
+        query = "?" + "&".join(params) if params else ""
         return self.call("GET", f"/v1/requests/{_seg(request_id)}{query}")[1]
 
     def log(self, request_id: str) -> dict[str, Any]:

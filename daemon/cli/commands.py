@@ -187,8 +187,8 @@ def wait_for(client: Client, req: dict[str, Any], *, quiet: bool = False,
 
 
 def cmd_show(client: Client, args: argparse.Namespace) -> int:
-    """``provctl show ID``."""
-    _out(args, client.get(args.id), render_request)
+    """``provctl show ID``: the request, and its running VM's addresses."""
+    _out(args, client.get(args.id, addresses=True), render_request)
     return EXIT_OK
 
 

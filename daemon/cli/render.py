@@ -143,7 +143,15 @@ def _vm_text(vm: Any) -> str | None:
     if not isinstance(vm, dict):
         return None
     reason = vm.get("reason")
-    return f"{vm.get('state')}" + (f" (last operation: {one_line(reason)})" if reason else "")
+    text = f"{vm.get('state')}" + (f" (last operation: {one_line(reason)})" if reason else "")
+    addresses = vm.get("addresses")
+    if addresses:
+        text += ", addresses " + ", ".join(
+            f"{a.get('address')}/{a.get('prefix')} ({a.get('interface')}, {a.get('source')})"
+            for a in addresses if isinstance(a, dict))
+    elif addresses is None and "addresses" in vm and vm.get("state") in ("running", "paused"):
+        text += ", addresses unknown (its host could not be asked)"
+    return text
 
 
 def _parse_time(value: Any) -> datetime | None:

@@ -17,7 +17,7 @@ from daemon.auth import CLOUD_ADMIN, CLOUD_CREATE, Identity
 from daemon.config import Config
 from daemon.engine import Engine, EventRouter, Hosts
 from daemon.errors import HostUnreachable, InvalidInput, InvalidState, PermissionDenied
-from daemon.errors import RequestCancelled, UnknownName
+from daemon.errors import ProvisiondError, RequestCancelled, UnknownName
 from daemon.placement import Decision
 from daemon.process.metrics import Metrics
 from daemon.service import reconcile
@@ -192,6 +192,17 @@ class Service:
         current = self.store.get_request(record.id)
         assert current is not None
         return current
+
+    async def addresses(self, record: RequestRecord) -> list[dict[str, Any]] | None:
+        """A running VM's IP addresses as libvirt knows them ([] if it knows none); None
+        when the host could not be asked (unreachable, or it refused)."""
+        if record.vm_state not in (VmState.RUNNING, VmState.PAUSED) or not record.domain_uuid:
+            return []
+        try:
+            return await self.hosts.connection(record.host).addresses(record.domain_uuid)
+        except ProvisiondError as exc:
+            log.info("addresses of %s not read: %s", record.id, exc.message)
+            return None
 
     async def wait_terminal(self, request_id: str,
                             timeout: float | None = None) -> RequestRecord:

@@ -293,3 +293,29 @@ def _wipe_volume(conn: Any, pool_name: str, name: str) -> bool:
             return False
         raise
     return True
+
+
+ADDRESS_SOURCES = (("lease", libvirt.VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_LEASE),
+                   ("agent", libvirt.VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_AGENT),
+                   ("arp", libvirt.VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_ARP))
+"""Where a VM's addresses are asked, in order (as Cockpit does): the network's DHCP
+leases, the guest agent, the host's ARP table."""
+
+
+def _interface_addresses(conn: Any, uuid: str) -> list[dict[str, Any]]:
+    """The domain's IP addresses from the first source that knows any."""
+    dom = _lookup_domain(conn, uuid)
+    if dom is None:
+        return []
+    for source, flag in ADDRESS_SOURCES:
+        try:
+            interfaces = dom.interfaceAddresses(flag)
+        except libvirt.libvirtError:
+            continue  # no agent, no lease database: the next source may know
+        found = [{"interface": name, "mac": iface.get("hwaddr"), "address": addr["addr"],
+                  "prefix": addr["prefix"], "source": source}
+                 for name, iface in sorted(interfaces.items())
+                 for addr in iface.get("addrs") or []]
+        if found:
+            return found
+    return []

@@ -21,6 +21,7 @@ from daemon.virt import domain_xml
 from daemon.virt.calls import (
     DomainInfo,
     _domain_power,
+    _interface_addresses,
     _power_states,
     _wipe_volume,
     TaggedDomain,
@@ -358,6 +359,11 @@ class HostConnection:
         """Every domain's power state by UUID (running, paused, shutoff, crashed)."""
         return await self._call(f"cannot list the domains of {self.name}", _power_states,
                                 self._conn)
+
+    async def addresses(self, uuid: str) -> list[dict[str, Any]]:
+        """The domain's IP addresses (DHCP lease, else guest agent, else ARP)."""
+        return await self._call(f"cannot read the addresses of domain {uuid}",
+                                _interface_addresses, self._conn, uuid)
 
     async def wipe_volume(self, pool: str, name: str) -> bool:
         """Wipe a volume's content; False if this host's driver cannot wipe."""

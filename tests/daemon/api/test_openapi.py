@@ -275,6 +275,9 @@ def test_every_answer_matches_the_document(daemon: Daemon, checker: OpenAPICheck
     assert call("POST", f"/v1/requests/{rid}/stop").status == 409  # it is stopped
     assert vm_after(call("POST", f"/v1/requests/{rid}/start")) == "running"
     assert call("POST", f"/v1/requests/{rid}/start").status == 409
+    shown = call("GET", f"/v1/requests/{rid}?addresses=true")
+    assert shown.status == 200 and shown.body["vm"]["addresses"] == []  # no NIC: none
+    assert call("GET", f"/v1/requests/{rid}?addresses=maybe").status == 400
     assert vm_after(call("POST", f"/v1/requests/{rid}/reboot")) == "running"
     assert call("POST", f"/v1/requests/{rid}/stop", {"force": "yes"}).status == 400
     assert call("POST", f"/v1/requests/{rid}/stop", raw=b'{"force": true}' + b" " * 70_000

@@ -152,6 +152,8 @@ def test_a_vm_is_started_stopped_and_deleted_with_provctl(make_daemon) -> None:
     assert created.stdout.splitlines()[-1].startswith("running: VM ipxe-")
     rid = re.search(r"request ([0-9a-f]{32})", created.stdout).group(1)
 
+    running = provctl("show", rid, socket=daemon.socket).stdout
+    assert re.search(r"^vm: +running$", running, re.M), running  # no NIC: no addresses
     stopped = provctl("stop", rid, "--wait", socket=daemon.socket)
     assert (stopped.returncode, stopped.stdout.splitlines()[-1].split(":")[0]) == \
         (0, "stopped"), stopped.stderr

@@ -574,7 +574,7 @@ def test_ids_are_quoted_into_one_path_segment(fake, capsys):
     code, _out, err = run(capsys, "show", "../catalog")
 
     assert code == 5
-    assert fake.paths() == ["/v1/requests/..%2Fcatalog"]
+    assert fake.paths() == ["/v1/requests/..%2Fcatalog?addresses=true"]
 
 
 def test_interrupt_exits_130_without_a_traceback(fake, capsys, monkeypatch):
@@ -603,3 +603,16 @@ def test_socket_falls_back_to_the_system_service(tmp_path, monkeypatch) -> None:
     assert commands.find_socket() == system  # only the system service's exists
     (tmp_path / "mine.sock").touch()
     assert commands.find_socket() == tmp_path / "mine.sock"  # the user's own daemon first
+
+
+def test_show_gives_the_vm_state_and_its_addresses() -> None:
+    base = {"id": RID, "name": "web1", "state": "done"}
+    running = {**base, "vm": {"state": "running", "reason": None, "addresses": [
+        {"interface": "vnet0", "mac": "52:54:00:aa:bb:cc", "address": "192.168.122.43",
+         "prefix": 24, "source": "lease"}]}}
+    lines = render.render_request(running).splitlines()
+    assert "vm:            running, addresses 192.168.122.43/24 (vnet0, lease)" in lines
+    unknown = {**base, "vm": {"state": "running", "reason": None, "addresses": None}}
+    assert "addresses unknown (its host could not be asked)" in render.render_request(unknown)
+    failed = {**base, "vm": {"state": "stopped", "reason": "libvirt said no"}}
+    assert "stopped (last operation: libvirt said no)" in render.render_request(failed)

@@ -199,3 +199,17 @@ def test_a_crash_is_told_from_a_stop_by_the_event_s_detail() -> None:
     assert trigger_of(event("STOPPED", 5)) == VmTrigger.CRASHED   # QEMU failed
     assert trigger_of(event("SUSPENDED", 0)) == VmTrigger.PAUSED
     assert trigger_of(event("DEFINED", 0)) is None
+
+
+async def test_a_running_vm_s_addresses_are_what_libvirt_answers(make_harness):
+    # A size with a network: the VM gets a NIC on the node XML's 'default' network, for
+    # which the test driver answers a fixed lease.
+    h = await make_harness(sizes={"net": {"cpus": 1, "memory": 131072,
+                                          "storage_size_in_gb": 15, "network": "default"}})
+    done = await h.run(size="net")
+    assert await h.service.addresses(h.store.get_request(done.id)) == []  # not running
+    h.service.operate(ALICE, done.id, "start")
+    await settle(h, done.id)
+    [address] = await h.service.addresses(h.store.get_request(done.id))
+    assert address["source"] == "lease" and address["address"].startswith("192.168.122.")
+    assert address["prefix"] == 24 and address["mac"]
