@@ -8,12 +8,14 @@
     ├── InvalidState                409  exit 1   the request is in the wrong state for this
     │   ├── StaleState              409  exit 1   a transition from a state no longer stored
     │   ├── AlreadyClaimed          409  exit 1   another request holds the volume
-    │   └── RequestCancelled        409  exit 1   raised into a waiting step by a cancel
+    │   ├── RequestCancelled        409  exit 1   raised into a waiting step by a cancel
+    │   └── InUse                   409  exit 1   another session holds the VM's console
     ├── QuotaExceeded               409  exit 1   the resource pool's quota would not hold
     ├── NoStorage                   507  exit 1   no free volume and no pool with room
     ├── VirtError                   502  exit 1   libvirt said no (mapped in daemon.virt)
     │   ├── HostUnreachable         503  exit 1   the libvirt connection is down
-    │   └── VirtTimeout             504  exit 1   libvirt did not answer / event never came
+    │   ├── VirtTimeout             504  exit 1   libvirt did not answer / event never came
+    │   └── NotSupported            501  exit 1   the host's driver cannot do this
     └── SocketInUse                 --   exit 1   another provisiond serves the socket path
 
 Each class carries its ``http_status`` and ``exit_code``; the API reads them and nothing
@@ -114,6 +116,12 @@ class RequestCancelled(InvalidState):
     """Raised into a step waiting for an event when its request is cancelled."""
 
 
+class InUse(InvalidState):
+    """Another session holds what was asked for (a VM's console)."""
+
+    code = "in_use"
+
+
 class QuotaExceeded(ProvisiondError):
     """The resource pool's quota would be exceeded."""
 
@@ -151,6 +159,13 @@ class VirtTimeout(VirtError):
 
     http_status = 504
     code = "libvirt_timeout"
+
+
+class NotSupported(VirtError):
+    """The host's libvirt driver cannot do this (the test driver has no console)."""
+
+    http_status = 501
+    code = "not_supported"
 
 
 class SocketInUse(ProvisiondError):

@@ -535,6 +535,34 @@ def make_iso(dest: Path | str) -> Path:
     return dest
 
 
+# A guest that needs no kernel: a 16-bit boot program (El Torito, no emulation) that
+# writes a banner to COM1, then echoes every byte it reads there, letters in capitals,
+# so a test sees its own typing come back through the guest. Assembled from:
+#     push cs; pop ds; call next; next: pop si; add si, msg-next; mov dx, 0x3f8
+#     print: lodsb; test al, al; jz wait; out dx, al; jmp print
+#     wait: mov dx, 0x3fd; poll: in al, dx; test al, 1; jz poll
+#     mov dx, 0x3f8; in al, dx; cmp al, 'a'; jb echo; cmp al, 'z'; ja echo; sub al, 0x20
+#     echo: out dx, al; jmp wait; msg: db "...", 13, 10, 0
+# (`as --32` with .code16, then `objcopy -O binary`).
+SERIAL_ECHO_CODE = bytes.fromhex(
+    "0e1fe800005e81c62900baf803ac84c07403eeebf8bafd03eca80174fbbaf803"
+    "ec3c6172063c7a77022c20eeebe7")
+SERIAL_ECHO_BANNER = b"provisiond test guest: type, it answers in capitals\r\n"
+
+
+def make_serial_echo_iso(dest: Path | str) -> Path:
+    """A bootable ISO whose guest echoes its serial console in capitals (see above)."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    program = SERIAL_ECHO_CODE + SERIAL_ECHO_BANNER + b"\0"
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "boot.bin").write_bytes(program.ljust(2048, b"\0"))
+        subprocess.run(["genisoimage", "-quiet", "-V", "SERIALECHO", "-o", str(dest),
+                        "-b", "boot.bin", "-no-emul-boot", "-boot-load-size", "4",
+                        "-c", "boot.cat", tmp], check=True, capture_output=True)
+    return dest
+
+
 def file_digest(path: Path | str) -> str:
     """sha256 of a file (tests check that the host's configuration is left alone)."""
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()

@@ -6,7 +6,8 @@ codes are enums. ``tests/daemon/test_openapi.py`` validates every answer a real 
 gives against it, so a field, a status or an error code the API adds without saying so
 here fails that test. Only the state names are read off their source (the state table).
 
-Imports nothing from ``daemon.api.routes`` (which serves this document); the test checks that the
+Imports nothing from ``daemon.api.routes`` (which serves this document) but the close
+codes of ``daemon.api.sessions``; the test checks that the
 two agree on the body fields, the error codes and the body size limit.
 """
 
@@ -17,6 +18,7 @@ import functools
 from typing import Any
 
 from daemon import __version__
+from daemon.api.sessions import CLOSE_CODES
 from statemachines import State
 from statemachines.vm import VmState
 
@@ -31,12 +33,13 @@ ERROR_CODES: dict[int, tuple[str, ...]] = {
     403: ("forbidden",),
     404: ("not_found",),
     405: ("method_not_allowed",),
-    409: ("wrong_state", "quota_exceeded"),
+    409: ("wrong_state", "quota_exceeded", "in_use"),
     413: ("too_large",),
     415: ("unsupported_media_type",),
     500: ("internal",),
     502: ("libvirt",),
     503: ("host_unreachable",),
+    501: ("not_supported",),
     504: ("libvirt_timeout",),
     507: ("no_storage",),
 }
@@ -53,6 +56,8 @@ ERROR_RESPONSES: dict[int, tuple[str, str]] = {
     413: ("PayloadTooLarge", f"The body is larger than {MAX_BODY_BYTES} bytes."),
     415: ("UnsupportedMediaType", "The body is not sent as `Content-Type: application/json`."),
     500: ("InternalError", "A bug in provisiond; the traceback is in the daemon's log only."),
+    501: ("NotImplemented", "The host's libvirt driver cannot do this (e.g. the test driver "
+                            "has no console or display)."),
     502: ("BadGateway", "libvirt refused or failed an operation."),
     503: ("ServiceUnavailable", "The libvirt connection to the host is down."),
     504: ("GatewayTimeout", "libvirt did not answer in time."),
@@ -460,6 +465,39 @@ PATHS: dict[str, Any] = {
                                     "back (a created volume deleted, a reused one wiped or as "
                                     "its pool's `on_release` says); its quota is given back. "
                                     "While a delete runs, another returns it."),
+    )},
+    **{f"/v1/requests/{{id}}/{kind}": {
+        "parameters": [ref("parameters", "RequestId")],
+        "get": {
+            "operationId": f"{kind}Vm", "tags": ["vms"], "summary": summary,
+            "description": description + " The answer upgrades the connection to a "
+                           "WebSocket (RFC 6455; `Connection: Upgrade`, `Upgrade: websocket`) "
+                           "that carries raw bytes both ways in binary messages (a text "
+                           "message from the client is taken as its UTF-8 bytes). Refusals "
+                           "come before the upgrade, as JSON errors: 409 when the VM is not "
+                           "running" + (" or its console is in use" if kind == "console"
+                                        else "") + ", 501 when its host cannot. The daemon "
+                           "pings every 30 s and drops a client that does not answer; it "
+                           "closes a session whose client sent nothing for "
+                           "`daemon.session_idle_timeout` seconds. Close codes: "
+                           + "; ".join(f"{code} {text}" for code, text in CLOSE_CODES.items())
+                           + ". Each session is noted in the request's log.",
+            **({"parameters": [{"name": "force", "in": "query",
+                                "description": "true: end the session holding the console "
+                                               "(it closes with 4001) and take it over.",
+                                "schema": {"type": "string", "enum": ["true", "false"]}}]}
+               if kind == "console" else {}),
+            "responses": {"101": {"description": "Switching Protocols: the WebSocket is "
+                                                 "open."},
+                          **errors(400, 404, 409, 501, 502, 503, 504)},
+        },
+    } for kind, summary, description in (
+        ("console", "The VM's serial console (WebSocket)",
+         "The serial console of a running VM, as `virsh console` gives it: one session at a "
+         "time per VM."),
+        ("display", "The VM's graphical display (WebSocket)",
+         "The VNC (RFB) stream of a running VM's display, for noVNC or `provctl display`. "
+         "The display listens on no port: libvirt hands provisiond a connection to it."),
     )},
     "/v1/placement/explain": {"post": {
         "operationId": "explainPlacement", "tags": ["placement"],

@@ -12,8 +12,6 @@ import asyncio
 import json
 import logging
 import math
-import socket
-import struct
 from datetime import datetime, timezone
 from typing import Any, Awaitable, Callable
 
@@ -23,9 +21,10 @@ from aiohttp.web_exceptions import HTTPExpectationFailed
 from aiohttp.web_urldispatcher import _default_expect_handler as _aiohttp_expect_handler
 
 from daemon import __version__
+from daemon.api.caller import SERVICE, peer_identity
+from daemon.api import sessions
 from daemon.api.openapi import openapi_document
-from daemon.auth import Identity
-from daemon.errors import InvalidInput, PermissionDenied, ProvisiondError
+from daemon.errors import InvalidInput, ProvisiondError
 from daemon.placement import Decision
 from daemon.process.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from daemon.service import IDEMPOTENCY_KEY_RE, ProvisioningRequest, Service
@@ -34,7 +33,6 @@ from statemachines.provisioning import State
 
 log = logging.getLogger("provisiond.api")
 
-SERVICE = web.AppKey("service", Service)
 MAX_BODY_BYTES = 64 * 1024
 CREATE_FIELDS = {"template", "size", "resource_pool", "name"}
 EXPLAIN_FIELDS = {"template", "size", "resource_pool"}
@@ -45,19 +43,6 @@ WAIT_MAX = 300.0
 """The longest ``GET /v1/requests/{id}?wait=`` holds a connection, in seconds."""
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-# --------------------------------------------------------------------------- identity
-
-
-def peer_identity(request: web.Request) -> Identity:
-    """The caller, from the Unix socket's peer credentials."""
-    sock = request.transport.get_extra_info("socket") if request.transport else None
-    if sock is None or sock.family != socket.AF_UNIX:
-        raise PermissionDenied("the caller's identity cannot be established")
-    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    _pid, uid, gid = struct.unpack("3i", creds)
-    return Identity.from_uid(uid, gid)
 
 
 # --------------------------------------------------------------------------- JSON shapes
@@ -448,6 +433,10 @@ def make_app() -> web.Application:
     for operation in ("start", "stop", "reboot", "delete"):
         app.router.add_post(f"/v1/requests/{{id}}/{operation}", vm_operation(operation),
                             expect_handler=expect_handler)
+    app.router.add_get("/v1/requests/{id}/console", sessions.console,
+                       expect_handler=expect_handler)
+    app.router.add_get("/v1/requests/{id}/display", sessions.display,
+                       expect_handler=expect_handler)
     app.router.add_post("/v1/placement/explain", explain, expect_handler=expect_handler)
     app.router.add_post("/v1/reconcile", reconcile, expect_handler=expect_handler)
     app.router.add_get("/v1/openapi.json", openapi_json, expect_handler=expect_handler)

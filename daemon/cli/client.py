@@ -16,6 +16,8 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:  # annotations only: importing typing costs every run
     from typing import Any, Sequence
 
+    from daemon.cli.websocket import WebSocket
+
 CALL_TIMEOUT = 30.0
 """Seconds for one API call: connecting, sending, and reading the whole answer."""
 
@@ -74,6 +76,36 @@ class Client:
         self.socket_path = posix_path(os.fspath(socket_path))
         self.timeout = timeout
 
+    def websocket(self, target: str) -> WebSocket:
+        """Open a WebSocket on ``target``; errors as ``call`` raises them."""
+        from daemon.cli.websocket import ProtocolError, connect
+
+        try:
+            return connect(self.socket_path, target, self.timeout)
+        except ProtocolError as exc:
+            raise Unreachable(self.socket_path, str(exc),
+                              "is this provisiond's socket? see --socket") from None
+        except BaseException as exc:
+            raise self._unreachable(exc) from None
+
+    def _unreachable(self, exc: BaseException) -> BaseException:
+        """What ``exc``, raised while talking to the daemon, means to provctl's user."""
+        if isinstance(exc, CliError):
+            return exc
+        if isinstance(exc, TimeoutError):
+            return Unreachable(self.socket_path, f"no answer within {self.timeout:g}s",
+                               "is the daemon stuck? see --socket")
+        if isinstance(exc, PermissionError):
+            return Unreachable(self.socket_path, exc.strerror or str(exc),
+                               "the socket's group may use it; see --socket")
+        if isinstance(exc, OSError):
+            return Unreachable(self.socket_path, exc.strerror or str(exc) or
+                               type(exc).__name__)
+        if isinstance(exc, NotHTTP):
+            return Unreachable(self.socket_path, f"not an HTTP answer ({exc})",
+                               "is this provisiond's socket? see --socket")
+        return exc
+
     def call(self, method: str, path: str, body: dict[str, Any] | None = None,
              headers: dict[str, str] | None = None) -> tuple[int, Any]:
         """Send one request; return (status, decoded JSON) or raise ApiError / Unreachable."""
@@ -85,18 +117,8 @@ class Client:
         try:
             status, reason, raw = exchange(self.socket_path, self.timeout, method, path, sent,
                                            payload)
-        except TimeoutError:
-            raise Unreachable(self.socket_path, f"no answer within {self.timeout:g}s",
-                              "is the daemon stuck? see --socket") from None
-        except PermissionError as exc:
-            raise Unreachable(self.socket_path, exc.strerror or str(exc),
-                              "the socket's group may use it; see --socket") from None
-        except OSError as exc:
-            raise Unreachable(self.socket_path, exc.strerror or str(exc) or type(exc).__name__
-                              ) from None
-        except NotHTTP as exc:
-            raise Unreachable(self.socket_path, f"not an HTTP answer ({exc})",
-                              "is this provisiond's socket? see --socket") from None
+        except (OSError, NotHTTP) as exc:
+            raise self._unreachable(exc) from None
         data = _decode(raw)
         if status >= 400:
             raise _api_error(status, reason, raw, data)

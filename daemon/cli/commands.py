@@ -302,10 +302,25 @@ def cmd_completion(_client: Client, args: argparse.Namespace) -> int:
     print(bash_completion(parser) if args.shell == "bash" else zsh_completion(parser), end="")
     return EXIT_OK
 
+def cmd_console(client: Client, args: argparse.Namespace) -> int:
+    """``provctl console ID``: the VM's serial console (``daemon.cli.sessions``)."""
+    from daemon.cli.sessions import cmd_console as console
+
+    return console(client, args)
+
+
+def cmd_display(client: Client, args: argparse.Namespace) -> int:
+    """``provctl display ID``: the VM's screen on a local socket (``daemon.cli.sessions``)."""
+    from daemon.cli.sessions import cmd_display as display
+
+    return display(client, args)
+
+
 COMMANDS: dict[str, Callable[[Client, argparse.Namespace], int]] = {
     "catalog": cmd_catalog, "create": cmd_create, "show": cmd_show, "list": cmd_list,
     "log": cmd_log, "cancel": cmd_cancel, "start": cmd_operate, "stop": cmd_operate,
-    "reboot": cmd_operate, "delete": cmd_operate, "explain": cmd_explain,
+    "reboot": cmd_operate, "delete": cmd_operate, "console": cmd_console,
+    "display": cmd_display, "explain": cmd_explain,
     "reconcile": cmd_reconcile,
     "completion": cmd_completion,
 }

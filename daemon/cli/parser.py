@@ -99,7 +99,8 @@ def _global_options(parser: argparse.ArgumentParser) -> None:
 
 
 COMMAND_NAMES = ("catalog", "create", "show", "list", "log", "cancel", "start", "stop",
-                 "reboot", "delete", "explain", "reconcile", "completion")
+                 "reboot", "delete", "console", "display", "explain", "reconcile",
+                 "completion")
 
 
 class _Skipped:
@@ -262,6 +263,40 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         if name == "stop":
             p.add_argument("--force", "-f", action="store_true",
                            help="force it off at once (virsh destroy)")
+
+    p = add("console", "attach to a running VM's serial console (Ctrl-] leaves)",
+            "Attach the terminal to the serial console of a running VM, as 'virsh console'\n"
+            "does, through provisiond. One console session per VM: while another is open,\n"
+            "this one is refused unless --force takes it over. Ctrl-] (or the end of input)\n"
+            "leaves; provisiond closes a session that sent nothing for the daemon's\n"
+            "session_idle_timeout.",
+            "examples:\n"
+            "  provctl console 3f2a9c...\n"
+            "  provctl console --force 3f2a9c...    # take it from another session\n\n"
+            "exit 0 when you leave or the console closes (the VM stopped), 1 when provisiond\n"
+            "ends the session (taken over, idle) or refuses it (409: not running or in use;\n"
+            "501: the host cannot open consoles).")
+    p.add_argument("id", metavar="ID", help="request id (see 'list')")
+    p.add_argument("--force", "-f", action="store_true",
+                   help="take the console over from the session that holds it")
+
+    p = add("display", "relay a running VM's screen to a local VNC socket",
+            "Relay the graphical display (VNC) of a running VM through provisiond to a Unix\n"
+            "socket that only you can open (mode 0600, in your runtime directory), for\n"
+            "remote-viewer or any VNC viewer that takes a socket; the VM's display listens\n"
+            "on no network port. Runs until Ctrl-C (with --viewer: until the viewer exits).",
+            "examples:\n"
+            "  provctl display 3f2a9c...             # then: remote-viewer vnc+unix://PATH\n"
+            "  provctl display --viewer 3f2a9c...    # starts remote-viewer itself\n"
+            "  provctl display --listen ./vm.sock --once 3f2a9c...")
+    p.add_argument("id", metavar="ID", help="request id (see 'list')")
+    p.add_argument("--listen", "-l", metavar="PATH",
+                   help="the Unix socket to make (default: $XDG_RUNTIME_DIR/provisiond/"
+                        "display-ID.sock)")
+    p.add_argument("--viewer", action="store_true",
+                   help="start remote-viewer on the socket; end when it exits")
+    p.add_argument("--once", action="store_true",
+                   help="end after the first viewer disconnects")
 
     p = add("explain", "show where a request would get its storage (dry run)",
             "Dry run of storage placement: whether a request of this template and size "

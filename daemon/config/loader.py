@@ -426,7 +426,8 @@ def _parse_quota(value: Any, path: str, c: _Checker) -> Quota | None:
 
 def _parse_daemon(data: Any, c: _Checker) -> DaemonSettings | None:
     keys = {"socket", "database", "socket_group", "define_event_timeout", "libvirt_call_timeout",
-            "host_wait_timeout", "body_timeout", "stop_timeout", "retention_days"}
+            "host_wait_timeout", "body_timeout", "stop_timeout", "retention_days",
+            "session_idle_timeout"}
     body = c.mapping(data if data is not None else {}, "daemon", keys)
     if body is None:
         return None
@@ -446,7 +447,7 @@ def _parse_daemon(data: Any, c: _Checker) -> DaemonSettings | None:
         "socket_group") is not None else None
     timeouts = {}
     for key in ("define_event_timeout", "libvirt_call_timeout", "host_wait_timeout",
-                "body_timeout", "stop_timeout", "retention_days"):
+                "body_timeout", "stop_timeout", "retention_days", "session_idle_timeout"):
         if key in body:
             timeouts[key] = c.positive_number(body[key], f"daemon.{key}")
             if timeouts[key] is None:

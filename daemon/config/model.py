@@ -128,6 +128,8 @@ class DaemonSettings:
     """Seconds a VM has to shut down after an ACPI request before it is forced off."""
     retention_days: float = 90.0
     """How long a deleted VM's request and log are kept before they are pruned."""
+    session_idle_timeout: float = 900.0
+    """Seconds a console or display client may send nothing before it is closed."""
 
 
 @dataclass(frozen=True)

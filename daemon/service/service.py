@@ -23,6 +23,7 @@ from daemon.process.metrics import Metrics
 from daemon.service import reconcile
 from daemon.service.intake import ProvisioningRequest, new_request_row, pools_granting
 from daemon.service.intake import validate
+from daemon.service.sessions import Sessions
 from daemon.engine import Outcome
 from daemon.store import LogEntry, RequestRecord, RequestRecords, Store, VmRecord, VmRecords
 from daemon.virt.connection import DomainEvent, HostConnection, Opener, open_connection
@@ -76,6 +77,8 @@ class Service:
                                self._ledger.on_vm_transition)
         self.engine.add(self.vms)
         self._background: set[asyncio.Task[None]] = set()
+        self.sessions = Sessions(self)
+        """The VMs' open consoles and displays."""
 
     # -- lifecycle
 
@@ -216,8 +219,10 @@ class Service:
         return record
 
     def release_waiters(self) -> None:
-        """Answer every ``wait_terminal`` now (the daemon is stopping)."""
+        """Answer every ``wait_terminal`` now and end every console and display session
+        (the daemon is stopping)."""
         self.engine.release_waiters()
+        self.sessions.end_all("provisiond is stopping")
 
     # -- what a caller may see
 

@@ -271,6 +271,30 @@ def _domain_power(conn: Any, uuid: str, action: str) -> str | None:
     return state
 
 
+def _open_console(conn: Any, uuid: str, force: bool) -> Any:
+    """A non-blocking stream on the domain's first console (its serial port)."""
+    dom = _lookup_domain(conn, uuid)
+    if dom is None:
+        raise VirtError(f"domain {uuid} does not exist", libvirt_code=libvirt.VIR_ERR_NO_DOMAIN)
+    stream = conn.newStream(libvirt.VIR_STREAM_NONBLOCK)
+    try:
+        dom.openConsole(None, stream, libvirt.VIR_DOMAIN_CONSOLE_FORCE if force
+                        else libvirt.VIR_DOMAIN_CONSOLE_SAFE)
+    except libvirt.libvirtError:
+        _quietly(stream.abort)
+        raise
+    return stream
+
+
+def _open_graphics(conn: Any, uuid: str) -> int:
+    """A file descriptor connected to the domain's first display (VNC), auth skipped:
+    provisiond has checked the caller. Only local connections can pass descriptors."""
+    dom = _lookup_domain(conn, uuid)
+    if dom is None:
+        raise VirtError(f"domain {uuid} does not exist", libvirt_code=libvirt.VIR_ERR_NO_DOMAIN)
+    return int(dom.openGraphicsFD(0, libvirt.VIR_DOMAIN_OPEN_GRAPHICS_SKIPAUTH))
+
+
 def _power_states(conn: Any) -> dict[str, str]:
     """Every domain's power state, by UUID."""
     out = {}

@@ -10,18 +10,21 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import socket
 import time
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Sequence, TypeVar
 
 import libvirt
 
-from daemon.errors import HostUnreachable, VirtError, VirtTimeout
+from daemon.errors import HostUnreachable, NotSupported, VirtError, VirtTimeout
 from daemon.virt import domain_xml
 from daemon.virt.calls import (
     DomainInfo,
     _domain_power,
     _interface_addresses,
+    _open_console,
+    _open_graphics,
     _power_states,
     _wipe_volume,
     TaggedDomain,
@@ -49,6 +52,7 @@ from daemon.virt.events import (
     drain_events,
     ensure_event_loop_registered,
 )
+from daemon.virt.consoles import ConsoleStream
 from daemon.virt.inventory import DiskUse, HostInventory, VolumeInfo
 from daemon.virt.live_inventory import LiveInventory
 
@@ -72,6 +76,7 @@ _UNREACHABLE_CODES = {
 }
 # A call on a connection whose daemon went away fails in the RPC layer.
 _UNREACHABLE_DOMAINS = {libvirt.VIR_FROM_RPC, libvirt.VIR_FROM_REMOTE}
+_UNSUPPORTED_CODES = {libvirt.VIR_ERR_NO_SUPPORT, libvirt.VIR_ERR_OPERATION_UNSUPPORTED}
 
 @contextmanager
 def map_libvirt_errors(action: str) -> Iterator[None]:
@@ -83,6 +88,8 @@ def map_libvirt_errors(action: str) -> Iterator[None]:
         message = f"{action}: {exc.get_error_message() or exc}"
         if code in _UNREACHABLE_CODES or exc.get_error_domain() in _UNREACHABLE_DOMAINS:
             raise HostUnreachable(message, libvirt_code=code) from None
+        if code in _UNSUPPORTED_CODES:
+            raise NotSupported(message, libvirt_code=code) from None
         raise VirtError(message, libvirt_code=code) from None
 
 
@@ -364,6 +371,21 @@ class HostConnection:
         """The domain's IP addresses (DHCP lease, else guest agent, else ARP)."""
         return await self._call(f"cannot read the addresses of domain {uuid}",
                                 _interface_addresses, self._conn, uuid)
+
+    async def open_console(self, uuid: str, force: bool) -> ConsoleStream:
+        """The domain's serial console as a byte stream; ``force`` takes it from whoever
+        holds it (another client of libvirt included)."""
+        stream = await self._call(f"cannot open the console of domain {uuid}", _open_console,
+                                  self._conn, uuid, force)
+        return ConsoleStream(stream, lambda fn: self._call(
+            f"cannot close the console of domain {uuid}", fn))
+
+    async def open_display(self, uuid: str) -> socket.socket:
+        """A new connection to the domain's VNC display, authenticated by libvirt (the
+        display listens nowhere; libvirt hands QEMU one end of a socket pair)."""
+        fd = await self._call(f"cannot open the display of domain {uuid}", _open_graphics,
+                              self._conn, uuid)
+        return socket.socket(fileno=fd)
 
     async def wipe_volume(self, pool: str, name: str) -> bool:
         """Wipe a volume's content; False if this host's driver cannot wipe."""

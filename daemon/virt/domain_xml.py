@@ -54,7 +54,8 @@ class DomainSpec:
 
 
 def build_domain_xml(spec: DomainSpec) -> str:
-    """The domain XML: disk from the volume, ISO as CD-ROM, boot CD then disk, metadata."""
+    """The domain XML: disk from the volume, ISO as CD-ROM, boot CD then disk, serial
+    console, a VNC display listening nowhere, metadata."""
     ET.register_namespace(METADATA_PREFIX, METADATA_NS)
     dom = ET.Element("domain", type=spec.domain_type)
     ET.SubElement(dom, "name").text = spec.name
@@ -98,6 +99,10 @@ def build_domain_xml(spec: DomainSpec) -> str:
         ET.SubElement(nic, "model", type="virtio")
     ET.SubElement(devices, "serial", type="pty")
     ET.SubElement(devices, "console", type="pty")
+    # A display that listens nowhere (no TCP port other local users could reach): provisiond
+    # gets each connection to it from libvirt (virDomainOpenGraphicsFD) for its owner.
+    graphics = ET.SubElement(devices, "graphics", type="vnc")
+    ET.SubElement(graphics, "listen", type="none")
     return ET.tostring(dom, encoding="unicode")
 
 

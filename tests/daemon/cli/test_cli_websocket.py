@@ -1,0 +1,108 @@
+"""provctl's hand-written WebSocket client against aiohttp's server (the daemon's own).
+
+An echo server on a Unix socket, in a thread: what the client sends must come back
+whole, in every frame size, with pings answered and the server's close code read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+from aiohttp import WSMsgType, web
+
+from daemon.cli.client import ApiError, Client
+from daemon.cli.websocket import WebSocket, accept_key
+
+
+def receive(ws: WebSocket, count: int = 1) -> list[bytes]:
+    got: list[bytes] = []
+    while len(got) < count and ws.close_code is None:
+        got += ws.messages()
+        if len(got) < count and ws.close_code is None:
+            assert ws.feed(), "the server hung up"
+    return got
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[str]:
+    path = str(tmp_path / "ws.sock")
+    loop = asyncio.new_event_loop()
+    ready = threading.Event()
+
+    async def echo(request: web.Request) -> web.StreamResponse:
+        ws = web.WebSocketResponse(max_msg_size=0)
+        await ws.prepare(request)
+        async for message in ws:
+            if message.type == WSMsgType.BINARY:
+                if message.data == b"ping me":
+                    await ws.ping(b"are you there")
+                    continue
+                if message.data == b"close":
+                    await ws.close(code=4001, message=b"taken over by alice")
+                    break
+                await ws.send_bytes(message.data[::-1])
+            elif message.type == WSMsgType.TEXT:
+                await ws.send_bytes(message.data.encode())
+        return ws
+
+    async def refuse(_request: web.Request) -> web.Response:
+        return web.json_response({"error": {"code": "in_use", "message": "in use by bob"}},
+                                 status=409)
+
+    async def serve() -> web.AppRunner:
+        app = web.Application()
+        app.router.add_get("/echo", echo)
+        app.router.add_get("/refuse", refuse)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        await web.UnixSite(runner, path).start()
+        return runner
+
+    def run() -> None:
+        asyncio.set_event_loop(loop)
+        runner = loop.run_until_complete(serve())
+        ready.set()
+        loop.run_forever()
+        loop.run_until_complete(runner.cleanup())
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    ready.wait(10)
+    yield path
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(10)
+
+
+def test_the_accept_key_is_rfc_6455s() -> None:
+    # The example of RFC 6455, section 1.3.
+    assert accept_key(b"dGhlIHNhbXBsZSBub25jZQ==") == "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+
+
+@pytest.mark.parametrize("size", [0, 1, 125, 126, 65535, 65536, 300_000])
+def test_messages_of_every_length_form_come_back_whole(server: str, size: int) -> None:
+    ws = Client(server).websocket("/echo")
+    data = bytes(i % 251 for i in range(size))
+    ws.send(data)
+    assert receive(ws) == [data[::-1]]
+    ws.close()
+
+
+def test_pings_are_answered_and_the_close_code_is_read(server: str) -> None:
+    ws = Client(server).websocket("/echo")
+    ws.send(b"ping me")  # the server pings; the client must pong and carry on
+    ws.send(b"abc")
+    assert receive(ws) == [b"cba"]
+    ws.send(b"close")
+    assert receive(ws) == []
+    assert (ws.close_code, ws.close_reason) == (4001, "taken over by alice")
+
+
+def test_a_refusal_is_the_apis_error(server: str) -> None:
+    with pytest.raises(ApiError) as refused:
+        Client(server).websocket("/refuse")
+    assert refused.value.status == 409 and refused.value.exit_code == 1
+    assert "in use by bob" in refused.value.message
