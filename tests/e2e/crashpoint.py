@@ -4,10 +4,12 @@
 
 Points: ``before:<call>`` / ``after:<call>`` for the libvirt adapter's calls that change
 something (create_volume, define_domain, power, undefine_domain, delete_volume,
-wipe_volume), and ``after:<state>`` right after the transition into that state (a
-request's or its VM's) is committed. Only the first matching moment kills, and only
-for requests whose template is listed in ``PROVISIOND_CRASH_TEMPLATE`` (default: every
-request). Production code is not changed: this module wraps it from outside.
+wipe_volume), ``before:power:<action>`` / ``after:power:<action>`` for one power action
+(start, shutdown, destroy, reboot: a stop's fallback destroy, say), and ``after:<state>``
+right after the transition into that state (a request's or its VM's) is committed. Only
+the first matching moment kills, and only for requests whose template is listed in
+``PROVISIOND_CRASH_TEMPLATE`` (default: every request). Production code is not changed:
+this module wraps it from outside.
 """
 
 from __future__ import annotations
@@ -35,12 +37,18 @@ def die(point: str) -> None:
 def wrap_call(name: str) -> None:
     original: Callable[..., Any] = getattr(virt.HostConnection, name)
 
+    def hit(moment: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+        if CRASH_AT == f"{moment}:{name}":
+            return True
+        action = kwargs.get("action", args[1] if len(args) > 1 else None)
+        return name == "power" and CRASH_AT == f"{moment}:power:{action}"
+
     @functools.wraps(original)
     async def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
-        if CRASH_AT == f"before:{name}":
+        if hit("before", args, kwargs):
             die(CRASH_AT)
         result = await original(self, *args, **kwargs)
-        if CRASH_AT == f"after:{name}":
+        if hit("after", args, kwargs):
             die(CRASH_AT)
         return result
 

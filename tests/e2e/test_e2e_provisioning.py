@@ -227,44 +227,75 @@ def test_sigkill_at_each_step_boundary_ends_like_no_crash(e2e: E2E, point: str) 
     assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
 
 
+VM_OPERATIONS: dict[str, tuple[str, dict[str, Any] | None, str, str, str]] = {
+    "start": ("start", None, "stopped", "starting", "running"),
+    "stop": ("stop", None, "running", "stopping", "stopped"),
+    "force-stop": ("stop", {"force": True}, "running", "powering-off", "stopped"),
+    "reboot": ("reboot", None, "running", "rebooting", "running"),
+    "delete": ("delete", None, "stopped", "deleting", "deleted"),
+}
+"""name -> (URL verb, body, the VM's resting state before, its busy state, its goal)."""
+DOMSTATE = {"stopped": "shut off", "running": "running"}
+
+# The points of each operation: its busy state is committed (the step has not acted yet),
+# and each libvirt call of the step is done (acted, its outcome not recorded). A plain stop
+# never enters powering-off: its fallback destroy (iPXE ignores ACPI, stop_timeout is 3 s)
+# is a second power call in the same step. "after:power" is the first power call.
 VM_CRASH_POINTS = [
-    ("start", "after:starting", "running"), ("start", "after:power", "running"),
-    ("delete", "after:deleting", "deleted"), ("delete", "after:undefine_domain", "deleted"),
-    ("delete", "after:delete_volume", "deleted"),
+    ("start", "after:starting", "started on"), ("start", "after:power", "already running"),
+    ("stop", "after:stopping", "forced off"), ("stop", "after:power:shutdown", "forced off"),
+    ("stop", "before:power:destroy", "forced off"),
+    ("stop", "after:power:destroy", "already off"),
+    ("force-stop", "after:powering-off", "forced off"),
+    ("force-stop", "after:power", "already off"),
+    ("reboot", "after:rebooting", "asked to reboot"),
+    ("reboot", "after:power", "asked to reboot"),
+    ("delete", "after:deleting", "undefined domain"),
+    ("delete", "after:undefine_domain", "already gone"),
+    ("delete", "after:delete_volume", "already gone"),
 ]
 
 
-@pytest.mark.parametrize("operation, point, goal", VM_CRASH_POINTS)
+@pytest.mark.parametrize("operation, point, detail", VM_CRASH_POINTS)
 def test_sigkill_in_a_vm_operation_ends_it_once(e2e: E2E, operation: str, point: str,
-                                                goal: str) -> None:
+                                                detail: str) -> None:
+    verb, body, rest, busy, goal = VM_OPERATIONS[operation]
     first = e2e.daemon()
     rid = first.wait_terminal(create(first, "two")["id"])["id"]  # its own volume
+    if rest == "running":
+        assert operate(first, rid, "start")["vm"]["state"] == "running"
     assert first.stop() == 0
+    uuid = domain_uuid_for(rid)
     crashing = e2e.daemon(crash_at=point)
     try:
-        acknowledged = crashing.call("POST", f"/v1/requests/{rid}/{operation}").status == 202
+        acknowledged = crashing.call("POST", f"/v1/requests/{rid}/{verb}", body).status == 202
     except OSError:
         acknowledged = False  # killed before it answered: the operation may be lost
     assert crashing.proc.wait(30) == -signal.SIGKILL, crashing.log()
+    assert f"crashpoint: SIGKILL at {point}" in crashing.log()
 
     d = e2e.daemon()
     log = d.call("GET", f"/v1/requests/{rid}/log").body["log"]
-    busy = "starting" if operation == "start" else "deleting"
-    recorded = ("stopped", busy) in [(e["from"], e["to"]) for e in log]
+    recorded = (rest, busy) in [(e["from"], e["to"]) for e in log]
     assert recorded or not acknowledged  # a 202 means it was on disk
     if not recorded:  # never acknowledged, never done: nothing happened, ask again
-        assert e2e.virsh("domstate", domain_uuid_for(rid)).strip() == "shut off"
-        assert d.call("POST", f"/v1/requests/{rid}/{operation}").status == 202
+        assert e2e.virsh("domstate", uuid).strip() == DOMSTATE[rest]
+        assert d.call("POST", f"/v1/requests/{rid}/{verb}", body).status == 202
     final = d.call("GET", f"/v1/requests/{rid}?wait=60").body
     assert final["vm"]["state"] == goal, final
     log = d.call("GET", f"/v1/requests/{rid}/log").body["log"]
-    moves = [(e["from"], e["to"]) for e in log if e["kind"] == "transition"]
-    assert moves.count(("stopped", busy)) == 1 and moves[-1] == (busy, goal)  # once
+    transitions = [e for e in log if e["kind"] == "transition"]
+    moves = [(e["from"], e["to"]) for e in transitions]
+    into = [m for m in moves if m[1] == busy]
+    assert into == [(rest, busy)] and moves[-1] == (busy, goal), moves  # once
+    assert moves.count((busy, goal)) == 1, moves
+    last = transitions[-1]["detail"]
+    assert detail in last, last  # what the resumed step found done
     if goal == "deleted":
         assert e2e.our_volumes() == [] and e2e.domains_of(rid) == []
-        assert "Traceback" not in d.log()
     else:
-        assert e2e.virsh("domstate", domain_uuid_for(rid)).strip() == "running"
+        assert e2e.virsh("domstate", uuid).strip() == DOMSTATE[goal]
+    assert "Traceback" not in d.log()
     assert d.stop() == 0
 
 
