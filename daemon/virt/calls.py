@@ -233,14 +233,25 @@ def _define_domain(conn: Any, xml: str) -> None:
     conn.defineXML(xml)
 
 
-def _undefine_domain(conn: Any, uuid: str) -> bool:
+def _undefine_domain(conn: Any, uuid: str, of_request: str | None) -> str | None:
+    """Stop (if running) and undefine a domain; its name, or None if there is none (or,
+    with ``of_request``, if its metadata names another request: not ours to remove)."""
     dom = _lookup_domain(conn, uuid)
     if dom is None:
-        return False
+        return None
+    if of_request is not None:
+        try:
+            meta_xml = dom.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT,
+                                    domain_xml.METADATA_NS)
+        except libvirt.libvirtError:
+            meta_xml = ""
+        if domain_xml.parse_request_metadata(meta_xml).get("request_id") != of_request:
+            return None
+    name = dom.name()
     if dom.isActive():
         dom.destroy()
     dom.undefine()
-    return True
+    return str(name)
 
 
 POWER_STATES = {

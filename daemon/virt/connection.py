@@ -349,12 +349,14 @@ class HostConnection:
             self.inventory.remove_domain(uuid)
             raise
 
-    async def undefine_domain(self, uuid: str) -> bool:
-        """Stop (if running) and undefine a domain; False if it did not exist."""
-        gone = await self._call(f"cannot undefine domain {uuid}", _undefine_domain,
-                                self._conn, uuid)
-        self.inventory.remove_domain(uuid)
-        return gone
+    async def undefine_domain(self, uuid: str, *, of_request: str | None = None) -> str | None:
+        """Stop (if running) and undefine a domain, in one look-up; its name, or None if
+        it did not exist (or, with ``of_request``, is not that request's: left alone)."""
+        name = await self._call(f"cannot undefine domain {uuid}", _undefine_domain,
+                                self._conn, uuid, of_request)
+        if name is not None or of_request is None:
+            self.inventory.remove_domain(uuid)
+        return name
 
     async def power(self, uuid: str, action: str) -> str | None:
         """Start, shutdown, destroy or reboot a domain; its power state before the call

@@ -291,10 +291,9 @@ async def rollback(ctx: ProvisioningContext, req: RequestRecord) -> None:
         if req.host is not None and (req.domain_uuid or req.volume_owned):
             host = ctx.host(req.host)
             uuid = req.domain_uuid or domain_xml.domain_uuid_for(req.id)
-            found = await host.find_domain(uuid)
-            if found is not None and found.metadata.get("request_id") == req.id:
-                await host.undefine_domain(uuid)
-                undone.append(f"undefined domain {found.name}")
+            name = await host.undefine_domain(uuid, of_request=req.id)
+            if name is not None:
+                undone.append(f"undefined domain {name}")
             if req.volume_owned and req.volume_pool and req.volume_name:
                 if await host.delete_volume(req.volume_pool, req.volume_name):
                     undone.append(f"deleted volume {req.volume_pool}/{req.volume_name}")

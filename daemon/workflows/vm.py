@@ -80,10 +80,17 @@ class VmContext(Protocol):
 # --------------------------------------------------------------------------- the steps
 
 
+_ALREADY = {"start": ("running", "paused"), "shutdown": ("shutoff", "crashed"),
+            "destroy": ("shutoff", "crashed")}
+"""Power states in which an action is a no-op (``HostConnection.power`` leaves the
+domain alone): no event will come, e.g. when a step resumes after a crash."""
+
+
 async def _power(ctx: VmContext, vm: VmRecord, action: str, event: str,
                  timeout: float) -> tuple[str | None, bool]:
     """Ask for a power action and wait (at most ``timeout``) for its event; (the power
-    state before, whether the event came)."""
+    state before, whether the event came). Nothing is awaited where the action did
+    nothing (the domain was already there)."""
     host = ctx.host(vm.host)
     assert vm.domain_uuid is not None
     waiter = ctx.expect_domain_event(host.name, vm.domain_uuid, event, vm.id)
@@ -92,6 +99,8 @@ async def _power(ctx: VmContext, vm: VmRecord, action: str, event: str,
         if before is None:
             raise VirtError(f"domain {vm.domain_name} ({vm.domain_uuid}) is not on host "
                             f"{host.name}")
+        if before in _ALREADY.get(action, ()):
+            return before, False
         try:
             await asyncio.wait_for(waiter, timeout)
             return before, True
@@ -147,10 +156,9 @@ async def delete(ctx: VmContext, vm: VmRecord) -> Outcome:
     """deleting: force off, undefine, then give the storage back (see ``release``)."""
     host = ctx.host(vm.host)
     assert vm.domain_uuid is not None
-    found = await host.find_domain(vm.domain_uuid)
-    if found is not None and found.metadata.get("request_id") == vm.id:
-        await host.undefine_domain(vm.domain_uuid)
-        done = [f"undefined domain {found.name}"]
+    name = await host.undefine_domain(vm.domain_uuid, of_request=vm.id)
+    if name is not None:
+        done = [f"undefined domain {name}"]
     else:
         done = [f"domain {vm.domain_name} was already gone"]
     return await release(ctx, vm, host, done)

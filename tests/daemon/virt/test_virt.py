@@ -115,9 +115,12 @@ async def test_a_defined_domain_is_found_with_its_request_metadata() -> None:
         assert found is not None and found.name == "vm-007"
         assert found.metadata == {"request_id": "req-007", "owner": "alice",
                                   "template": "ipxe", "size": "tiny", "resource_pool": "rp"}
-        assert await host.undefine_domain(found.uuid) is True
+        # Another request's domain is left alone; its own goes, once.
+        assert await host.undefine_domain(found.uuid, of_request="req-008") is None
+        assert await host.find_domain(found.uuid) is not None
+        assert await host.undefine_domain(found.uuid, of_request="req-007") == "vm-007"
         assert await host.find_domain(found.uuid) is None
-        assert await host.undefine_domain(found.uuid) is False
+        assert await host.undefine_domain(found.uuid) is None
     finally:
         await host.close()
 
