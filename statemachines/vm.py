@@ -6,8 +6,9 @@ owner (start, stop, force off, reboot, delete) or a libvirt event moves it. The 
 an operation in progress (``starting``, ``stopping``, ...) have a step, run by the same
 engine as the provisioning steps; the step is durable before it acts. libvirt's lifecycle
 events move the resting states (the guest powered itself off, it crashed, an
-administrator ran ``virsh destroy`` or ``virsh undefine``); after a restart or a lost
-connection the real state is looked up, since events in the gap are lost.
+administrator ran ``virsh destroy`` or ``virsh undefine``). While its host is
+unreachable a VM is ``unknown``; after a restart or a lost connection the real state is
+looked up, since events in the gap are lost.
 
 Its transitions go to the same log as the request's, so one timeline runs from
 ``requested`` to ``deleted``.
@@ -37,6 +38,9 @@ class VmState(DocumentedState):
                             "back (a created volume deleted, a reused one wiped).")
     DELETED = ("deleted", "Gone from libvirt; its storage and its share of the quota given "
                           "back. Terminal.")
+    UNKNOWN = ("unknown", "Its host is unreachable, so what libvirt would say is not known; "
+                          "looked up again when the host is back, and no operation until "
+                          "then. Resting.")
 
 
 class VmTrigger(enum.StrEnum):
@@ -55,11 +59,12 @@ class VmTrigger(enum.StrEnum):
     PAUSED = "paused"
     RESUMED = "resumed"
     VANISHED = "vanished"
+    HOST_LOST = "host_lost"
     FAIL = "fail"
 
 
 RESTING: frozenset[VmState] = frozenset(
-    {VmState.STOPPED, VmState.RUNNING, VmState.PAUSED, VmState.CRASHED})
+    {VmState.STOPPED, VmState.RUNNING, VmState.PAUSED, VmState.CRASHED, VmState.UNKNOWN})
 """States with no step: the VM waits there for an operation or an event."""
 
 TERMINAL: frozenset[VmState] = frozenset({VmState.DELETED})
@@ -116,6 +121,18 @@ TRANSITIONS: tuple[Transition[VmState], ...] = (
     *(Transition(VmTrigger.VANISHED, s, VmState.DELETING, "event UNDEFINED (virsh "
                  "undefine): its storage is given back")
       for s in (VmState.STOPPED, *_ALIVE, VmState.CRASHED)),
+    # The host going away, and coming back: its real state is looked up.
+    *(Transition(VmTrigger.HOST_LOST, s, VmState.UNKNOWN, "the connection to its host was "
+                 "lost, or the host is unreachable at start")
+      for s in (VmState.STOPPED, *_ALIVE, VmState.CRASHED)),
+    *(Transition(trigger, VmState.UNKNOWN, dest, f"host back: looked up, {seen}")
+      for trigger, dest, seen in (
+          (VmTrigger.STARTED, VmState.RUNNING, "running"),
+          (VmTrigger.PAUSED, VmState.PAUSED, "paused"),
+          (VmTrigger.STOPPED, VmState.STOPPED, "shut off"),
+          (VmTrigger.CRASHED, VmState.CRASHED, "crashed"),
+          (VmTrigger.VANISHED, VmState.DELETING, "undefined meanwhile: its storage is "
+                                                 "given back"))),
 )
 
 TABLE: StateTable[VmState] = StateTable(

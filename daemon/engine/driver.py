@@ -352,11 +352,18 @@ class Engine:
     # -- hosts
 
     def host_lost(self, name: str, why: str) -> None:
-        """A host went down: say so in the log of each live record on it."""
+        """A host went down: say so in the log of each live record on it, and let each
+        workflow mark its resting records there."""
         for record in self.live_on(name):
             self._live[record.id].workflow.records.append_log(
                 record.id, "note", record.state, "connection-lost",
                 f"connection to host {name} lost: {why}")
+        for workflow in self._workflows:
+            if workflow.host_lost is not None:
+                try:
+                    workflow.host_lost(workflow.context, name, why)
+                except Exception:  # the store's error is logged; the resync will correct
+                    log.exception("marking the records on %s after its loss failed", name)
 
     async def host_back(self, name: str, gap: float) -> None:
         """A host is back: note the gap in each live record's log, then look again."""

@@ -86,6 +86,8 @@ class Workflow(Generic[R]):
     resync: Callable[[Any, str], Awaitable[None]] | None = None
     """Look at a host's real state after a start or a reconnect (events of a gap are
     lost) and move the resting records that changed."""
+    host_lost: Callable[[Any, str, str], None] | None = None
+    """(context, host, why): a host became unreachable; mark its resting records."""
 
     def __post_init__(self) -> None:
         missing = self.table.in_progress - set(self.steps)

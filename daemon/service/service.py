@@ -187,6 +187,9 @@ class Service:
             trigger = VmTrigger.FORCE_OFF
         if operation == "delete" and vm.state in (VmState.DELETING, VmState.DELETED):
             return record  # the delete already asked for
+        if vm.state == VmState.UNKNOWN:
+            raise HostUnreachable(f"host {vm.host} of VM {vm.name} is unreachable: its state "
+                                  "is unknown until the host is back")
         if VM_TABLE.destination(vm.state, trigger) is None:
             raise InvalidState(f"VM {vm.name} is {vm.state}: it cannot be "
                                f"{OPERATION_PAST[operation]} now", field="state")

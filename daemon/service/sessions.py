@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Awaitable, Callable, TypeVar
 
 from daemon.auth import Identity
-from daemon.errors import InUse, InvalidState, NotSupported, ProvisiondError
+from daemon.errors import HostUnreachable, InUse, InvalidState, NotSupported
+from daemon.errors import ProvisiondError
 from daemon.store import RequestRecord
 from statemachines.vm import VmState
 
@@ -76,6 +77,8 @@ class Sessions:
 
     def _active_record(self, who: Identity, request_id: str, what: str) -> RequestRecord:
         record = self.service.visible(who, request_id)
+        if record.vm_state == VmState.UNKNOWN:
+            raise HostUnreachable(f"host {record.host} of VM {record.name} is unreachable")
         if record.vm_state not in ACTIVE or not record.domain_uuid or not record.host:
             state = record.vm_state or record.state
             raise InvalidState(f"VM {record.name} is {state}: it has no {what} until it "

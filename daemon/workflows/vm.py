@@ -267,10 +267,23 @@ async def resync(ctx: VmContext, host_name: str) -> None:
             log.info("VM %s not resynced: %s", vm.id, exc.message)
 
 
+def host_lost(ctx: VmContext, host_name: str, why: str) -> None:
+    """The host went away: its resting VMs are ``unknown`` until it is back (then
+    ``resync`` looks at each)."""
+    for vm in ctx.store.vms(states=sorted(TABLE.resting - {VmState.UNKNOWN}),
+                            host=host_name):
+        if ctx.driven(vm.id):
+            continue
+        try:
+            ctx.move(vm, VmTrigger.HOST_LOST, f"host {host_name} unreachable: {why}")
+        except ProvisiondError as exc:  # moved meanwhile
+            log.info("VM %s not marked unknown: %s", vm.id, exc.message)
+
+
 def vm_workflow(ctx: VmContext, records: Any, on_transition: Any) -> Workflow[VmRecord]:
     """The VM lifecycle table with its steps, records and event listener."""
     return Workflow(table=TABLE, steps=STEPS, records=records, context=ctx,
                     host_of=lambda vm: vm.host, on_event=on_event, resync=resync,
-                    on_transition=on_transition)
+                    host_lost=host_lost, on_transition=on_transition)
 
 

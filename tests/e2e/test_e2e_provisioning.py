@@ -332,6 +332,30 @@ def test_libvirt_daemon_restart_with_requests_in_flight(e2e: E2E) -> None:
     assert_database_sound(d)
 
 
+def test_a_vm_is_unknown_while_libvirtd_is_down_and_found_running_after(e2e: E2E) -> None:
+    d = e2e.daemon()
+    rid = d.wait_terminal(create(d, "two")["id"])["id"]
+    assert operate(d, rid, "start")["vm"]["state"] == "running"
+    e2e.libvirtd.stop_libvirtd(signal.SIGKILL)  # the guest's QEMU lives on
+    try:
+        deadline = time.monotonic() + 20
+        while d.call("GET", f"/v1/requests/{rid}").body["vm"]["state"] != "unknown":
+            assert time.monotonic() < deadline, "the VM never became unknown"
+            time.sleep(0.1)
+        refused = d.call("POST", f"/v1/requests/{rid}/stop")
+        assert refused.status == 503 and "unknown" in refused.body["error"]["message"]
+    finally:
+        e2e.libvirtd.start()
+    deadline = time.monotonic() + 60
+    while d.call("GET", f"/v1/requests/{rid}").body["vm"]["state"] != "running":
+        assert time.monotonic() < deadline, "the VM was not looked up again"
+        time.sleep(0.1)
+    moves = [(e["from"], e["to"]) for e in d.call("GET", f"/v1/requests/{rid}/log").body["log"]
+             if e["kind"] == "transition"]
+    assert moves[-2:] == [("running", "unknown"), ("unknown", "running")], moves
+    assert e2e.virsh("domstate", domain_uuid_for(rid)).strip() == "running"
+
+
 def assert_database_sound(d: Daemon) -> None:
     assert d.stop() == 0
     db = sqlite3.connect(d.database)

@@ -10,7 +10,7 @@ import asyncio
 
 import pytest
 
-from daemon.errors import InvalidState, UnknownName
+from daemon.errors import HostUnreachable, InvalidState, UnknownName
 from daemon.virt.domain_xml import domain_uuid_for
 from statemachines.vm import VmState
 from tests.conftest import ALICE, BOB, Identity
@@ -166,6 +166,23 @@ async def test_the_real_state_is_looked_up_after_a_reconnect(harness):
     await h.service.engine.resync("testhost")
     assert h.store.get_vm(done.id).state == VmState.RUNNING
     assert "looked after a start or a reconnect" in h.store.get_log(done.id)[-1].detail
+
+
+async def test_a_vm_is_unknown_while_its_host_is_away_and_looked_up_when_back(harness):
+    h = harness
+    done = await h.run(size="small")
+    h.service.operate(ALICE, done.id, "start")
+    assert await settle(h, done.id) == VmState.RUNNING
+    h.service.engine.host_lost("testhost", "test: connection reset")
+    assert h.store.get_vm(done.id).state == VmState.UNKNOWN
+    assert h.service.store.get_request(done.id).vm_state == "unknown"
+    with pytest.raises(HostUnreachable, match="state is unknown until the host is back"):
+        h.service.operate(ALICE, done.id, "stop")
+    await h.service.engine.resync("testhost")  # what the reconnect does
+    assert h.store.get_vm(done.id).state == VmState.RUNNING
+    assert transitions(h, done.id)[-2:] == ["unknown", "running"]
+    assert "test: connection reset" in [e for e in h.store.get_log(done.id)
+                                        if e.to_state == "unknown"][0].detail
 
 
 async def test_deleted_vms_are_pruned_after_the_retention_but_their_kept_claims_stay(
