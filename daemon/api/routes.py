@@ -325,7 +325,7 @@ def vm_operation(operation: str) -> Handler:
                     body.get("force", False), bool):
                 raise InvalidInput('the body must be {"force": true|false}', field="force")
             force = body.get("force", False)
-        record = service.operate(who, request.match_info["id"], operation, force=force)
+        record = await service.operate(who, request.match_info["id"], operation, force=force)
         await service.store.durable()  # 202 means recorded: it runs even after a crash
         return web.json_response(request_json(record), status=202)
 

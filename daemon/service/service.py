@@ -172,12 +172,17 @@ class Service:
         self.engine.cancel(request_id, by_user)
         return record
 
-    def operate(self, who: Identity, request_id: str, operation: str,
-                force: bool = False) -> RequestRecord:
+    async def operate(self, who: Identity, request_id: str, operation: str,
+                      force: bool = False) -> RequestRecord:
         """Start, stop (``force``: forced off at once), reboot or delete a done request's VM;
         the request as it is once the operation is recorded (it runs on). The caller must
         see the request (owner or CLOUD_ADMIN). A delete while one runs returns that one."""
         record = self.visible(who, request_id)
+        finishing = self.engine.live_record(record.id)
+        if isinstance(finishing, RequestRecord) and finishing.state == State.DONE:
+            # Done is stored (a client may have seen it) but its task is still ending:
+            # the VM is the engine's to move only once it has.
+            await self.engine.wait_finished(record.id, timeout=10)
         vm = self.store.get_vm(record.id)
         if vm is None:
             raise InvalidState(f"request {record.id} is {record.state}: only the VM of a done "

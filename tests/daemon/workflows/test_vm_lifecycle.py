@@ -44,15 +44,15 @@ async def test_a_done_request_has_a_stopped_vm_that_starts_stops_and_is_deleted(
     assert h.store.get_vm(done.id).state == VmState.STOPPED
     dom = h.conn.lookupByUUIDString(domain_uuid_for(done.id))
 
-    h.service.operate(ALICE, done.id, "start")
+    await h.service.operate(ALICE, done.id, "start")
     assert await settle(h, done.id) == VmState.RUNNING and dom.isActive()
-    h.service.operate(ALICE, done.id, "stop")
+    await h.service.operate(ALICE, done.id, "stop")
     assert await settle(h, done.id) == VmState.STOPPED and not dom.isActive()
-    h.service.operate(ALICE, done.id, "start")
+    await h.service.operate(ALICE, done.id, "start")
     await settle(h, done.id)
-    h.service.operate(ALICE, done.id, "stop", force=True)
+    await h.service.operate(ALICE, done.id, "stop", force=True)
     assert await settle(h, done.id) == VmState.STOPPED
-    h.service.operate(ALICE, done.id, "delete")
+    await h.service.operate(ALICE, done.id, "delete")
     assert await settle(h, done.id) == VmState.DELETED
 
     # One timeline, from the request to the VM's end.
@@ -64,17 +64,26 @@ async def test_a_done_request_has_a_stopped_vm_that_starts_stops_and_is_deleted(
         h.conn.lookupByUUIDString(domain_uuid_for(done.id))
 
 
+async def test_a_vm_operation_right_when_its_request_is_done_is_not_refused(harness):
+    h = harness
+    record = h.submit(size="small")
+    while h.store.get_request(record.id).state != "done":  # as a client polling GET sees it
+        await asyncio.sleep(0)
+    await h.service.operate(ALICE, record.id, "start")  # the request's task may not be over
+    assert await settle(h, record.id) == VmState.RUNNING
+
+
 async def test_the_table_refuses_with_409_naming_the_state_and_delete_twice_is_one(harness):
     h = harness
     done = await h.run(size="small")
     with pytest.raises(InvalidState, match="is stopped: it cannot be stopped now"):
-        h.service.operate(ALICE, done.id, "stop")
-    h.service.operate(ALICE, done.id, "delete")
-    again = h.service.operate(ALICE, done.id, "delete")  # the running delete, no error
+        await h.service.operate(ALICE, done.id, "stop")
+    await h.service.operate(ALICE, done.id, "delete")
+    again = await h.service.operate(ALICE, done.id, "delete")  # the running delete, no error
     assert again.id == done.id
     assert await settle(h, done.id) == VmState.DELETED
     with pytest.raises(InvalidState, match="is deleted: it cannot be started"):
-        h.service.operate(ALICE, done.id, "start")
+        await h.service.operate(ALICE, done.id, "start")
     assert transitions(h, done.id).count("deleting") == 1
 
 
@@ -82,8 +91,8 @@ async def test_only_the_owner_or_an_admin_of_the_pool_may_operate(harness):
     h = harness
     done = await h.run(size="small")
     with pytest.raises(UnknownName):
-        h.service.operate(BOB, done.id, "start")  # 404: existence is not leaked
-    h.service.operate(CAROL, done.id, "start")
+        await h.service.operate(BOB, done.id, "start")  # 404: existence is not leaked
+    await h.service.operate(CAROL, done.id, "start")
     assert await settle(h, done.id) == VmState.RUNNING
 
 
@@ -94,7 +103,7 @@ async def test_a_deleted_vm_gives_back_its_quota_and_its_created_volume(make_har
     first = await h.run(size="small")          # reuses free-15g.qcow2
     refused = await h.run(size="seven")
     assert "quota" in refused.reason           # the pool holds one VM
-    h.service.operate(ALICE, first.id, "delete")
+    await h.service.operate(ALICE, first.id, "delete")
     await settle(h, first.id)
     second = await h.run(size="seven")          # the quota came back: a new 7 GiB volume
     assert second.state == "done", second.reason
@@ -102,7 +111,7 @@ async def test_a_deleted_vm_gives_back_its_quota_and_its_created_volume(make_har
     # A volume the request created is deleted with its VM.
     created = second.volume_name
     assert second.volume_owned and created in h.volume_names(second.volume_pool)
-    h.service.operate(ALICE, second.id, "delete")
+    await h.service.operate(ALICE, second.id, "delete")
     await settle(h, second.id)
     assert created not in h.volume_names(second.volume_pool)
     assert h.store.claims_on("testhost") == {("pool-dir", "free-15g.qcow2"): first.id}
@@ -112,7 +121,7 @@ async def test_a_reused_volume_the_host_cannot_wipe_is_never_handed_on(harness):
     h = harness
     first = await h.run(size="small")
     assert (first.volume_name, first.volume_owned) == ("free-15g.qcow2", False)
-    h.service.operate(ALICE, first.id, "delete")
+    await h.service.operate(ALICE, first.id, "delete")
     await settle(h, first.id)
     note = h.store.get_log(first.id)[-1].detail
     assert "volume pool-dir/free-15g.qcow2 kept out of the free set" in note
@@ -128,7 +137,7 @@ async def test_keep_and_delete_policies_release_a_reused_volume_as_the_pool_says
         h = await make_harness(storage_pools=[
             "pool-iscsi", {"name": "pool-dir", "on_release": policy}, "pool-nfs"])
         done = await h.run(size="small")
-        h.service.operate(ALICE, done.id, "delete")
+        await h.service.operate(ALICE, done.id, "delete")
         await settle(h, done.id)
         assert ("free-15g.qcow2" in h.volume_names("pool-dir")) is survives
         assert h.store.claims_on("testhost") == {}
@@ -171,13 +180,13 @@ async def test_the_real_state_is_looked_up_after_a_reconnect(harness):
 async def test_a_vm_is_unknown_while_its_host_is_away_and_looked_up_when_back(harness):
     h = harness
     done = await h.run(size="small")
-    h.service.operate(ALICE, done.id, "start")
+    await h.service.operate(ALICE, done.id, "start")
     assert await settle(h, done.id) == VmState.RUNNING
     h.service.engine.host_lost("testhost", "test: connection reset")
     assert h.store.get_vm(done.id).state == VmState.UNKNOWN
     assert h.service.store.get_request(done.id).vm_state == "unknown"
     with pytest.raises(HostUnreachable, match="state is unknown until the host is back"):
-        h.service.operate(ALICE, done.id, "stop")
+        await h.service.operate(ALICE, done.id, "stop")
     await h.service.engine.resync("testhost")  # what the reconnect does
     assert h.store.get_vm(done.id).state == VmState.RUNNING
     assert transitions(h, done.id)[-2:] == ["unknown", "running"]
@@ -190,7 +199,7 @@ async def test_deleted_vms_are_pruned_after_the_retention_but_their_kept_claims_
     h = await make_harness(daemon={"retention_days": 0.000001})  # 0.09 s
     deleted = await h.run(size="small")              # reuses free-15g: not wipeable here
     kept = await h.run(size="small")                 # stays: its VM is not deleted
-    h.service.operate(ALICE, deleted.id, "delete")
+    await h.service.operate(ALICE, deleted.id, "delete")
     await settle(h, deleted.id)
     await asyncio.sleep(0.2)
 
@@ -225,7 +234,7 @@ async def test_a_running_vm_s_addresses_are_what_libvirt_answers(make_harness):
                                           "storage_size_in_gb": 15, "network": "default"}})
     done = await h.run(size="net")
     assert await h.service.addresses(h.store.get_request(done.id)) == []  # not running
-    h.service.operate(ALICE, done.id, "start")
+    await h.service.operate(ALICE, done.id, "start")
     await settle(h, done.id)
     [address] = await h.service.addresses(h.store.get_request(done.id))
     assert address["source"] == "lease" and address["address"].startswith("192.168.122.")
