@@ -410,15 +410,19 @@ def _parse_grants(value: Any, path: str, c: _Checker) -> dict[str, Grant] | None
     return grants if complete else None
 
 
-def _parse_quota(value: Any, path: str, c: _Checker) -> Quota | None:
+def _parse_quota(value: Any, path: str, c: _Checker, *, per_user: bool = True
+                 ) -> Quota | None:
     units = {"vms": "VMs", "cpus": "cpus", "memory": "KiB", "storage_gb": "GiB"}
-    body = c.mapping(value, path, set(units))
+    body = c.mapping(value, path, set(units) | ({"per_user"} if per_user else set()))
     if body is None:
         return None
-    limits = {}
+    limits: dict[str, Any] = {}
     for key, unit in units.items():
         if key in body:
             limits[key] = c.positive_int(body[key], f"{path}.{key}", unit)
+    if per_user and body.get("per_user") is not None:
+        limits["per_user"] = _parse_quota(body["per_user"], f"{path}.per_user", c,
+                                          per_user=False)
     if None in limits.values():  # each bad limit has been reported
         return None
     return Quota(**limits)
@@ -427,7 +431,7 @@ def _parse_quota(value: Any, path: str, c: _Checker) -> Quota | None:
 def _parse_daemon(data: Any, c: _Checker) -> DaemonSettings | None:
     keys = {"socket", "database", "socket_group", "define_event_timeout", "libvirt_call_timeout",
             "host_wait_timeout", "body_timeout", "stop_timeout", "retention_days",
-            "session_idle_timeout"}
+            "session_idle_timeout", "max_in_progress_per_user", "max_connections_per_user"}
     body = c.mapping(data if data is not None else {}, "daemon", keys)
     if body is None:
         return None
@@ -452,9 +456,15 @@ def _parse_daemon(data: Any, c: _Checker) -> DaemonSettings | None:
             timeouts[key] = c.positive_number(body[key], f"daemon.{key}")
             if timeouts[key] is None:
                 return None
+    limits = {}
+    for key in ("max_in_progress_per_user", "max_connections_per_user"):
+        if key in body:
+            limits[key] = c.positive_int(body[key], f"daemon.{key}")
+            if limits[key] is None:
+                return None
     if socket is None or database is None:
         return None
-    return DaemonSettings(socket, database, group, **timeouts)
+    return DaemonSettings(socket, database, group, **timeouts, **limits)
 
 
 # --------------------------------------------------------------------------- entry point

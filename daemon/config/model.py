@@ -93,12 +93,15 @@ class Grant:
 
 @dataclass(frozen=True)
 class Quota:
-    """Upper bounds for a resource pool; None means unbounded."""
+    """Upper bounds for a resource pool (and, in ``per_user``, for each user in it); None
+    means unbounded."""
 
     vms: int | None = None
     cpus: int | None = None
     memory: int | None = None
     storage_gb: int | None = None
+    per_user: Quota | None = None
+    """The same bounds for each user's share of the pool (``quota.per_user``)."""
 
 
 @dataclass(frozen=True)
@@ -130,6 +133,10 @@ class DaemonSettings:
     """How long a deleted VM's request and log are kept before they are pruned."""
     session_idle_timeout: float = 900.0
     """Seconds a console or display client may send nothing before it is closed."""
+    max_in_progress_per_user: int = 32
+    """Requests and VM operations one user may have in progress; past it, 429."""
+    max_connections_per_user: int = 32
+    """Open connections to the socket one uid may hold; the excess is closed at once."""
 
 
 @dataclass(frozen=True)

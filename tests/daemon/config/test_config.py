@@ -156,7 +156,8 @@ def test_bad_size_values(cfg: Path, text: str, expected: str) -> None:
     ("provisiond.yml", lambda d: d["daemon"].update(sokcet="/tmp/x"),
      "cfg/provisiond.yml: daemon.sokcet: unknown key (expected one of: body_timeout, "
      "database, define_event_timeout, host_wait_timeout, libvirt_call_timeout, "
-     "retention_days, session_idle_timeout, socket, socket_group, stop_timeout)"),
+     "max_connections_per_user, max_in_progress_per_user, retention_days, "
+     "session_idle_timeout, socket, socket_group, stop_timeout)"),
     ("pools.yml", lambda d: hw_pool(d).update(hostz=[]),
      "cfg/pools.yml: hardware_pools.hw.hostz: unknown key "
      "(expected one of: hosts, reuse_tolerance_gb, storage_pools)"),
