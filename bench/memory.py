@@ -1,6 +1,7 @@
 """Memory: provisiond's peak RSS with a long history and many requests in flight.
 
     ./dev bench memory [--history 100000] [--in-flight|--n 1000] [--clients 64] [--list]
+                       [--retention-cycles 100000]
 
 The database is filled before provisiond starts: ``daemon.store.Store(path).migrate()``
 makes the schema, then ``--history`` requests are inserted in one transaction
@@ -21,6 +22,11 @@ RSS after it.
 Note: the test-driver host lives inside the daemon process, so the volumes and domains it
 holds (one each per request) count in provisiond's RSS here; on a real host they are in
 libvirtd.
+
+``--retention-cycles N`` (default 0: skipped; issue 11 asks for 100000) also reports the
+database's size after N VMs created and deleted, without and with pruning: the
+measurement of ``bench/retention.py`` (``retention.measure``, about 40 s per phase at
+100000), run after provisiond has stopped.
 
 Target: peak RSS <= 150 MB.
 """
@@ -53,6 +59,7 @@ from bench.common import (  # noqa: E402
     wait_all_terminal,
     write_bench_config,
 )
+from bench.retention import measure as measure_retention  # noqa: E402
 from daemon.virt.domain_xml import domain_uuid_for  # noqa: E402
 from daemon.store import Store  # noqa: E402
 
@@ -215,12 +222,17 @@ def main() -> None:
                         help="also GET /v1/requests (the whole history) and show the RSS")
     parser.add_argument("--no-reference", action="store_true",
                         help="skip the empty-database references")
+    parser.add_argument("--retention-cycles", type=int, default=0, metavar="N",
+                        help="also the database's size after N create+delete cycles, "
+                             "without and with pruning (bench/retention.py; 0: skip)")
     args = parser.parse_args()
     with interruptible():
         refs = {} if args.no_reference else {
             "idle": run(0, 0, args.clients, False),
             "burst": run(0, args.in_flight, args.clients, False)}
         r = run(args.history, args.in_flight, args.clients, args.list)
+        retention = (measure_retention(args.retention_cycles) if args.retention_cycles > 0
+                     else [])
     print(f"memory details: {code_version()}, {load_average()}; history of {args.history} "
           f"done requests written in {r['populate']:.1f} s (database {r['db_mb']:.0f} MB); "
           f"start-up {r['start']:.2f} s; RSS idle after start {mb(r['idle_rss'])} MB; "
@@ -234,6 +246,8 @@ def main() -> None:
     if args.list:
         print(f"  GET /v1/requests: {r['listed']} requests in {r['list_seconds']:.1f} s; RSS "
               f"after {mb(r['list_rss'])} MB, peak so far {mb(r['list_hwm'])} MB")
+    for line in retention[:2]:
+        print(f"  retention after {args.retention_cycles} create+delete cycles, {line}")
     verdict = "met" if r["hwm"] / MB <= TARGET_MB else "MISSED"
     idle = f", idle on an empty database {mb(refs['idle']['idle_rss'])} MB" if refs else ""
     print(f"memory: peak RSS {mb(r['hwm'])} MB with {args.history} requests in history and "

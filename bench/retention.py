@@ -9,6 +9,7 @@ methods, a batch of cycles per transaction. Run twice on fresh databases: withou
 pruning (retention longer than the run), and with ``Store.prune_deleted`` after each
 batch (retention 0: what the daemon's hourly pruning does once deleted VMs are older
 than ``daemon.retention_days``). Prints the database's size and rows for both.
+``measure`` is what ``bench/memory.py --retention-cycles N`` calls.
 """
 
 from __future__ import annotations
@@ -70,20 +71,29 @@ def run(n: int, batch: int, prune: bool) -> tuple[float, int, int, int]:
         return seconds, os.path.getsize(path), requests, log_rows
 
 
+def measure(n: int, batch: int = 1000) -> list[str]:
+    """n cycles without pruning, then with it: a figure line for each, then the summary."""
+    kept = run(n, batch, prune=False)
+    pruned = run(n, batch, prune=True)
+    lines = [f"{name}: {size / 1e6:.1f} MB, {requests} requests, {log_rows} log rows "
+             f"({seconds:.1f} s)"
+             for name, (seconds, size, requests, log_rows) in (("without pruning", kept),
+                                                               ("with pruning", pruned))]
+    lines.append(f"after {n} create+delete cycles the database is {kept[1] / 1e6:.1f} MB kept, "
+                 f"{pruned[1] / 1e6:.1f} MB pruned ({pruned[1] / kept[1]:.3f} of it)")
+    return lines
+
+
 def main() -> None:
+    """Measure and print the figures."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=100_000, help="create+delete cycles")
     parser.add_argument("--batch", type=int, default=1000, help="cycles per transaction")
     args = parser.parse_args()
-    kept = run(args.n, args.batch, prune=False)
-    pruned = run(args.n, args.batch, prune=True)
-    for name, (seconds, size, requests, log_rows) in (("without pruning", kept),
-                                                      ("with pruning", pruned)):
-        print(f"  {name}: {size / 1e6:.1f} MB, {requests} requests, {log_rows} log rows "
-              f"({seconds:.1f} s)")
-    print(f"retention: after {args.n} create+delete cycles the database is "
-          f"{kept[1] / 1e6:.1f} MB kept, {pruned[1] / 1e6:.1f} MB pruned "
-          f"({pruned[1] / kept[1]:.3f} of it)")
+    *figures, summary = measure(args.n, args.batch)
+    for line in figures:
+        print(f"  {line}")
+    print(f"retention: {summary}")
 
 
 if __name__ == "__main__":
