@@ -54,14 +54,27 @@ def holds(identity: Identity, pool: ResourcePool, privilege: str) -> bool:
 
 
 def quota_refusal(quota: Quota, usage: QuotaUsage, cpus: int, memory_kib: int,
-                  storage_gb: int) -> str | None:
-    """Why adding this VM would break the quota, or None if it holds."""
+                  storage_gb: int, whose: str = "the resource pool's quota") -> str | None:
+    """Why adding this VM would break the quota, with the figures (used, asked, limit),
+    or None if it holds."""
     checks = (
-        ("vms", quota.vms, usage.vms + 1, ""),
-        ("cpus", quota.cpus, usage.cpus + cpus, ""),
-        ("memory", quota.memory, usage.memory + memory_kib, " KiB"),
-        ("storage_gb", quota.storage_gb, usage.storage_gb + storage_gb, " GiB"),
+        ("vms", quota.vms, usage.vms, 1, ""),
+        ("cpus", quota.cpus, usage.cpus, cpus, ""),
+        ("memory", quota.memory, usage.memory, memory_kib, " KiB"),
+        ("storage_gb", quota.storage_gb, usage.storage_gb, storage_gb, " GiB"),
     )
-    over = [f"{name} {total}{unit} > {limit}{unit}" for name, limit, total, unit in checks
-            if limit is not None and total > limit]
-    return "quota exceeded: " + ", ".join(over) if over else None
+    over = [f"{name}: {used}{unit} used + {asked}{unit} asked > {limit}{unit}"
+            for name, limit, used, asked, unit in checks
+            if limit is not None and used + asked > limit]
+    return f"{whose} exceeded: " + "; ".join(over) if over else None
+
+
+def admission_refusal(pool: ResourcePool, pool_usage: QuotaUsage, user_usage: QuotaUsage,
+                      user: str, cpus: int, memory_kib: int, storage_gb: int) -> str | None:
+    """Why the pool's quota or the user's share of it would not hold this VM, or None."""
+    refusal = quota_refusal(pool.quota, pool_usage, cpus, memory_kib, storage_gb,
+                            f"the quota of resource pool {pool.name}")
+    if refusal is None and pool.quota.per_user is not None:
+        refusal = quota_refusal(pool.quota.per_user, user_usage, cpus, memory_kib, storage_gb,
+                                f"{user}'s quota in resource pool {pool.name}")
+    return refusal

@@ -9,8 +9,9 @@
     │   ├── StaleState              409  exit 1   a transition from a state no longer stored
     │   ├── AlreadyClaimed          409  exit 1   another request holds the volume
     │   ├── RequestCancelled        409  exit 1   raised into a waiting step by a cancel
-    │   └── InUse                   409  exit 1   another session holds the VM's console
+    │   └── InUse                   409  exit 1   taken: a VM's console, a VM name
     ├── QuotaExceeded               409  exit 1   the resource pool's quota would not hold
+    ├── TooManyInProgress           429  exit 1   the caller has too much in progress
     ├── NoStorage                   507  exit 1   no free volume and no pool with room
     ├── VirtError                   502  exit 1   libvirt said no (mapped in daemon.virt)
     │   ├── HostUnreachable         503  exit 1   the libvirt connection is down
@@ -117,7 +118,7 @@ class RequestCancelled(InvalidState):
 
 
 class InUse(InvalidState):
-    """Another session holds what was asked for (a VM's console)."""
+    """What was asked for is taken: a VM's console (another session), a VM's name."""
 
     code = "in_use"
 
@@ -127,6 +128,18 @@ class QuotaExceeded(ProvisiondError):
 
     http_status = 409
     code = "quota_exceeded"
+
+
+class TooManyInProgress(ProvisiondError):
+    """The caller already has ``daemon.max_in_progress_per_user`` things in progress."""
+
+    http_status = 429
+    code = "too_many_in_progress"
+
+    def __init__(self, message: str, *, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+        """Seconds after which asking again may be accepted (the Retry-After header)."""
 
 
 class NoStorage(ProvisiondError):

@@ -67,9 +67,12 @@ def write_config(directory: Path, node_xml: str = "host_basic.xml", *,
             "resource_pools": resource_pools or {"rp": rp},
         },
         "provisiond.yml": {
+            # Load tests are one user with hundreds of requests and connections at once:
+            # the per-user limits are off here; the tests of the limits set their own.
             "daemon": {"socket": str(directory / "provisiond.sock"),
                        "database": str(directory / "provisiond.db"),
-                       "define_event_timeout": 5, **(daemon or {})},
+                       "define_event_timeout": 5, "max_in_progress_per_user": 100000,
+                       "max_connections_per_user": 100000, **(daemon or {})},
             "include": {"sizes": "VmSize.yml", "templates": "templates.yml",
                         "pools": "pools.yml"},
         },

@@ -36,6 +36,7 @@ ERROR_CODES: dict[int, tuple[str, ...]] = {
     409: ("wrong_state", "quota_exceeded", "in_use"),
     413: ("too_large",),
     415: ("unsupported_media_type",),
+    429: ("too_many_in_progress",),
     500: ("internal",),
     502: ("libvirt",),
     503: ("host_unreachable",),
@@ -55,6 +56,9 @@ ERROR_RESPONSES: dict[int, tuple[str, str]] = {
     409: ("Conflict", "The request is in the wrong state for this (e.g. already done)."),
     413: ("PayloadTooLarge", f"The body is larger than {MAX_BODY_BYTES} bytes."),
     415: ("UnsupportedMediaType", "The body is not sent as `Content-Type: application/json`."),
+    429: ("TooManyRequests", "The caller already has `daemon.max_in_progress_per_user` "
+                             "requests and VM operations in progress; the `Retry-After` "
+                             "header says when to ask again."),
     500: ("InternalError", "A bug in provisiond; the traceback is in the daemon's log only."),
     501: ("NotImplemented", "The host's libvirt driver cannot do this (e.g. the test driver "
                             "has no console or display)."),
@@ -75,6 +79,8 @@ ISO_TIME: Schema = {
 NAME: Schema = {"type": "string", "minLength": 1}
 NULLABLE_NAME: Schema = {"type": ["string", "null"], "minLength": 1}
 COUNT: Schema = {"type": "integer", "minimum": 0}
+LIMITS: dict[str, Schema] = {"vms": COUNT, "cpus": COUNT,
+                             "memory": {**COUNT, "description": "KiB."}, "storage_gb": COUNT}
 
 
 def ref(kind: str, name: str) -> Schema:
@@ -244,10 +250,11 @@ SCHEMAS: dict[str, Schema] = {
             "name": NAME,
             "description": {"type": "string"},
             "hardware_pool": NAME,
-            "quota": closed({"vms": COUNT, "cpus": COUNT,
-                             "memory": {**COUNT, "description": "KiB."},
-                             "storage_gb": COUNT}, required=[],
-                            description="Upper bounds; a missing one is unbounded."),
+            "quota": closed({**LIMITS, "per_user": closed(
+                LIMITS, required=[], description="The same bounds on each user's share.")},
+                required=[], description="Upper bounds; a missing one is unbounded."),
+            "used": closed(LIMITS, description="What the pool's VMs and requests hold."),
+            "used_by_you": closed(LIMITS, description="The caller's share of `used`."),
         })},
     }, description="What the caller may ask for: templates, sizes, and the resource pools "
                    "they hold CLOUD_CREATE on."),
@@ -387,7 +394,7 @@ PATHS: dict[str, Any] = {
                 "202": ok("Accepted and stored.", REQUEST, LOCATION),
                 "200": ok("An earlier request with this Idempotency-Key; nothing new was "
                           "stored.", REQUEST, LOCATION),
-                **errors(400, 403, 413, 415),
+                **errors(400, 403, 409, 413, 415, 429),
             },
         },
         "get": {
@@ -453,8 +460,8 @@ PATHS: dict[str, Any] = {
                if operation == "stop" else {}),
             "responses": {"202": ok("Accepted; the request (and its VM) as it is now.",
                                     REQUEST),
-                          **(errors(400, 404, 409, 413, 415) if operation == "stop"
-                             else errors(404, 409))},
+                          **(errors(400, 404, 409, 413, 415, 429, 503) if operation == "stop"
+                             else errors(404, 409, 429, 503))},
         },
     } for operation, summary, description in (
         ("start", "Start the VM", "The domain is started; its STARTED event ends it."),
@@ -504,7 +511,7 @@ PATHS: dict[str, Any] = {
         "summary": "Placement dry run",
         "requestBody": json_body("ExplainRequest", "The request to place."),
         "responses": {"200": ok("The decision.", ref("schemas", "Decision")),
-                      **errors(400, 403, 413, 415, 502, 503, 504)},
+                      **errors(400, 403, 409, 413, 415, 502, 503, 504)},
     }},
     "/v1/reconcile": {"post": {
         "operationId": "reconcile", "tags": ["admin"],
@@ -545,7 +552,12 @@ def _document() -> dict[str, Any]:
             "schemas": SCHEMAS,
             "parameters": PARAMETERS,
             "responses": {name: {"description": text,
-                                 "content": json_content(error_schema(ERROR_CODES[status]))}
+                                 "content": json_content(error_schema(ERROR_CODES[status])),
+                                 **({"headers": {"Retry-After": {
+                                     "required": True,
+                                     "description": "Seconds to wait before asking again.",
+                                     "schema": {"type": "string", "pattern": r"^[0-9]+$"}}}}
+                                    if status == 429 else {})}
                           for status, (name, text) in ERROR_RESPONSES.items()},
         },
     }

@@ -12,12 +12,24 @@ import asyncio
 import json
 import logging
 import math
+import re
 from datetime import datetime, timezone
 from typing import Any, Awaitable, Callable
 
 from aiohttp import web
-from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.http_exceptions import (
+    BadHttpMethod,
+    BadStatusLine,
+    ContentEncodingError,
+    ContentLengthError,
+    HttpProcessingError,
+    InvalidHeader,
+    InvalidURLError,
+    LineTooLong,
+    TransferEncodingError,
+)
 from aiohttp.web_exceptions import HTTPExpectationFailed
+from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_urldispatcher import _default_expect_handler as _aiohttp_expect_handler
 
 from daemon import __version__
@@ -41,6 +53,15 @@ LIST_LIMIT_DEFAULT = 1000
 LIST_LIMIT_MAX = 10000
 WAIT_MAX = 300.0
 """The longest ``GET /v1/requests/{id}?wait=`` holds a connection, in seconds."""
+EPOCH_MAX = 253402300799.0
+"""9999-12-31T23:59:59Z: the latest ``since`` or ``until`` given in epoch seconds."""
+# ASCII only: str.isdigit() and float() also take '²', '①', '٣' and '1_0'.
+INTEGER_RE = re.compile(r"[0-9]{1,9}")
+NUMBER_RE = re.compile(r"(?:[0-9]{1,15}(?:\.[0-9]{0,9})?|\.[0-9]{1,9})(?:[eE][+-]?[0-9]{1,3})?")
+DECODED_ENCODINGS = frozenset({"gzip", "deflate", "br", "zstd"})
+"""The Content-Encodings aiohttp's parser undoes before the body is read (br and zstd only
+with their libraries: without them the parser refuses the request itself)."""
+JSON_CHARSETS = ("utf-8", "utf8")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -167,7 +188,7 @@ async def create_request(request: web.Request) -> web.Response:
     req = ProvisioningRequest(body["template"], body["size"], body.get("resource_pool"),
                               body.get("name"), key)
     earlier = service.store.find_by_idempotency_key(who.user, key) if key else None
-    record = service.submit(who, req)
+    record = await service.create(who, req)
     await service.store.durable()  # 202 means stored: a crash from now on loses nothing
     status = 200 if earlier is not None and earlier.id == record.id else 202
     return web.json_response(request_json(record), status=status,
@@ -396,7 +417,11 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     try:
         return await handler(request)
     except ProvisiondError as exc:
-        return error_response(exc.http_status, exc.code, exc.message, exc.field)
+        response = error_response(exc.http_status, exc.code, exc.message, exc.field)
+        retry_after = getattr(exc, "retry_after", None)
+        if retry_after is not None:
+            response.headers["Retry-After"] = str(retry_after)
+        return response
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

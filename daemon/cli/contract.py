@@ -30,8 +30,8 @@ VM_GOALS: dict[str, str] = {"start": "running", "stop": "stopped", "reboot": "ru
                             "delete": "deleted"}
 """The state each VM operation ends in when it succeeds."""
 
-EXIT_BY_STATUS: dict[int, int] = {400: 2, 403: 3, 404: 5, 409: 1, 500: 1, 501: 1, 502: 1, 503: 1,
-                                  504: 1, 507: 1}
+EXIT_BY_STATUS: dict[int, int] = {400: 2, 403: 3, 404: 5, 409: 1, 429: 1, 500: 1, 501: 1,
+                                  502: 1, 503: 1, 504: 1, 507: 1}
 """HTTP status of an API error -> provctl's exit code (``daemon.errors``' tree)."""
 
 

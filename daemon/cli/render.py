@@ -57,6 +57,14 @@ def _quota_text(quota: Any) -> str:
     return " ".join(parts) if parts else "unlimited"
 
 
+def _pool_quota_text(quota: Any) -> str:
+    """The pool's quota, then each user's: ``vms=50 ...; per user vms=10 ...``."""
+    if not isinstance(quota, dict) or not isinstance(quota.get("per_user"), dict):
+        return _quota_text(quota)
+    pool = {k: v for k, v in quota.items() if k != "per_user"}
+    return f"{_quota_text(pool)}; per user {_quota_text(quota['per_user'])}"
+
+
 def render_catalog(catalog: dict[str, Any]) -> str:
     """The catalog as three tables: templates, sizes (memory in KiB and MiB), pools."""
     templates = render_table(
@@ -69,8 +77,9 @@ def render_catalog(catalog: dict[str, Any]) -> str:
           s.get("storage_size_in_gb"), s.get("network")] for s in catalog.get("sizes", [])],
         right={1, 2, 3, 4})
     pools = render_table(
-        ["RESOURCE POOL", "HARDWARE POOL", "QUOTA", "DESCRIPTION"],
-        [[p.get("name"), p.get("hardware_pool"), _quota_text(p.get("quota")),
+        ["RESOURCE POOL", "HARDWARE POOL", "QUOTA", "USED", "YOURS", "DESCRIPTION"],
+        [[p.get("name"), p.get("hardware_pool"), _pool_quota_text(p.get("quota")),
+          _quota_text(p.get("used")), _quota_text(p.get("used_by_you")),
           p.get("description")] for p in catalog.get("resource_pools", [])])
     head = f"Catalog for user {catalog['user']}\n\n" if catalog.get("user") else ""
     return f"{head}{templates}\n\n{sizes}\n\n{pools}"

@@ -176,6 +176,10 @@ class Engine:
         live = self._live.get(record_id)
         return live.record if live is not None else None
 
+    def live_records(self) -> list[Any]:
+        """Every record the engine drives now (in progress, or cleaning up)."""
+        return [live.record for live in self._live.values()]
+
     def live_on(self, host: str) -> list[Any]:
         """The live records whose steps act on this host."""
         return [live.record for live in list(self._live.values())

@@ -43,9 +43,11 @@ def validate(config: Config, identity: Identity, req: ProvisioningRequest) -> st
     pool_name = req.resource_pool
     if pool_name is None:
         mine = pools_granting(config, identity, CLOUD_CREATE)
+        if not mine:
+            raise PermissionDenied(f"{identity.user} holds CLOUD_CREATE on no resource pool")
         if len(mine) != 1:
-            raise InvalidInput("name a resource pool: you may create in " +
-                               (", ".join(mine) if mine else "none"), field="resource_pool")
+            raise InvalidInput("name a resource pool: you may create in " + ", ".join(mine),
+                               field="resource_pool")
         pool_name = mine[0]
     pool = config.resource_pools.get(pool_name)
     if pool is None:

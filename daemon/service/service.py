@@ -13,11 +13,12 @@ import logging
 import time
 from typing import Any, Callable, Sequence
 
-from daemon.auth import CLOUD_ADMIN, CLOUD_CREATE, Identity
+from daemon.auth import CLOUD_ADMIN, CLOUD_CREATE, Identity, admission_refusal
 from daemon.config import Config
 from daemon.engine import Engine, EventRouter, Hosts
 from daemon.errors import HostUnreachable, InvalidInput, InvalidState, PermissionDenied
-from daemon.errors import ProvisiondError, RequestCancelled, UnknownName
+from daemon.errors import InUse, ProvisiondError, QuotaExceeded, RequestCancelled
+from daemon.errors import TooManyInProgress, UnknownName
 from daemon.placement import Decision
 from daemon.process.metrics import Metrics
 from daemon.service import reconcile
@@ -25,7 +26,8 @@ from daemon.service.intake import ProvisioningRequest, new_request_row, pools_gr
 from daemon.service.intake import validate
 from daemon.service.sessions import Sessions
 from daemon.engine import Outcome
-from daemon.store import LogEntry, RequestRecord, RequestRecords, Store, VmRecord, VmRecords
+from daemon.store import LogEntry, QuotaUsage, RequestRecord, RequestRecords, Store
+from daemon.store import VmRecord, VmRecords
 from daemon.virt.connection import DomainEvent, HostConnection, Opener, open_connection
 from daemon.workflows.provisioning import QuotaLedger, place, provisioning_workflow
 from daemon.workflows.vm import vm_workflow
@@ -38,6 +40,8 @@ log = logging.getLogger("provisiond.service")
 OPERATIONS = {"start": VmTrigger.START, "stop": VmTrigger.STOP, "reboot": VmTrigger.REBOOT,
               "delete": VmTrigger.DELETE}
 """The operations on a VM, by their name in the API."""
+RETRY_AFTER = 5
+"""Seconds a caller over ``max_in_progress_per_user`` is told to wait (Retry-After)."""
 PRUNE_INTERVAL = 3600.0
 """Seconds between two prunings of deleted VMs (and one at start)."""
 OPERATION_PAST = {"start": "started", "stop": "stopped", "reboot": "rebooted",
@@ -149,6 +153,11 @@ class Service:
                     raise InvalidInput("this idempotency key was used for a different request "
                                        f"({earlier.id})", field="idempotency_key")
                 return earlier
+        self._check_in_progress(identity.user)
+        self._admit(identity.user, pool_name, req.size)
+        if req.name is not None:
+            self._check_name(identity, req.name, self.config.resource_pools[pool_name]
+                             .hardware_pool)
         record = self.store.insert_request(
             new_request_row(self.config, identity, req, pool_name),
             detail=f"{identity.user} asked for {req.template} / {req.size} in {pool_name}")
@@ -157,6 +166,72 @@ class Service:
         # The engine moves its own copy; the caller keeps the request as it was stored.
         self.engine.drive(self.provisioning, dataclasses.replace(record))
         return record
+
+    async def create(self, identity: Identity, req: ProvisioningRequest) -> RequestRecord:
+        """``submit``, after making sure that a name the caller chose is not a domain's on
+        the host already (one provisiond did not make): refused now, not after a volume."""
+        pool_name = validate(self.config, identity, req)
+        hardware = self.config.hardware_pool_of(pool_name)
+        replay = req.idempotency_key is not None and self.store.find_by_idempotency_key(
+            identity.user, req.idempotency_key) is not None
+        if req.name is not None and not replay:
+            self._check_name(identity, req.name, self.config.resource_pools[pool_name]
+                             .hardware_pool)  # first: its message may say more
+            for host in hardware.hosts:
+                if not self.hosts.reachable(host.name):
+                    continue  # the define step finds out, and says so without details
+                try:
+                    taken = await self.hosts.connection(host.name).domain_named(req.name)
+                except ProvisiondError as exc:
+                    log.info("name %s not looked up on %s: %s", req.name, host.name,
+                             exc.message)
+                    continue
+                if taken:
+                    raise InUse(f"the name {req.name} is taken on host {host.name}; choose "
+                                "another", field="name")
+        return self.submit(identity, req)
+
+    def _check_name(self, identity: Identity, name: str, hardware_pool: str) -> None:
+        """InUse if a VM of provisiond's has (or will have) this name in the hardware pool;
+        whose it is, only if it is the caller's."""
+        holder = self.store.holder_of_name(name, hardware_pool)
+        if holder is None:
+            return
+        if holder.owner == identity.user:
+            raise InUse(f"you already have a VM named {name} (request {holder.id}); choose "
+                        "another name or delete that VM", field="name")
+        raise InUse(f"the name {name} is taken in hardware pool {hardware_pool}; choose "
+                    "another", field="name")
+
+    def _admit(self, user: str, pool_name: str, size_name: str) -> None:
+        """QuotaExceeded, with the figures, if the pool's quota or the user's share of it
+        would not hold one more VM of this size. Requests not yet authorized count too;
+        the authorize step checks again (a refusal there fails the request)."""
+        pool = self.config.resource_pools[pool_name]
+        size = self.config.sizes[size_name]
+        pool_usage = self._ledger.usage(pool_name)
+        user_usage = self._ledger.usage(pool_name, user)
+        for record in self.engine.live_records():
+            if isinstance(record, RequestRecord) and record.state == State.REQUESTED \
+                    and record.resource_pool == pool_name:
+                pool_usage = _plus(pool_usage, record)
+                if record.owner == user:
+                    user_usage = _plus(user_usage, record)
+        refusal = admission_refusal(pool, pool_usage, user_usage, user, size.cpus,
+                                    size.memory, size.storage_size_in_gb)
+        if refusal:
+            raise QuotaExceeded(refusal)
+
+    def _check_in_progress(self, user: str) -> None:
+        """TooManyInProgress (429) if the user has ``max_in_progress_per_user`` requests
+        and VM operations in progress already."""
+        limit = self.config.daemon.max_in_progress_per_user
+        count = sum(1 for r in self.engine.live_records() if r.owner == user)
+        if count >= limit:
+            raise TooManyInProgress(
+                f"{user} has {count} requests and VM operations in progress, the most one "
+                f"user may (daemon.max_in_progress_per_user = {limit}); ask again once some "
+                "are over", retry_after=RETRY_AFTER)
 
     def cancel(self, request_id: str, by_user: str) -> RequestRecord:
         """Ask a live request to stop; it fails with 'cancelled by USER' and rolls back."""
@@ -198,6 +273,7 @@ class Service:
         if VM_TABLE.destination(vm.state, trigger) is None:
             raise InvalidState(f"VM {vm.name} is {vm.state}: it cannot be "
                                f"{OPERATION_PAST[operation]} now", field="state")
+        self._check_in_progress(who.user)
         self.engine.fire(self.vms, vm, Outcome(trigger, f"{operation}"
                                                f"{' --force' if force else ''} by {who.user}"))
         current = self.store.get_request(record.id)
@@ -283,8 +359,9 @@ class Service:
             "resource_pools": [{
                 "name": p, "description": cfg.resource_pools[p].description,
                 "hardware_pool": cfg.resource_pools[p].hardware_pool,
-                "quota": {k: v for k, v in vars(cfg.resource_pools[p].quota).items()
-                          if v is not None},
+                "quota": _quota_json(cfg.resource_pools[p].quota),
+                "used": dataclasses.asdict(self._ledger.usage(p)),
+                "used_by_you": dataclasses.asdict(self._ledger.usage(p, who.user)),
             } for p in pools],
         }
 
@@ -296,6 +373,7 @@ class Service:
     async def explain(self, identity: Identity, req: ProvisioningRequest) -> Decision:
         """The placement dry run: what would happen now, with every candidate's verdict."""
         pool_name = validate(self.config, identity, req)
+        self._admit(identity.user, pool_name, req.size)  # a create would be refused
         size = self.config.sizes[req.size]
         hardware = self.config.hardware_pool_of(pool_name)
         host = self.hosts.connection(hardware.hosts[0].name)
@@ -319,6 +397,19 @@ class Service:
         self.metrics.libvirt_call_seconds.labels(host, call).observe(seconds)
         if not ok:
             self.metrics.libvirt_call_errors.labels(host, call).inc()
+
+
+def _quota_json(quota: Any) -> dict[str, Any]:
+    """A quota's set limits (and its ``per_user`` ones), as the catalog shows them."""
+    shown = {k: v for k, v in vars(quota).items() if v is not None and k != "per_user"}
+    if quota.per_user is not None:
+        shown["per_user"] = _quota_json(quota.per_user)
+    return shown
+
+
+def _plus(usage: QuotaUsage, record: RequestRecord) -> QuotaUsage:
+    return QuotaUsage(usage.vms + 1, usage.cpus + record.cpus,
+                      usage.memory + record.memory_kib, usage.storage_gb + record.storage_gb)
 
 
 class StepContext:
@@ -346,9 +437,9 @@ class StepContext:
         """Whether the request's current step ran before."""
         return self._service.engine.repeating(request_id)
 
-    def quota_usage(self, resource_pool: str) -> Any:
-        """What the pool's quota-holding requests add up to."""
-        return self._service._ledger.usage(resource_pool)
+    def quota_usage(self, resource_pool: str, owner: str | None = None) -> Any:
+        """What the pool's quota-holding requests add up to (with ``owner``: that user's)."""
+        return self._service._ledger.usage(resource_pool, owner)
 
     def live_request(self, request_id: str) -> RequestRecord | None:
         """The in-memory record of a request being provisioned (not of its VM's operation)."""

@@ -241,6 +241,15 @@ class Store:
             "SELECT * FROM requests WHERE owner = ? AND idempotency_key = ?", [owner, key]))
         return RequestRecord.from_row(rows[0]) if rows else None
 
+    def holder_of_name(self, name: str, hardware_pool: str) -> RequestRecord | None:
+        """The request whose VM has (or will have) this name in the hardware pool: not
+        failed, and its VM not deleted; None if the name is free there."""
+        rows = list(self.db.query(
+            "SELECT * FROM requests WHERE name = ? AND hardware_pool = ? AND state != ?"
+            " AND (vm_state IS NULL OR vm_state != 'deleted') LIMIT 1",
+            [name, hardware_pool, str(State.FAILED)]))
+        return RequestRecord.from_row(rows[0]) if rows else None
+
     def list_requests(self, *, states: Sequence[State] | None = None, owner: str | None = None,
                       resource_pools: Sequence[str] | None = None,
                       limit: int | None = None, owners: Sequence[str] | None = None,
@@ -323,16 +332,19 @@ class Store:
         return [LogEntry(**r) for r in self.db.query(
             "SELECT * FROM state_log WHERE request_id = ? ORDER BY id", [request_id])]
 
-    def quota_usage(self, resource_pool: str, *, excluding: str | None = None) -> QuotaUsage:
+    def quota_usage(self, resource_pool: str, owner: str | None = None, *,
+                    excluding: str | None = None) -> QuotaUsage:
         """What the pool's quota-holding requests (authorized onwards, and done until their
-    VM is deleted) add up to."""
+        VM is deleted) add up to; with ``owner``, only that user's."""
         states = sorted(HOLDS_QUOTA)
         row = self.db.execute(
             "SELECT COUNT(*), COALESCE(SUM(cpus), 0), COALESCE(SUM(memory_kib), 0),"
             " COALESCE(SUM(storage_gb), 0) FROM requests"
             f" WHERE resource_pool = ? AND id != ? AND state IN ({','.join('?' * len(states))})"
-            " AND (vm_state IS NULL OR vm_state != 'deleted')",
-            [resource_pool, excluding or "", *[str(s) for s in states]],
+            " AND (vm_state IS NULL OR vm_state != 'deleted')"
+            + (" AND owner = ?" if owner is not None else ""),
+            [resource_pool, excluding or "", *[str(s) for s in states],
+             *([owner] if owner is not None else [])],
         ).fetchone()
         return QuotaUsage(*row)
 

@@ -229,6 +229,17 @@ def _find_domain(conn: Any, uuid: str) -> DomainInfo | None:
                       domain_xml.parse_request_metadata(meta_xml), dom.XMLDesc(0))
 
 
+def _domain_named(conn: Any, name: str) -> bool:
+    """Whether a domain of this name is defined."""
+    try:
+        conn.lookupByName(name)
+    except libvirt.libvirtError as exc:
+        if _is_not_found(exc):
+            return False
+        raise
+    return True
+
+
 def _define_domain(conn: Any, xml: str) -> None:
     conn.defineXML(xml)
 

@@ -30,6 +30,7 @@ from daemon.virt.calls import (
     TaggedDomain,
     _create_volume,
     _define_domain,
+    _domain_named,
     _delete_volume,
     _disk_uses,
     _domain_entries,
@@ -313,6 +314,11 @@ class HostConnection:
         """Every domain on the host that carries provisiond's metadata."""
         return await self._call(f"cannot list the domains of {self.name}", _tagged_domains,
                                 self._conn)
+
+    async def domain_named(self, name: str) -> bool:
+        """Whether a domain of this name is defined on the host (whoever made it)."""
+        return await self._call(f"cannot look up domain {name}", _domain_named, self._conn,
+                                name)
 
     async def find_domain(self, uuid: str) -> DomainInfo | None:
         """The domain with this UUID, or None."""

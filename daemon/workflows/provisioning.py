@@ -15,7 +15,7 @@ import asyncio
 import logging
 from typing import Any, ContextManager, Protocol
 
-from daemon.auth import CLOUD_CREATE, Identity, holds, quota_refusal
+from daemon.auth import CLOUD_CREATE, Identity, admission_refusal, holds
 from daemon.config import Config, HardwarePool
 from daemon.engine.workflow import Outcome, Workflow
 from daemon.errors import HostUnreachable, NoStorage, PermissionDenied, ProvisiondError
@@ -77,8 +77,8 @@ class ProvisioningContext(Protocol):
     def repeating(self, request_id: str) -> bool:
         """Whether this step ran before for the request and may have acted already."""
 
-    def quota_usage(self, resource_pool: str) -> QuotaUsage:
-        """What the pool's quota-holding requests add up to."""
+    def quota_usage(self, resource_pool: str, owner: str | None = None) -> QuotaUsage:
+        """What the pool's quota-holding requests add up to (with ``owner``, that user's)."""
 
     def live_request(self, request_id: str) -> RequestRecord | None:
         """The in-memory record of a request the engine drives, or None."""
@@ -103,10 +103,11 @@ async def authorize(ctx: ProvisioningContext, req: RequestRecord) -> Outcome:
     if not holds(identity, pool, CLOUD_CREATE):
         raise PermissionDenied(f"{req.owner} does not hold CLOUD_CREATE on resource pool "
                                f"{req.resource_pool}")
-    refusal = quota_refusal(pool.quota, ctx.quota_usage(req.resource_pool), req.cpus,
-                            req.memory_kib, req.storage_gb)
+    refusal = admission_refusal(pool, ctx.quota_usage(req.resource_pool),
+                                ctx.quota_usage(req.resource_pool, req.owner), req.owner,
+                                req.cpus, req.memory_kib, req.storage_gb)
     if refusal:
-        raise QuotaExceeded(f"{refusal} in resource pool {req.resource_pool}")
+        raise QuotaExceeded(refusal)
     return Outcome(Trigger.AUTHORIZE,
                    f"{req.owner} holds CLOUD_CREATE on {req.resource_pool}; quota holds")
 
@@ -245,7 +246,16 @@ async def define(ctx: ProvisioningContext, req: RequestRecord) -> Outcome:
     waiter = ctx.expect_domain_event(host.name, uuid, "DEFINED", req.id)
     timeout = ctx.config.daemon.define_event_timeout
     try:
-        await host.define_domain(uuid, req.name, xml, spec.disks())
+        try:
+            await host.define_domain(uuid, req.name, xml, spec.disks())
+        except VirtError as exc:
+            if "already exists" not in exc.message:
+                raise
+            # libvirt's message names the other domain's UUID: the admin's log has it, the
+            # requester (who may not own that domain) gets the fact only.
+            log.warning("request %s: %s", req.id, exc.message)
+            raise VirtError(f"the name {req.name} is taken on host {host.name}; ask again "
+                            "with another name", libvirt_code=exc.libvirt_code) from None
         try:
             event = await asyncio.wait_for(waiter, timeout)
         except asyncio.TimeoutError:
@@ -380,43 +390,40 @@ def _domain_of(req: RequestRecord) -> dict[str, str]:
 
 
 class QuotaLedger:
-    """Each resource pool's quota usage, counted in memory as requests move."""
+    """Each resource pool's quota usage, and each user's share of it, counted in memory
+    as requests move (read from the store the first time each is asked for)."""
 
     def __init__(self, read: Any) -> None:
         self._read = read
-        self._usage: dict[str, QuotaUsage] = {}
+        self._usage: dict[tuple[str, str | None], QuotaUsage] = {}
 
-    def usage(self, resource_pool: str) -> QuotaUsage:
-        """What the pool's quota-holding requests add up to."""
-        if resource_pool not in self._usage:
-            self._usage[resource_pool] = self._read(resource_pool)
-        return self._usage[resource_pool]
+    def usage(self, resource_pool: str, owner: str | None = None) -> QuotaUsage:
+        """What the pool's quota-holding requests add up to (with ``owner``: that user's)."""
+        key = (resource_pool, owner)
+        if key not in self._usage:
+            self._usage[key] = self._read(resource_pool, owner)
+        return self._usage[key]
 
     def on_transition(self, req: RequestRecord, left: State, entered: State) -> None:
         """Count a request in when it passes the quota, out when it fails."""
-        if (left in HOLDS_QUOTA) == (entered in HOLDS_QUOTA):
-            return
-        if req.resource_pool not in self._usage:
-            # Read now, the store already has this transition: nothing to add.
-            self._usage[req.resource_pool] = self._read(req.resource_pool)
-            return
-        sign = 1 if entered in HOLDS_QUOTA else -1
-        self._add(req, sign)
+        if (left in HOLDS_QUOTA) != (entered in HOLDS_QUOTA):
+            self._add(req, 1 if entered in HOLDS_QUOTA else -1)
 
     def on_vm_transition(self, vm: Any, left: VmState, entered: VmState) -> None:
         """A deleted VM gives its share of its pool's quota back."""
-        if entered != VmState.DELETED:
-            return
-        if vm.resource_pool not in self._usage:
-            self._usage[vm.resource_pool] = self._read(vm.resource_pool)  # counts it out
-            return
-        self._add(vm, -1)
+        if entered == VmState.DELETED:
+            self._add(vm, -1)
 
     def _add(self, what: Any, sign: int) -> None:
-        usage = self._usage[what.resource_pool]
-        self._usage[what.resource_pool] = QuotaUsage(
-            usage.vms + sign, usage.cpus + sign * what.cpus,
-            usage.memory + sign * what.memory_kib, usage.storage_gb + sign * what.storage_gb)
+        # A figure not read yet is read when first asked for: the store already has
+        # this transition, so there is nothing to add to it now.
+        for key in ((what.resource_pool, None), (what.resource_pool, what.owner)):
+            usage = self._usage.get(key)
+            if usage is not None:
+                self._usage[key] = QuotaUsage(
+                    usage.vms + sign, usage.cpus + sign * what.cpus,
+                    usage.memory + sign * what.memory_kib,
+                    usage.storage_gb + sign * what.storage_gb)
 
 
 def provisioning_workflow(ctx: ProvisioningContext, records: Any,

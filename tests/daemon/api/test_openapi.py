@@ -22,7 +22,7 @@ from referencing.jsonschema import DRAFT202012
 from daemon import errors
 from daemon.api import openapi, routes as api
 from statemachines import State
-from harness.daemon import Daemon, OTHER_USER, Reply
+from harness.daemon import ME, Daemon, OTHER_USER, Reply
 from tests.conftest import LateHost
 
 DOC_URI = "urn:provisiond:openapi"
@@ -31,6 +31,10 @@ METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
 UNPRODUCIBLE: dict[tuple[str, str], set[int]] = {
     ("/v1/placement/explain", "post"): {502, 504},  # libvirt refusing / not answering
     ("/v1/reconcile", "post"): {502, 504},
+    # A VM operation over the in-progress cap (429) and on a VM whose host is away (503):
+    # tests/daemon/service/test_admission.py and workflows/test_vm_lifecycle.py.
+    **{(f"/v1/requests/{{id}}/{op}", "post"): {429, 503}
+       for op in ("start", "stop", "reboot", "delete")},
     # The test driver opens no console or display (501 here); tests/e2e opens both.
     **{(f"/v1/requests/{{id}}/{kind}", "get"): {101, 502, 503, 504}
        for kind in ("console", "display")},
@@ -329,8 +333,13 @@ def test_every_answer_matches_the_document(daemon: Daemon, checker: OpenAPICheck
     assert call("PUT", f"/v1/requests/{rid}").status == 405
     assert call("POST", "/v1/health").status == 405
 
-    # a host that is down: health says so, placement answers 503, a live request cancels
-    down = make_daemon(str(late_host.path))
+    # a host that is down: health says so, placement answers 503, a live request cancels;
+    # requests held there meet the quota (409) and the in-progress cap (429) at submit
+    grants = {"CLOUD_CREATE": {"users": [ME]}, "CLOUD_ADMIN": {"users": [OTHER_USER]}}
+    down = make_daemon(str(late_host.path), daemon={"max_in_progress_per_user": 2},
+                       resource_pools={
+                           "rp": {"hardware_pool": "hw", "grants": grants, "quota": {"vms": 1}},
+                           "rp2": {"hardware_pool": "hw", "grants": grants}})
     call = exchange(down, checker)
     health = call("GET", "/v1/health")
     assert health.body["hosts"] == {"testhost": "disconnected"}
@@ -340,6 +349,11 @@ def test_every_answer_matches_the_document(daemon: Daemon, checker: OpenAPICheck
     waited = call("GET", f"/v1/requests/{live}?wait=0.3")  # it waits for the host: time out
     assert waited.status == 200 and waited.body["state"] not in ("done", "failed")
     assert call("POST", f"/v1/requests/{live}/delete").status == 409  # no VM yet
+    assert call("POST", "/v1/requests", small).status == 409  # quota: vms 1 used + 1 > 1
+    assert call("POST", "/v1/placement/explain", small).status == 409
+    assert call("POST", "/v1/requests", {**small, "resource_pool": "rp2"}).status == 202
+    too_many = call("POST", "/v1/requests", {**small, "resource_pool": "rp2"})
+    assert too_many.status == 429 and too_many.headers["Retry-After"].isdigit()
     cancelled = call("POST", f"/v1/requests/{live}/cancel")
     assert cancelled.status == 202 and cancelled.body["state"] not in ("done", "failed")
 

@@ -9,6 +9,7 @@ from statemachines.provisioning import State
 
 class Req:
     resource_pool = "rp"
+    owner = "alice"
     cpus, memory_kib, storage_gb = 2, 1024, 10
 
 
@@ -16,13 +17,13 @@ def test_a_request_that_fails_before_the_pool_was_read_is_not_subtracted_twice()
     # After a restart, the first thing a pool sees may be a resumed request failing: the
     # store has already recorded it as failed when the ledger first reads it.
     stored = {"rp": QuotaUsage(3, 6, 3072, 30)}
-    ledger = QuotaLedger(lambda pool: stored[pool])
+    ledger = QuotaLedger(lambda pool, owner: stored[pool])
     ledger.on_transition(Req(), State.DEFINING, State.FAILED)
     assert ledger.usage("rp") == QuotaUsage(3, 6, 3072, 30)
 
 
 def test_counted_in_when_authorized_and_out_when_failed() -> None:
-    ledger = QuotaLedger(lambda pool: QuotaUsage(0, 0, 0, 0))
+    ledger = QuotaLedger(lambda pool, owner: QuotaUsage(0, 0, 0, 0))
     assert ledger.usage("rp") == QuotaUsage(0, 0, 0, 0)  # read before, as authorize does
     ledger.on_transition(Req(), State.REQUESTED, State.AUTHORIZED)
     assert ledger.usage("rp") == QuotaUsage(1, 2, 1024, 10)
@@ -30,3 +31,13 @@ def test_counted_in_when_authorized_and_out_when_failed() -> None:
     assert ledger.usage("rp") == QuotaUsage(1, 2, 1024, 10)
     ledger.on_transition(Req(), State.STORAGE_SEARCHING, State.FAILED)
     assert ledger.usage("rp") == QuotaUsage(0, 0, 0, 0)
+
+
+def test_each_users_share_is_counted_apart_from_the_pools() -> None:
+    ledger = QuotaLedger(lambda pool, owner: QuotaUsage(0, 0, 0, 0))
+    assert ledger.usage("rp", "alice") == ledger.usage("rp", "bob") == QuotaUsage(0, 0, 0, 0)
+    assert ledger.usage("rp") == QuotaUsage(0, 0, 0, 0)
+    ledger.on_transition(Req(), State.REQUESTED, State.AUTHORIZED)
+    ledger.on_transition(Req(), State.REQUESTED, State.AUTHORIZED)
+    assert ledger.usage("rp") == ledger.usage("rp", "alice") == QuotaUsage(2, 4, 2048, 20)
+    assert ledger.usage("rp", "bob") == QuotaUsage(0, 0, 0, 0)
