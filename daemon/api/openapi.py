@@ -47,7 +47,10 @@ ERROR_CODES: dict[int, tuple[str, ...]] = {
 """Each error status with the ``error.code`` values it may carry."""
 
 ERROR_RESPONSES: dict[int, tuple[str, str]] = {
-    400: ("BadRequest", "The input is invalid; `field` names the culprit when there is one."),
+    400: ("BadRequest", "The input is invalid (a body not UTF-8 JSON, or with a key twice; a "
+                        "number in a query not in ASCII digits); `field` names the culprit "
+                        "when there is one. Also a message that is not HTTP/1.1 the API can "
+                        "read."),
     403: ("Forbidden", "The caller lacks the privilege this needs (CLOUD_CREATE or "
                        "CLOUD_ADMIN on a resource pool)."),
     404: ("NotFound", "No such request for this caller (other users' requests are not "
@@ -55,7 +58,9 @@ ERROR_RESPONSES: dict[int, tuple[str, str]] = {
     405: ("MethodNotAllowed", "The path exists but not with this method."),
     409: ("Conflict", "The request is in the wrong state for this (e.g. already done)."),
     413: ("PayloadTooLarge", f"The body is larger than {MAX_BODY_BYTES} bytes."),
-    415: ("UnsupportedMediaType", "The body is not sent as `Content-Type: application/json`."),
+    415: ("UnsupportedMediaType", "The body is not sent as `Content-Type: application/json` "
+                                  "(with no charset, or utf-8), or in a `Content-Encoding` "
+                                  "other than gzip or deflate."),
     429: ("TooManyRequests", "The caller already has `daemon.max_in_progress_per_user` "
                              "requests and VM operations in progress; the `Retry-After` "
                              "header says when to ask again."),
@@ -333,7 +338,7 @@ LIST_PARAMETERS: list[dict[str, Any]] = [
                                            "maxLength": 200}}},
     {"name": "since", "in": "query",
      "description": "Only requests created at or after this time: ISO-8601 (UTC when it has "
-                    "no offset) or epoch seconds.",
+                    "no offset) or epoch seconds (ASCII digits, up to 253402300799).",
      "schema": {"type": "string", "examples": ["2026-11-24T01:00:00Z", "1795480403.5"]}},
     {"name": "until", "in": "query",
      "description": "Only requests created before this time (same forms as `since`; not "

@@ -116,6 +116,13 @@ async def read_json(request: web.Request) -> Any:
         content_type = None
     if content_type != "application/json":
         raise web.HTTPUnsupportedMediaType(text="expected Content-Type: application/json")
+    charset = request.charset
+    if charset is not None and charset.lower() not in JSON_CHARSETS:
+        raise web.HTTPUnsupportedMediaType(
+            text=f"expected charset=utf-8 (JSON is UTF-8), got charset={charset[:32]!r}")
+    if not decoded_by_aiohttp(request.headers.getall("Content-Encoding", [])):
+        raise web.HTTPUnsupportedMediaType(text="unsupported Content-Encoding (the API "
+                                                "takes gzip, deflate, or none)")
     limit = request.app[SERVICE].config.daemon.body_timeout
     try:
         # Bounded: a body whose chunked framing breaks after the headers were read is never
@@ -133,11 +140,39 @@ async def read_json(request: web.Request) -> Any:
                  request.method, request.path)
         raise InvalidInput("the connection closed before the whole body arrived") from None
     try:
-        return json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidInput(f"the body is not UTF-8 ({exc.reason} at byte {exc.start})"
+                           ) from None
+    try:
+        # json.loads(bytes) would guess UTF-16 or UTF-32; a UTF-8 byte order mark may be
+        # ignored (RFC 8259 8.1), as it was before.
+        return json.loads(text.removeprefix("\ufeff"), object_pairs_hook=unique_keys)
+    except ValueError as exc:
         raise InvalidInput(f"the body is not valid JSON: {exc}") from None
     except RecursionError:
         raise InvalidInput("the body is nested too deeply") from None
+
+
+def decoded_by_aiohttp(codings: list[str]) -> bool:
+    """Whether the body is as sent (no Content-Encoding, or identity) or aiohttp's parser
+    decoded it (one coding it knows, alone: it ignores any other header value)."""
+    tokens = [t.strip().lower() for value in codings for t in value.split(",")]
+    if all(t in ("", "identity") for t in tokens):
+        return True
+    return len(codings) == 1 and codings[0].strip().lower() in DECODED_ENCODINGS
+
+
+def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object from its pairs; a key given twice is a 400 naming it (``json.loads``
+    would keep the last value silently)."""
+    obj: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in obj:
+            raise InvalidInput(f"duplicate key {key[:64]!r} in a JSON object of the body",
+                               field=key[:200])
+        obj[key] = value
+    return obj
 
 
 async def json_body(request: web.Request, allowed: set[str],
@@ -182,7 +217,7 @@ async def create_request(request: web.Request) -> web.Response:
     who = peer_identity(request)
     body = await json_body(request, CREATE_FIELDS, {"template", "size"})
     key = request.headers.get("Idempotency-Key")
-    if key is not None and not IDEMPOTENCY_KEY_RE.match(key):
+    if key is not None and not IDEMPOTENCY_KEY_RE.fullmatch(key):
         raise InvalidInput("idempotency key must be 1-200 printable ASCII characters",
                            field="idempotency_key")
     req = ProvisioningRequest(body["template"], body["size"], body.get("resource_pool"),
@@ -216,21 +251,39 @@ def query_time(request: web.Request, key: str) -> float | None:
     values = request.query.getall(key)
     if len(values) > 1:
         raise InvalidInput(f"give {key} at most once", field=key)
-    value = values[0].strip()
-    try:
+    value = values[0] if values[0].isascii() else ""
+    if NUMBER_RE.fullmatch(value):
         epoch = float(value)
+        if not epoch <= EPOCH_MAX:
+            raise InvalidInput(f"{key} in epoch seconds must be from 0 to {EPOCH_MAX:.0f}",
+                               field=key)
+        return epoch
+    try:
+        when = datetime.fromisoformat(value)
     except ValueError:
-        try:
-            when = datetime.fromisoformat(value)
-        except ValueError:
-            raise InvalidInput(f"{key} must be an ISO-8601 time (e.g. 2026-01-31T12:00:00Z) "
-                               f"or epoch seconds, got {value[:64]!r}", field=key) from None
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=timezone.utc)
-        return when.timestamp()
-    if not math.isfinite(epoch):
-        raise InvalidInput(f"{key} must be a finite number of epoch seconds", field=key)
-    return epoch
+        raise InvalidInput(f"{key} must be an ISO-8601 time (e.g. 2026-01-31T12:00:00Z) "
+                           f"or epoch seconds in ASCII digits, got {values[0][:64]!r}",
+                           field=key) from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return when.timestamp()
+
+
+def query_number(request: web.Request, key: str, low: float, high: float, *,
+                 integer: bool = False, unit: str = "") -> float | None:
+    """A number given at most once in the query, in ASCII digits, from ``low`` to
+    ``high``; None when absent."""
+    if key not in request.query:
+        return None
+    values = request.query.getall(key)
+    pattern = INTEGER_RE if integer else NUMBER_RE
+    number = float(values[0]) if len(values) == 1 and pattern.fullmatch(values[0]) \
+        else math.nan
+    if not low <= number <= high:
+        what = "an integer" if integer else "a number"
+        raise InvalidInput(f"{key} must be given once, as {what} from {low:g} to {high:g}"
+                           f"{unit} in ASCII digits", field=key)
+    return number
 
 
 async def list_requests(request: web.Request) -> web.Response:
@@ -258,13 +311,8 @@ async def list_requests(request: web.Request) -> web.Response:
     since, until = query_time(request, "since"), query_time(request, "until")
     if since is not None and until is not None and until < since:
         raise InvalidInput("until is before since", field="until")
-    limit = LIST_LIMIT_DEFAULT
-    if "limit" in request.query:
-        text = request.query["limit"]
-        if not text.isdigit() or not 1 <= int(text) <= LIST_LIMIT_MAX:
-            raise InvalidInput(f"limit must be an integer from 1 to {LIST_LIMIT_MAX}",
-                               field="limit")
-        limit = int(text)
+    given = query_number(request, "limit", 1, LIST_LIMIT_MAX, integer=True)
+    limit = LIST_LIMIT_DEFAULT if given is None else int(given)
     after = request.query.get("after")
     if after is not None and not 0 < len(after) <= 64:
         raise InvalidInput("after must be the id of a request (from 'next')", field="after")
@@ -292,16 +340,7 @@ async def show_request(request: web.Request) -> web.Response:
     if addresses not in ([], ["true"], ["false"]):
         raise InvalidInput("addresses must be given once, as true or false",
                            field="addresses")
-    wait = None
-    if "wait" in request.query:
-        text = request.query.getall("wait")[-1]
-        try:
-            wait = float(text)
-        except ValueError:
-            wait = math.nan
-        if not 0 <= wait <= WAIT_MAX or len(request.query.getall("wait")) > 1:
-            raise InvalidInput(f"wait must be given once, as seconds from 0 to {WAIT_MAX:g}",
-                               field="wait")
+    wait = query_number(request, "wait", 0, WAIT_MAX, unit=" seconds")
     record = service.visible(peer_identity(request), request.match_info["id"])
     if wait:
         try:
@@ -433,6 +472,62 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     except Exception:
         log.exception("internal error on %s %s", request.method, request.path)
         return error_response(500, "internal", "internal error; see the daemon's log")
+
+
+PARSER_REFUSALS: tuple[tuple[Any, str], ...] = (
+    (LineTooLong, "the request line or a header is too long"),
+    (BadHttpMethod, "the request line does not start with an HTTP method"),
+    (BadStatusLine, "the request line is malformed"),
+    (InvalidURLError, "the request target is not a valid path"),
+    (InvalidHeader, "a header is malformed"),
+    ((TransferEncodingError, ContentLengthError), "the body's framing (Content-Length or "
+                                                   "Transfer-Encoding) is malformed"),
+    (ContentEncodingError, "the body's Content-Encoding cannot be decoded here (the API "
+                           "takes gzip, deflate, or none)"),
+)
+"""What aiohttp's parser refused, in words that never echo the input (most specific
+first: BadHttpMethod is a BadStatusLine)."""
+
+
+class ApiRequestHandler(RequestHandler):
+    """aiohttp's handler of one connection, answering its own errors in the API's shape."""
+
+    def handle_error(self, request: Any, status: int = 500, exc: BaseException | None = None,
+                     message: str | None = None) -> web.StreamResponse:
+        """What aiohttp answers by itself (a request its parser refused, a handler that
+        failed past the middleware) as the API's JSON error, never echoing the input."""
+        # aiohttp's own: it logs (one line, see process.logs) and raises if it is too late.
+        super().handle_error(request, status, exc, message)
+        text = next((words for kinds, words in PARSER_REFUSALS if isinstance(exc, kinds)),
+                    "malformed HTTP: the request line, a header or the body's framing")
+        if isinstance(exc, ContentEncodingError):
+            status = 415
+        if status >= 500:
+            code, text = "internal", "internal error; see the daemon's log"
+        else:
+            code = HTTP_CODES.get(status, "invalid")
+        response = error_response(status, code, text)
+        response.force_close()
+        return response
+
+
+class ApiServer(web.Server):
+    """aiohttp's low-level server, making ``ApiRequestHandler`` connections."""
+
+    def __call__(self) -> RequestHandler:
+        """A new connection's protocol."""
+        return ApiRequestHandler(self, loop=self._loop, **self._kwargs)
+
+
+class ApiRunner(web.AppRunner):
+    """An ``AppRunner`` whose connections answer aiohttp's own errors (a request its HTTP
+    parser refused) in the API's JSON shape; aiohttp offers no other hook for them."""
+
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()
+        return ApiServer(server.request_handler, request_factory=server.request_factory,
+                         handler_cancellation=server.handler_cancellation,
+                         loop=server._loop, **server._kwargs)
 
 
 async def expect_handler(request: web.Request) -> web.StreamResponse | None:

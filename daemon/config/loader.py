@@ -102,7 +102,7 @@ class _Checker:
         return value
 
     def name(self, value: Any, path: str) -> str | None:
-        if not isinstance(value, str) or not NAME_RE.match(value):
+        if not isinstance(value, str) or not NAME_RE.fullmatch(value):
             self.bad(path, f"expected {NAME_EXPECTED}, got {_show(value)}")
             return None
         return value

@@ -11,8 +11,10 @@ from daemon.auth import CLOUD_CREATE, Identity, holds
 from daemon.config import Config
 from daemon.errors import InvalidInput, PermissionDenied
 
-VM_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
-IDEMPOTENCY_KEY_RE = re.compile(r"^[\x21-\x7e]{1,200}$")
+# \Z, not $, which also matches before a final newline ("web-1\n" would pass): with \Z,
+# match() and fullmatch() both match the whole string.
+VM_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}\Z")
+IDEMPOTENCY_KEY_RE = re.compile(r"[\x21-\x7e]{1,200}\Z")
 
 
 @dataclass(frozen=True)
