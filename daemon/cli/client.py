@@ -96,8 +96,12 @@ class Client:
             return Unreachable(self.socket_path, f"no answer within {self.timeout:g}s",
                                "is the daemon stuck? see --socket")
         if isinstance(exc, PermissionError):
-            return Unreachable(self.socket_path, exc.strerror or str(exc),
-                               "the socket's group may use it; see --socket")
+            directory = os.path.dirname(self.socket_path) or "."
+            hint = "the socket's group may use it; see --socket"
+            if not os.access(directory, os.X_OK):
+                hint = (f"cannot enter {directory}: another user's XDG_RUNTIME_DIR? see "
+                        "--socket")
+            return Unreachable(self.socket_path, exc.strerror or str(exc), hint)
         if isinstance(exc, OSError):
             return Unreachable(self.socket_path, exc.strerror or str(exc) or
                                type(exc).__name__)

@@ -238,11 +238,13 @@ def follow_log(client: Client, request_id: str, *, as_json: bool = False) -> int
     seen: list[dict[str, Any]] = []
     terminal: str | None = None
     failed_at = 0.0
-    if not as_json:
-        print(timeline.header(), flush=True)
+    header = not as_json  # once the daemon answered: not above an error that it did not
     try:
         while True:
             entries = client.log(request_id).get("log") or []
+            if header:
+                print(timeline.header(), flush=True)
+                header = False
             for entry in entries[len(seen):]:
                 print(json.dumps(entry) if as_json else timeline.line(entry), flush=True)
                 if entry.get("kind") == "transition" and entry.get("to") in TERMINAL_STATES:
@@ -341,8 +343,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def find_socket() -> str:
     """The caller's own daemon's socket if there is one, else the system service's."""
     own = default_socket_path()
-    if not os.path.exists(own) and os.path.exists(SYSTEM_SOCKET):
-        return SYSTEM_SOCKET
+    try:
+        os.stat(own)
+    except (FileNotFoundError, NotADirectoryError):
+        if os.path.exists(SYSTEM_SOCKET):
+            return SYSTEM_SOCKET
+    except OSError:
+        # Not ours to look at (another user's $XDG_RUNTIME_DIR, kept by su or setpriv):
+        # connecting says so and exits 4, rather than quietly asking another daemon.
+        pass
     return own
 
 
@@ -362,6 +371,10 @@ def main(argv: list[str] | None = None) -> int:
         # The reader went away (e.g. `provctl list | head`): stop quietly.
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_FAILED
+    except OSError as exc:  # this machine's trouble (a file, the terminal), not a bug
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"{PROG}: {exc.strerror or one_line(str(exc))}{where}", file=sys.stderr)
         return EXIT_FAILED
     except Exception as exc:  # never a traceback; this is a bug in provctl or the API
         print(f"{PROG}: unexpected error: {type(exc).__name__}: {one_line(str(exc))}",

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import select
 import signal
+import stat
 import sys
 
 from daemon.cli.client import EXIT_FAILED, EXIT_OK, CliError, Client, quote
@@ -163,14 +164,24 @@ def _listen(path: str) -> socket.socket:
         try:
             os.makedirs(directory, mode=0o700)
         except OSError as exc:
-            raise CliError(f"cannot make {directory}: {exc.strerror or exc}",
+            raise CliError(f"cannot make {directory}: {exc.strerror or exc} (see --listen)",
                            EXIT_FAILED) from None
-    if os.path.exists(path):
+    try:
+        mode = os.lstat(path).st_mode
+    except OSError:
+        mode = None  # nothing there (or nothing we may see: bind says which)
+    if mode is not None and not stat.S_ISSOCK(mode):
+        raise CliError(f"{path} exists and is not a socket; see --listen", EXIT_FAILED)
+    if mode is not None:
         probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             probe.connect(path)
         except OSError:
-            os.unlink(path)  # a socket a display left behind
+            try:
+                os.unlink(path)  # a socket a display left behind
+            except OSError as exc:
+                raise CliError(f"cannot remove the old socket {path}: "
+                               f"{exc.strerror or exc}; see --listen", EXIT_FAILED) from None
         else:
             raise CliError(f"{path} is in use (another provctl display?); see --listen",
                            EXIT_FAILED)
