@@ -9,7 +9,10 @@ in its last durable state, resumed at the next start) and close libvirt. SIGHUP 
 the configuration and swaps it in if valid; requests in flight carry on.
 
 The socket is the one systemd passes (socket activation) when there is one, else our own
-at ``daemon.socket``: a stale socket there is replaced, a live one is never stolen.
+at ``daemon.socket``: a stale socket there is replaced, a live one is never stolen. Its
+connections go through ``connections.ConnectionGuard`` (header and idle timeouts, a cap
+per uid); a failed ``accept()`` is logged once a minute at most, and a low descriptor limit
+is raised at start-up (or warned of).
 """
 
 from __future__ import annotations
@@ -29,11 +32,12 @@ from typing import AsyncIterator
 
 from aiohttp import web
 
-from daemon.process import systemd
+from daemon.process import connections, systemd
 from daemon.virt import connection as virt
 from daemon.api.routes import SERVICE, make_app
 from daemon.config import Config
 from daemon.errors import SocketInUse
+from daemon.process.connections import AcceptFailureLog, ConnectionGuard, GuardedRunner
 from daemon.process.reload import Reloader
 from daemon.service import Service
 from daemon.store import Store
@@ -109,6 +113,9 @@ async def serve(config: Config, *, opener: Opener = open_connection,
     virt.ensure_event_loop_registered()
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
+    connections.check_descriptor_limit()
+    accept_failures = AcceptFailureLog(loop)
+    accept_failures.install()
     reloader = Reloader()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
@@ -128,6 +135,7 @@ async def serve(config: Config, *, opener: Opener = open_connection,
                 await pinger
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
+        accept_failures.uninstall()
 
 
 async def _serve(config: Config, opener: Opener, stop: asyncio.Event,
@@ -137,24 +145,34 @@ async def _serve(config: Config, opener: Opener, stop: asyncio.Event,
     if inherited is None:
         prepare_socket_path(path)  # before any work: a second daemon must not resume requests
     app = build_app(config, opener)
-    runner = web.AppRunner(app, handle_signals=False, access_log=None,
-                           shutdown_timeout=SHUTDOWN_TIMEOUT)
+    # Read at each accept: a reload changes the cap for the next connection.
+    guard = ConnectionGuard(lambda: app[SERVICE].config.daemon.max_connections_per_user)
+    app.middlewares.insert(0, guard.middleware())
+    runner = GuardedRunner(app, guard, handle_signals=False, access_log=None,
+                           shutdown_timeout=SHUTDOWN_TIMEOUT,
+                           keepalive_timeout=connections.IDLE_TIMEOUT)
     await runner.setup()
     inode = None
     try:
         reloader.service_started(app[SERVICE])
         if inherited is not None:
-            await web.SockSite(runner, inherited).start()
+            await connections.serve_socket(runner, inherited)
             where = inherited.getsockname() or "an unnamed socket"
             log.info("provisiond serving on %s (socket activation: the socket unit sets its "
                      "mode and group; daemon.socket is not used)", where)
         else:
             prepare_socket_path(path)
-            old_umask = os.umask(0o117)  # the socket is born 0660, never briefly wider
+            own = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
-                await web.UnixSite(runner, str(path)).start()
-            finally:
-                os.umask(old_umask)
+                old_umask = os.umask(0o117)  # the socket is born 0660, never briefly wider
+                try:
+                    own.bind(str(path))
+                finally:
+                    os.umask(old_umask)
+                await connections.serve_socket(runner, own)
+            except BaseException:
+                own.close()
+                raise
             inode = path.stat().st_ino
             if config.daemon.socket_group:
                 os.chown(path, -1, grp.getgrnam(config.daemon.socket_group).gr_gid)

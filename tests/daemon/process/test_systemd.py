@@ -273,7 +273,8 @@ def test_service_settings_the_daemon_relies_on() -> None:
                     "ExecReload=/bin/kill -HUP $MAINPID", "Requires=provisiond.socket",
                     "User=provisiond", "SupplementaryGroups=libvirt",
                     "RuntimeDirectory=provisiond", "RuntimeDirectoryPreserve=yes",
-                    "StateDirectory=provisiond", "RestrictAddressFamilies=AF_UNIX"):
+                    "StateDirectory=provisiond", "RestrictAddressFamilies=AF_UNIX",
+                    "LimitNOFILE=65536"):
         assert setting in lines, setting
     assert not any(line.startswith("PrivateUsers=yes") for line in lines)  # SO_PEERCRED
     assert "ExecStart=/opt/provisiond/bin/provisiond --config /etc/provisiond/provisiond.yml" \
