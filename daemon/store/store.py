@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sqlite3
 import time
 from contextlib import contextmanager
@@ -51,12 +52,37 @@ _REQUEST_DEFAULTS: dict[str, Any] = {
 """What a new ``requests`` row holds in the columns ``insert_request`` leaves out."""
 
 
+def create_private(path: Path) -> None:
+    """Make the database's missing directories 0700 and a missing database file 0600,
+    whatever the umask: it holds every request. SQLite gives the -wal and -shm files it
+    makes the database file's mode. What exists already is left as it is."""
+    missing = []
+    directory = path.parent
+    while not os.path.lexists(directory):
+        missing.append(directory)
+        directory = directory.parent
+    for directory in reversed(missing):
+        try:
+            os.mkdir(directory, 0o700)
+        except FileExistsError:
+            continue  # made meanwhile by someone else: not ours to change
+        os.chmod(directory, 0o700)  # the umask may have taken bits from it
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return
+    try:
+        os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
+
+
 class Store:
     """All persistent state of provisiond, behind methods; no SQL outside this class."""
 
     def __init__(self, path: Path | str, *, clock: Callable[[], float] = time.time) -> None:
         if str(path) != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            create_private(Path(path))
         conn = sqlite3.connect(str(path), check_same_thread=False)
         self.db = sqlite_utils.Database(conn)
         self.path = path
