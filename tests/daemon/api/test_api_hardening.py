@@ -219,10 +219,8 @@ async def test_aiohttps_parser_errors_answer_in_the_apis_json_shape(
     assert got == 404 and json.loads(body)["error"]["code"] == "not_found"
 
 
-@pytest.mark.xfail(strict=True, reason="the daemon's runner is not an ApiRunner yet: "
-                   "daemon/process/connections.py's GuardedRunner must derive from "
-                   "daemon.api.routes.ApiRunner (not web.AppRunner)")
 def test_the_daemon_answers_its_parsers_errors_in_json(daemon: Daemon) -> None:
+    # Through the daemon's own runner (process.connections.GuardedRunner, an ApiRunner).
     s = socket.socket(socket.AF_UNIX)
     s.settimeout(10)
     s.connect(daemon.socket)
