@@ -10,7 +10,8 @@ from pathlib import Path
 
 from daemon import __version__
 from daemon.config import DEFAULT_CONFIG, load_config
-from daemon.config.host_checks import grant_warnings
+from daemon.config.host_checks import grant_warnings, host_problems, libvirt_warnings
+from daemon.config.model import Config
 from daemon.errors import ConfigError
 from daemon.process.logs import FORMATS, setup_logging
 from daemon.process.server import SocketInUse, serve
@@ -59,17 +60,26 @@ examples:
     return parser.parse_args(argv)
 
 
+def load_checked(path: Path | None) -> Config:
+    """``load_config``, then what this host refuses in it (one ConfigError for either)."""
+    config = load_config(path)
+    problems = host_problems(config)
+    if problems:
+        raise ConfigError(problems)
+    return config
+
+
 def check_config(path: Path | None) -> int:
     """Validate the configuration; print every problem to stderr; return the exit code."""
     try:
-        config = load_config(path)
+        config = load_checked(path)
     except ConfigError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
         print(f"provisiond: configuration invalid ({len(exc.problems)} problem"
               f"{'s' if len(exc.problems) != 1 else ''})", file=sys.stderr)
         return exc.exit_code
-    warnings = grant_warnings(config)
+    warnings = grant_warnings(config) + asyncio.run(libvirt_warnings(config))
     for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
     print(f"{config.source}: ok ({len(config.sizes)} sizes, {len(config.templates)} templates, "
@@ -86,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         return check_config(args.config)
     setup_logging(args.log_format)
     try:
-        config = load_config(args.config)
+        config = load_checked(args.config)
     except ConfigError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)

@@ -5,7 +5,7 @@ files, relative to itself: sizes (the seed's ``VmSize.yml`` format, verbatim), t
 and pools (hardware pools and resource pools). Every problem is reported with its file and
 key path, all problems at once, e.g.::
 
-    config/VmSize.yml: small.memory: expected a positive integer (KiB), got 'lots'
+    /etc/provisiond/VmSize.yml: small.memory: expected a positive integer (KiB), got 'lots'
 
 Strings may use two placeholders: ``${config_dir}`` (the main file's directory, absolute)
 and ``${daemon_user}`` (the user running the daemon). Unknown keys are errors.
@@ -14,6 +14,7 @@ and ``${daemon_user}`` (the user running the daemon). Unknown keys are errors.
 from __future__ import annotations
 
 import getpass
+import math
 import os
 import re
 from pathlib import Path
@@ -52,6 +53,21 @@ TEMPLATE_KINDS_RESERVED = ("kickstart", "appliance")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,62}$")
 NAME_EXPECTED = "a name of 1-63 letters, digits, '.', '_', '+' or '-' (not starting with a sign)"
 PLACEHOLDER_RE = re.compile(r"\$\{([^}]*)\}")
+CONTROL_RE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]")
+"""What no string may hold: control characters but tab and line ends, lone surrogates."""
+
+Number = int | float
+Bound = tuple[int, str]
+"""An upper bound and why it is there, as the message names it."""
+INT64_MAX: Bound = (2**63 - 1, "SQLite's largest integer")
+MAX_CPUS: Bound = (4096, "libvirt's and QEMU's vCPU limits are below it")
+MAX_MEMORY_KIB: Bound = (2**40, "1 PiB: libvirt takes it in bytes, quotas sum it in SQLite")
+MAX_GIB: Bound = (2**20, "1 PiB: libvirt takes it in bytes, quotas sum it in SQLite")
+MAX_SECONDS: Bound = (10**9, "about 31 years")
+MAX_DAYS: Bound = (10**6, "about 2700 years")
+MAX_OVERCOMMIT: Bound = (10**6, "a factor of the pool's capacity")
+SOCKET_PATH_MAX = 107
+"""Bytes of a Unix socket's path: AF_UNIX's sun_path is 108, with the final NUL."""
 
 
 # --------------------------------------------------------------------------- defaults
@@ -107,28 +123,45 @@ class _Checker:
             return None
         return value
 
-    def positive_int(self, value: Any, path: str, unit: str = "") -> int | None:
+    def positive_int(self, value: Any, path: str, unit: str = "",
+                     bound: Bound = INT64_MAX) -> int | None:
+        what = f"a positive integer ({unit})" if unit else "a positive integer"
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            what = f"a positive integer ({unit})" if unit else "a positive integer"
             self.bad(path, f"expected {what}, got {_show(value)}")
             return None
-        return value
+        return self.at_most(value, path, what, bound)
 
-    def positive_number(self, value: Any, path: str) -> float | None:
+    def positive_number(self, value: Any, path: str, bound: Bound) -> float | None:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
             self.bad(path, f"expected a positive number, got {_show(value)}")
             return None
-        return float(value)
+        if isinstance(value, float) and not math.isfinite(value):  # YAML's .nan, .inf
+            self.bad(path, f"expected a finite positive number, got {_show(value)}")
+            return None
+        # A huge int is compared as it is: float() of it would raise OverflowError.
+        checked = self.at_most(value, path, "a positive number", bound)
+        return None if checked is None else float(checked)
 
-    def non_negative_int(self, value: Any, path: str) -> int | None:
+    def non_negative_int(self, value: Any, path: str, bound: Bound = INT64_MAX) -> int | None:
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             self.bad(path, f"expected an integer >= 0, got {_show(value)}")
+            return None
+        return self.at_most(value, path, "an integer >= 0", bound)
+
+    def at_most(self, value: Number, path: str, what: str, bound: Bound) -> Number | None:
+        """``value`` if within ``bound``; else a problem naming the bound and None."""
+        limit, why = bound
+        if value > limit:
+            self.bad(path, f"expected {what} of at most {limit} ({why}), got {_show(value)}")
             return None
         return value
 
     def string(self, value: Any, path: str) -> str | None:
         if not isinstance(value, str) or not value:
             self.bad(path, f"expected a non-empty string, got {_show(value)}")
+            return None
+        if CONTROL_RE.search(value):  # NUL breaks paths; XML, JSON and pwd refuse the rest
+            self.bad(path, f"expected text without control characters, got {_show(value)}")
             return None
         return self.expand(value, path)
 
@@ -201,11 +234,9 @@ def _read_yaml(path: Path, shown: str, problems: list[ConfigProblem]) -> Any:
 
 
 def shown_path(path: Path) -> str:
-    """A path as shown in messages: relative to the working directory when below it."""
-    try:
-        return str(path.resolve().relative_to(Path.cwd().resolve()))
-    except ValueError:
-        return str(path)
+    """A path as shown in messages: absolute, the file that is read (a path relative to the
+    working directory would mislead under systemd, whose working directory is /)."""
+    return str(path.resolve())
 
 
 # --------------------------------------------------------------------------- sections
@@ -221,11 +252,12 @@ def _parse_sizes(data: Any, c: _Checker) -> dict[str, Size]:
                          {"cpus", "memory", "storage_size_in_gb"})
         if name is None or body is None:
             continue
-        cpus = c.positive_int(body.get("cpus"), f"{key}.cpus") if "cpus" in body else None
-        memory = (c.positive_int(body.get("memory"), f"{key}.memory", "KiB")
+        cpus = (c.positive_int(body.get("cpus"), f"{key}.cpus", bound=MAX_CPUS)
+                if "cpus" in body else None)
+        memory = (c.positive_int(body.get("memory"), f"{key}.memory", "KiB", MAX_MEMORY_KIB)
                   if "memory" in body else None)
         storage = (c.positive_int(body.get("storage_size_in_gb"), f"{key}.storage_size_in_gb",
-                                  "GiB") if "storage_size_in_gb" in body else None)
+                                  "GiB", MAX_GIB) if "storage_size_in_gb" in body else None)
         network = c.name(body["network"], f"{key}.network") if "network" in body else None
         if None not in (cpus, memory, storage):
             sizes[name] = Size(name, cpus, memory, storage, network)
@@ -281,6 +313,7 @@ def _parse_templates(data: Any, c: _Checker) -> dict[str, Template]:
 
 def _parse_hardware_pools(data: Any, c: _Checker) -> dict[str, HardwarePool]:
     pools: dict[str, HardwarePool] = {}
+    first_seen: dict[str, tuple[str, Host]] = {}  # host name: (hardware pool, host)
     if c.mapping(data, "hardware_pools") is None:
         return pools
     for key, entry in data.items():
@@ -293,10 +326,16 @@ def _parse_hardware_pools(data: Any, c: _Checker) -> dict[str, HardwarePool]:
         hosts = _parse_list(body.get("hosts"), f"{path}.hosts", c, _parse_host)
         spools = _parse_list(body.get("storage_pools"), f"{path}.storage_pools", c,
                              _parse_storage_pool)
-        tolerance = (c.non_negative_int(body["reuse_tolerance_gb"], f"{path}.reuse_tolerance_gb")
-                     if "reuse_tolerance_gb" in body else 0)
+        tolerance = (c.non_negative_int(body["reuse_tolerance_gb"], f"{path}.reuse_tolerance_gb",
+                                        MAX_GIB) if "reuse_tolerance_gb" in body else 0)
         _no_duplicates([h.name for h in hosts], f"{path}.hosts", "host", c)
         _no_duplicates([s.name for s in spools], f"{path}.storage_pools", "storage pool", c)
+        for host in hosts:
+            first = first_seen.setdefault(host.name, (name or str(key), host))
+            if first[1] != host:  # the daemon opens one connection per host name
+                c.bad(f"{path}.hosts", f"host {host.name!r} is {host.uri} "
+                      f"({host.domain_type}) here but {first[1].uri} ({first[1].domain_type}) "
+                      f"in hardware_pools.{first[0]}: one name, one libvirt host")
         if "hosts" in body and not body["hosts"]:
             c.bad(f"{path}.hosts", "expected at least one host")
         if "storage_pools" in body and not body["storage_pools"]:
@@ -339,7 +378,7 @@ def _parse_storage_pool(value: Any, path: str, c: _Checker) -> StoragePoolRef | 
     if body is None or "name" not in body:
         return None
     name = c.name(body["name"], f"{path}.name")
-    overcommit = (c.positive_number(body["overcommit"], f"{path}.overcommit")
+    overcommit = (c.positive_number(body["overcommit"], f"{path}.overcommit", MAX_OVERCOMMIT)
                   if "overcommit" in body else 1.0)
     on_release = body.get("on_release", "wipe")
     if on_release not in ON_RELEASE:
@@ -447,23 +486,25 @@ def _parse_daemon(data: Any, c: _Checker) -> DaemonSettings | None:
 
     socket = path_of("socket", default_socket_path())
     database = path_of("database", default_database_path())
+    if socket is not None and len(os.fsencode(socket)) > SOCKET_PATH_MAX:
+        unset = " (the default: set daemon.socket)" if body.get("socket") is None else ""
+        c.bad("daemon.socket", f"{socket} is {len(os.fsencode(socket))} bytes long{unset}; "
+                               f"a Unix socket's path may have at most {SOCKET_PATH_MAX}")
+        socket = None
     group = c.string(body["socket_group"], "daemon.socket_group") if body.get(
         "socket_group") is not None else None
     timeouts = {}
     for key in ("define_event_timeout", "libvirt_call_timeout", "host_wait_timeout",
                 "body_timeout", "stop_timeout", "retention_days", "session_idle_timeout"):
         if key in body:
-            timeouts[key] = c.positive_number(body[key], f"daemon.{key}")
-            if timeouts[key] is None:
-                return None
+            timeouts[key] = c.positive_number(
+                body[key], f"daemon.{key}", MAX_DAYS if key == "retention_days" else MAX_SECONDS)
     limits = {}
     for key in ("max_in_progress_per_user", "max_connections_per_user"):
         if key in body:
             limits[key] = c.positive_int(body[key], f"daemon.{key}")
-            if limits[key] is None:
-                return None
-    if socket is None or database is None:
-        return None
+    if None in (socket, database, *timeouts.values(), *limits.values()):
+        return None  # each problem has been reported
     return DaemonSettings(socket, database, group, **timeouts, **limits)
 
 
@@ -506,7 +547,7 @@ def load_config(path: Path | str | None = None, *, daemon_user: str | None = Non
             continue
         fpath = main_abs.parent / rel
         files[key] = fpath
-        fshown = shown_path(main.parent / rel)
+        fshown = shown_path(fpath)
         before = len(problems)
         data = _read_yaml(fpath, fshown, problems)
         if len(problems) == before:

@@ -1,7 +1,8 @@
 """Configuration loading: the embedded default, and every error naming file, key and expectation.
 
 Each error test writes a valid configuration with ``write_config`` and corrupts one file.
-Tests run from the configuration's parent directory, so files show as ``cfg/<file>``.
+Messages name files by their absolute path; ``problems_of`` checks that, then leaves out
+the test's temporary directory, so files read as ``cfg/<file>``.
 """
 
 from __future__ import annotations
@@ -30,11 +31,14 @@ def cfg(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def problems_of(main: Path) -> list[str]:
-    """The problems ``load_config`` reports, as the user sees them."""
+    """The problems ``load_config`` reports, as the user sees them, each file (absolute,
+    checked) shortened to the part below the test's temporary directory."""
     with pytest.raises(ConfigError) as err:
         load_config(main)
     assert err.value.exit_code == 2
-    return [str(p) for p in err.value.problems]
+    assert all(Path(p.file).is_absolute() for p in err.value.problems), err.value.problems
+    return [str(p).removeprefix(f"{main.parent.parent.resolve()}/")
+            for p in err.value.problems]
 
 
 def edit_yaml(path: Path, change: Callable[[Any], None]) -> None:
@@ -114,17 +118,20 @@ def test_a_bad_value_names_file_key_and_what_was_expected(cfg: Path) -> None:
         "cfg/VmSize.yml: small.memory: expected a positive integer (KiB), got 'lots'"]
 
 
-def test_files_outside_the_working_directory_show_their_full_path(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("cwd", ["/", "cfg", "elsewhere"])
+def test_files_show_their_full_path_wherever_the_working_directory_is(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cwd: str) -> None:
     main = write_config(tmp_path / "cfg")
-    elsewhere = tmp_path / "elsewhere"
-    elsewhere.mkdir()
-    monkeypatch.chdir(elsewhere)
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / cwd)  # "/": as under systemd
     (main.parent / "VmSize.yml").write_text(
         "small: {cpus: 2, memory: lots, storage_size_in_gb: 15}\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(main if cwd == "/" else Path("..", "cfg", "provisiond.yml")
+                    if cwd == "elsewhere" else Path("provisiond.yml"))
 
-    assert problems_of(main) == [
-        f"{main.parent}/VmSize.yml: small.memory: "
+    assert [str(p) for p in err.value.problems] == [
+        f"{main.parent.resolve()}/VmSize.yml: small.memory: "
         "expected a positive integer (KiB), got 'lots'"]
 
 
@@ -384,10 +391,11 @@ def test_cli_warns_of_grants_to_users_and_groups_the_host_does_not_know(
 
     assert result.returncode == 0, result.stderr  # valid; it just grants nothing now
     assert "1 resource pools; 2 warnings)" in result.stdout
+    pools = tmp_path.resolve() / "cfg" / "pools.yml"
     assert result.stderr.splitlines() == [
-        "warning: cfg/pools.yml: resource_pools.rp.grants.CLOUD_CREATE.users: user "
+        f"warning: {pools}: resource_pools.rp.grants.CLOUD_CREATE.users: user "
         "'no-such-user-x' does not exist on this host; the grant gives nothing until it does",
-        "warning: cfg/pools.yml: resource_pools.rp.grants.CLOUD_CREATE.groups: group "
+        f"warning: {pools}: resource_pools.rp.grants.CLOUD_CREATE.groups: group "
         "'no-such-group-y' does not exist on this host; the grant gives nothing until it does",
     ]
 
@@ -405,9 +413,10 @@ def test_cli_reports_every_problem_on_stderr_and_exits_2(cfg: Path) -> None:
 
     assert result.returncode == 2
     assert result.stdout == ""
+    sizes = cfg.parent.resolve() / "VmSize.yml"
     assert result.stderr.splitlines() == [
-        "cfg/VmSize.yml: small.cpus: expected a positive integer, got 0",
-        "cfg/VmSize.yml: small.memory: expected a positive integer (KiB), got 'lots'",
+        f"{sizes}: small.cpus: expected a positive integer, got 0",
+        f"{sizes}: small.memory: expected a positive integer (KiB), got 'lots'",
         "provisiond: configuration invalid (2 problems)",
     ]
 
@@ -415,7 +424,8 @@ def test_cli_reports_every_problem_on_stderr_and_exits_2(cfg: Path) -> None:
 def test_cli_reports_a_missing_config_file(tmp_path: Path) -> None:
     result = run_check("--config", "nope.yml", cwd=tmp_path)
     assert result.returncode == 2
-    assert result.stderr.splitlines()[0] == "nope.yml: cannot read: No such file or directory"
+    assert result.stderr.splitlines()[0] == \
+        f"{tmp_path.resolve()}/nope.yml: cannot read: No such file or directory"
 
 
 def test_a_key_given_twice_is_an_error_not_a_silent_override(cfg: Path) -> None:
