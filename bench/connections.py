@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import selectors
 import shutil
 import socket
@@ -103,11 +104,14 @@ class Daemon:
         return len(data), data.count(b"\n")
 
     def log_lines(self, since: int, most: int) -> list[str]:
-        """The first ``most`` distinct log lines written after byte ``since``."""
+        """The first ``most`` distinct log records written after byte ``since`` (their
+        first lines, without the time)."""
         with open(self.log_path, "rb") as log:
             log.seek(since)
             seen: list[str] = []
             for raw in log:
+                if not re.match(rb"\d{4}-\d\d-\d\d ", raw):
+                    continue  # a traceback's line
                 line = raw.decode(errors="replace").rstrip().split(" ", 2)[-1]
                 if line not in seen:
                     seen.append(line)
@@ -294,8 +298,9 @@ def main() -> None:
         if d is not None:
             d.stop()
         shutil.rmtree(directory, ignore_errors=True)
-    source = "" if args.source.resolve() == REPO else f"; daemon from {args.source}"
-    print(f"connections: {code_version()}{source}, {load_average()}; daemon under "
+    source = (code_version() if args.source.resolve() == REPO else
+              f"daemon from {args.source}")
+    print(f"connections: {source}, {load_average()}; daemon under "
           f"--nofile={args.nofile}:{args.nofile}, {args.connections} idle connections "
           f"from root; provctl catalog as {OTHER_USER}")
     if limit_lines:
