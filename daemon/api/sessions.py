@@ -112,8 +112,8 @@ async def _bridge(ws: web.WebSocketResponse, session: Session, idle: float) -> E
                 return CLOSE_NORMAL, f"the {session.kind} closed (the VM stopped?)"
             try:
                 await ws.send_bytes(data)
-            except ConnectionError:
-                return CLOSE_NORMAL, "the client left"
+            except ConnectionError as exc:
+                return CLOSE_NORMAL, f"the client left ({type(exc).__name__} on sending)"
 
     async def from_client() -> Ending:
         while True:
@@ -125,8 +125,11 @@ async def _bridge(ws: web.WebSocketResponse, session: Session, idle: float) -> E
                 data = message.data
             elif message.type == WSMsgType.TEXT:
                 data = message.data.encode()
-            else:  # CLOSE, CLOSING, CLOSED, ERROR: the client left or stopped answering
+            elif message.type == WSMsgType.CLOSE:
                 return CLOSE_NORMAL, "the client left"
+            else:  # CLOSING, CLOSED, ERROR: the connection broke or stopped answering
+                return CLOSE_NORMAL, f"the client left ({message.type.name.lower()}" + (
+                    f": {message.data}" if message.data else "") + ")"
             try:
                 await session.write(data)
             except ProvisiondError as exc:

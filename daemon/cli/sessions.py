@@ -226,8 +226,9 @@ def _relay(client: Client, target: str, conn: socket.socket) -> None:
                 if not data:
                     break
                 ws.send(data)
-    except OSError:
-        pass
+    except Exception as exc:  # the viewer or the daemon went away, or a protocol error
+        sys.stderr.write(f"provctl: a display connection ended: {type(exc).__name__}: "
+                         f"{exc}\n")
     finally:
         ws.close()
         conn.close()

@@ -183,8 +183,13 @@ def test_the_display_listens_nowhere_and_reaches_its_owner_only(
         while len(greeting) < 12:
             greeting += viewer.recv(12 - len(greeting))
         assert greeting == b"RFB 003.008\n"  # QEMU's VNC server, through provisiond
-        viewer.sendall(b"RFB 003.008\n")
-        assert viewer.recv(1)  # the security types come back: it is a live session
+        try:
+            viewer.sendall(b"RFB 003.008\n")
+            assert viewer.recv(1)  # the security types come back: it is a live session
+        except OSError as exc:
+            relay.terminate()
+            _, err = relay.communicate(timeout=10)
+            raise AssertionError(f"{exc}; provctl: {err.decode()}; daemon: {d.log()}") from None
         viewer.close()
         assert relay.wait(15) == 0
     finally:
