@@ -37,6 +37,11 @@ class State(DocumentedState):
         "storage-creating",
         "Space is reserved in a pool; the request's own volume is being created there.",
     )
+    SEEDING = (
+        "seeding",
+        "The request's disk exists; its cloud-init seed (an ISO labelled cidata) is being "
+        "written into a volume of the same pool (appliance templates).",
+    )
     DEFINING = (
         "defining",
         "A volume is held; the domain is being defined and its DEFINED event awaited.",
@@ -59,11 +64,13 @@ IN_PROGRESS: frozenset[State] = frozenset(State) - TERMINAL
 """States of a live request: the engine has work to do (or is waiting) for it."""
 
 HOLDS_QUOTA: frozenset[State] = frozenset(
-    {State.AUTHORIZED, State.STORAGE_SEARCHING, State.STORAGE_CREATING, State.DEFINING, State.DONE}
+    {State.AUTHORIZED, State.STORAGE_SEARCHING, State.STORAGE_CREATING, State.SEEDING,
+     State.DEFINING, State.DONE}
 )
 """States whose requests count against their resource pool's quota (they passed it)."""
 
-ACTS_OUTSIDE: frozenset[State] = frozenset({State.STORAGE_CREATING, State.DEFINING})
+ACTS_OUTSIDE: frozenset[State] = frozenset(
+    {State.STORAGE_CREATING, State.SEEDING, State.DEFINING})
 """States whose step acts on libvirt: the state is on disk before the step starts.
 
 The steps of the other states only read memory and write the store, in the transaction
@@ -81,6 +88,7 @@ class Trigger(enum.StrEnum):
     SEARCH_STORAGE = "search_storage"
     CREATE_STORAGE = "create_storage"
     REUSE_VOLUME = "reuse_volume"
+    SEED = "seed"
     DEFINE = "define"
     FINISH = "finish"
     FAIL = "fail"
@@ -99,6 +107,11 @@ TRANSITIONS: tuple[Transition[State], ...] = (
                "create volumes"),
     Transition(Trigger.DEFINE, State.STORAGE_CREATING, State.DEFINING,
                "step create_storage: the request's volume exists"),
+    Transition(Trigger.SEED, State.STORAGE_CREATING, State.SEEDING,
+               "step create_storage: the request's disk exists (an overlay on, or a copy "
+               "of, an appliance's image) and takes a cloud-init seed"),
+    Transition(Trigger.DEFINE, State.SEEDING, State.DEFINING,
+               "step create_seed: the seed volume exists, its content uploaded"),
     Transition(Trigger.FINISH, State.DEFINING, State.DONE,
                "step define: libvirt's DEFINED event for the request's "
                "domain UUID"),

@@ -25,7 +25,7 @@ from statemachines.vm import VmState
 Schema = dict[str, Any]
 
 JSON = "application/json"
-MAX_BODY_BYTES = 64 * 1024
+MAX_BODY_BYTES = 256 * 1024
 """Bodies past this answer 413 (the API's ``client_max_size``)."""
 
 ERROR_CODES: dict[int, tuple[str, ...]] = {
@@ -243,7 +243,11 @@ SCHEMAS: dict[str, Schema] = {
     "Catalog": closed({
         "user": NAME,
         "templates": {"type": "array", "items": closed({
-            "name": NAME, "kind": NAME, "description": {"type": "string"}})},
+            "name": NAME, "kind": {"type": "string", "enum": ["iso", "appliance"]},
+            "description": {"type": "string"},
+            "accepts": {"type": "array", "items": {"type": "string", "enum": [
+                "ssh_keys", "user_data", "network_config"]},
+                "description": "What a create of this template may add (`CreateRequest`)."}})},
         "sizes": {"type": "array", "items": closed({
             "name": NAME,
             "cpus": {"type": "integer", "minimum": 1},
@@ -271,6 +275,17 @@ SCHEMAS: dict[str, Schema] = {
         "name": {"type": ["string", "null"], "minLength": 1, "maxLength": 63,
                  "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$",
                  "description": "The VM's name (default: `<template>-<id prefix>`)."},
+        "ssh_keys": {"type": ["array", "null"], "maxItems": 32,
+                     "items": {"type": "string", "minLength": 1},
+                     "description": "OpenSSH public keys (`TYPE BASE64 [COMMENT]`) for the "
+                                    "VM's cloud-init seed, added to the template's (appliance "
+                                    "templates only)."},
+        "user_data": {"type": ["string", "null"], "maxLength": 65536,
+                      "description": "`#cloud-config` YAML replacing the template's "
+                                     "(appliance templates only; at most 64 KiB)."},
+        "network_config": {"type": ["string", "null"], "maxLength": 65536,
+                           "description": "cloud-init network config (version 1 or 2) "
+                                          "replacing the template's (appliance templates)."},
     }, required=["template", "size"]),
     "ExplainRequest": closed({
         "template": {**NAME, "maxLength": 200},

@@ -45,8 +45,10 @@ from statemachines.provisioning import State
 
 log = logging.getLogger("provisiond.api")
 
-MAX_BODY_BYTES = 64 * 1024
-CREATE_FIELDS = {"template", "size", "resource_pool", "name"}
+MAX_BODY_BYTES = 256 * 1024
+"""Room for a create with 64 KiB of user-data and of network-config, JSON-escaped."""
+CLOUD_INIT_FIELDS = {"ssh_keys", "user_data", "network_config"}
+CREATE_FIELDS = {"template", "size", "resource_pool", "name"} | CLOUD_INIT_FIELDS
 EXPLAIN_FIELDS = {"template", "size", "resource_pool"}
 LIST_QUERY = ("state", "owner", "resource_pool", "since", "until", "limit", "after")
 LIST_LIMIT_DEFAULT = 1000
@@ -175,9 +177,10 @@ def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return obj
 
 
-async def json_body(request: web.Request, allowed: set[str],
-                    required: set[str]) -> dict[str, str]:
-    """The request's JSON object body, checked: known fields only, string values."""
+async def json_body(request: web.Request, allowed: set[str], required: set[str], *,
+                    free: frozenset[str] | set[str] = frozenset()) -> dict[str, Any]:
+    """The request's JSON object body, checked: known fields only, string values of 1-200
+    characters (but the ``free`` fields, which the service checks itself)."""
     body = await read_json(request)
     if not isinstance(body, dict):
         raise InvalidInput("the body must be a JSON object")
@@ -189,6 +192,8 @@ async def json_body(request: web.Request, allowed: set[str],
         if body.get(key) is None:
             raise InvalidInput(f"missing field {key!r}", field=key)
     for key, value in body.items():
+        if key in free:
+            continue
         if value is not None and not isinstance(value, str):
             raise InvalidInput(f"{key} must be a string, got {type(value).__name__}", field=key)
         if isinstance(value, str) and not (0 < len(value) <= 200):
@@ -215,13 +220,16 @@ async def create_request(request: web.Request) -> web.Response:
     """POST /v1/requests: the seed's svc_create."""
     service = request.app[SERVICE]
     who = peer_identity(request)
-    body = await json_body(request, CREATE_FIELDS, {"template", "size"})
+    body = await json_body(request, CREATE_FIELDS, {"template", "size"},
+                           free=CLOUD_INIT_FIELDS)
     key = request.headers.get("Idempotency-Key")
     if key is not None and not IDEMPOTENCY_KEY_RE.fullmatch(key):
         raise InvalidInput("idempotency key must be 1-200 printable ASCII characters",
                            field="idempotency_key")
     req = ProvisioningRequest(body["template"], body["size"], body.get("resource_pool"),
-                              body.get("name"), key)
+                              body.get("name"), key, ssh_keys=body.get("ssh_keys"),
+                              user_data=body.get("user_data"),
+                              network_config=body.get("network_config"))
     earlier = service.store.find_by_idempotency_key(who.user, key) if key else None
     record = await service.create(who, req)
     await service.store.durable()  # 202 means stored: a crash from now on loses nothing

@@ -142,10 +142,11 @@ class Client:
         return self.call("GET", "/v1/catalog")[1]
 
     def create(self, template: str, size: str, resource_pool: str | None = None,
-               name: str | None = None, idempotency_key: str | None = None
-               ) -> tuple[int, dict[str, Any]]:
-        """POST /v1/requests; return (202 new | 200 idempotent replay, the Request)."""
-        body: dict[str, Any] = {"template": template, "size": size}
+               name: str | None = None, idempotency_key: str | None = None,
+               cloud_init: dict[str, Any] | None = None) -> tuple[int, dict[str, Any]]:
+        """POST /v1/requests; return (202 new | 200 idempotent replay, the Request).
+        ``cloud_init``: ssh_keys, user_data, network_config (appliance templates)."""
+        body: dict[str, Any] = {"template": template, "size": size, **(cloud_init or {})}
         if resource_pool is not None:
             body["resource_pool"] = resource_pool
         if name is not None:

@@ -66,10 +66,39 @@ def cmd_catalog(client: Client, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _read_text(path: str, what: str) -> str:
+    """A file's text for a request field ('-': standard input); a usage error if it
+    cannot be read."""
+    try:
+        if path == "-":
+            return sys.stdin.read()
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise CliError(f"cannot read {what} {path}: {reason}", EXIT_USAGE) from None
+
+
+def _cloud_init(args: argparse.Namespace) -> dict[str, Any]:
+    """What ``--ssh-key``, ``--user-data`` and ``--network-config`` add to a create."""
+    added: dict[str, Any] = {}
+    if args.ssh_key:
+        keys = []
+        for path in args.ssh_key:
+            keys += [line.strip() for line in _read_text(path, "SSH key file").splitlines()
+                     if line.strip() and not line.lstrip().startswith("#")]
+        added["ssh_keys"] = keys
+    if args.user_data:
+        added["user_data"] = _read_text(args.user_data, "user-data file")
+    if args.network_config:
+        added["network_config"] = _read_text(args.network_config, "network-config file")
+    return added
+
+
 def cmd_create(client: Client, args: argparse.Namespace) -> int:
     """``provctl create``: submit, and with --wait follow the request to its end."""
     status, req = client.create(args.template, args.size, args.pool, args.name,
-                                args.idempotency_key)
+                                args.idempotency_key, _cloud_init(args))
     if not args.wait and not args.start:
         if args.json:
             _print_json(req)

@@ -16,7 +16,7 @@ SYSTEM_SOCKET = "/run/provisiond/provisiond.sock"
 """Where the systemd units put the socket of the system's provisiond."""
 
 STATES: tuple[str, ...] = ("requested", "authorized", "storage-searching",
-                           "storage-creating", "defining", "done", "failed")
+                           "storage-creating", "seeding", "defining", "done", "failed")
 """A provisioning request's states, in table order (``statemachines.provisioning``)."""
 
 TERMINAL_STATES: frozenset[str] = frozenset({"done", "failed"})

@@ -171,7 +171,9 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
             "examples:\n"
             "  provctl create --template ipxe --size small\n"
             "  provctl create --template ipxe --size small --pool rp --name web1 --wait\n"
-            "  provctl create -t ipxe -s small --idempotency-key web1-2026 --wait\n\n"
+            "  provctl create -t ipxe -s small --idempotency-key web1-2026 --wait\n"
+            "  provctl create -t debian-cloud -s small --ssh-key ~/.ssh/id_ed25519.pub "
+            "--start --wait\n\n"
             "With --wait: exit 0 when the VM is defined, 1 when the request failed.")
     p.add_argument("--template", "-t", required=True, help="template name (see 'catalog')")
     p.add_argument("--size", "-s", required=True, help="size name (see 'catalog')")
@@ -185,6 +187,15 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--wait", "-w", action="store_true",
                    help="follow the request, printing each state it reaches, until done or "
                         "failed (with --json: print the final request)")
+    p.add_argument("--ssh-key", action="append", metavar="FILE",
+                   help="an OpenSSH public key file (e.g. ~/.ssh/id_ed25519.pub) for the VM's "
+                        "cloud-init; repeatable (appliance templates)")
+    p.add_argument("--user-data", metavar="FILE",
+                   help="#cloud-config user-data for the VM, replacing the template's "
+                        "(appliance templates; '-': standard input)")
+    p.add_argument("--network-config", metavar="FILE",
+                   help="cloud-init network config (version 1 or 2) for the VM "
+                        "(appliance templates)")
     p.add_argument("--start", action="store_true",
                    help="start the VM once the request is done (waits for done; with "
                         "--wait, for the VM to run too)")

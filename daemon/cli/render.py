@@ -67,10 +67,13 @@ def _pool_quota_text(quota: Any) -> str:
 
 def render_catalog(catalog: dict[str, Any]) -> str:
     """The catalog as three tables: templates, sizes (memory in KiB and MiB), pools."""
+    flags = {"ssh_keys": "--ssh-key", "user_data": "--user-data",
+             "network_config": "--network-config"}
     templates = render_table(
-        ["TEMPLATE", "KIND", "DESCRIPTION"],
-        [[t.get("name"), t.get("kind"), t.get("description")]
-         for t in catalog.get("templates", [])])
+        ["TEMPLATE", "KIND", "CREATE MAY ADD", "DESCRIPTION"],
+        [[t.get("name"), t.get("kind"),
+          " ".join(flags.get(a, a) for a in t.get("accepts") or []) or "-",
+          t.get("description")] for t in catalog.get("templates", [])])
     sizes = render_table(
         ["SIZE", "CPUS", "MEMORY KiB", "MEMORY MiB", "STORAGE GiB", "NETWORK"],
         [[s.get("name"), s.get("cpus"), s.get("memory"), _mib(s.get("memory")),

@@ -23,6 +23,7 @@ from typing import Any, Callable
 import yaml
 
 from daemon.cli import contract
+from daemon.config.templates import parse_templates
 from daemon.config.model import (
     DOMAIN_TYPES,
     ON_RELEASE,
@@ -47,8 +48,6 @@ DEFAULT_CONFIG = EMBEDDED_CONFIG if EMBEDDED_CONFIG.exists() else SYSTEM_CONFIG
 """Without --config: the embedded default (libvirt's test driver) in a source checkout;
 an installed provisiond (whose package has no config/) reads the system's."""
 
-TEMPLATE_KINDS_SUPPORTED = ("iso",)
-TEMPLATE_KINDS_RESERVED = ("kickstart", "appliance")
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,62}$")
 NAME_EXPECTED = "a name of 1-63 letters, digits, '.', '_', '+' or '-' (not starting with a sign)"
@@ -267,48 +266,7 @@ def _parse_sizes(data: Any, c: _Checker) -> dict[str, Size]:
 
 
 def _parse_templates(data: Any, c: _Checker) -> dict[str, Template]:
-    templates: dict[str, Template] = {}
-    if c.mapping(data, "") is None:
-        return templates
-    kinds = TEMPLATE_KINDS_SUPPORTED + TEMPLATE_KINDS_RESERVED
-    for key, entry in data.items():
-        name = c.name(key, str(key))
-        body = c.mapping(entry, str(key), {"kind", "description", "path", "volume"}, {"kind"})
-        if name is None or body is None or "kind" not in body:
-            continue
-        kind = body["kind"]
-        if kind not in kinds:
-            c.bad(f"{key}.kind", f"expected one of: {', '.join(kinds)}, got {_show(kind)}")
-            continue
-        if kind in TEMPLATE_KINDS_RESERVED:
-            c.bad(f"{key}.kind", f"kind '{kind}' is not supported yet "
-                                 f"(supported: {', '.join(TEMPLATE_KINDS_SUPPORTED)})")
-            continue
-        description = (c.string(body["description"], f"{key}.description") or ""
-                       if "description" in body else "")
-        has_path, has_volume = "path" in body, "volume" in body
-        if has_path == has_volume:
-            c.bad(str(key), "an iso template needs exactly one of 'path' (an ISO file) "
-                            "or 'volume' ({pool, name} of a volume in a storage pool)")
-            continue
-        if has_path:
-            path = c.string(body["path"], f"{key}.path")
-            if path is not None and not path.startswith("/"):
-                c.bad(f"{key}.path", f"expected an absolute path, got {_show(path)}")
-                continue
-            if path is not None:
-                templates[name] = Template(name, kind, description, path=path)
-        else:
-            vol = c.mapping(body["volume"], f"{key}.volume", {"pool", "name"}, {"pool", "name"})
-            if vol is None or not {"pool", "name"} <= vol.keys():
-                continue
-            pool = c.name(vol["pool"], f"{key}.volume.pool")
-            vname = c.string(vol["name"], f"{key}.volume.name")
-            if pool and vname:
-                templates[name] = Template(name, kind, description, volume=VolumeRef(pool, vname))
-    if not templates and not c.problems:
-        c.bad("", "defines no template")
-    return templates
+    return parse_templates(data, c)
 
 
 def _parse_hardware_pools(data: Any, c: _Checker) -> dict[str, HardwarePool]:

@@ -36,14 +36,37 @@ class VolumeRef:
 
 
 @dataclass(frozen=True)
+class CloudInit:
+    """What a template gives cloud-init by default; a request may add keys and replace
+    the user-data and network-config."""
+
+    ssh_keys: tuple[str, ...] = ()
+    user_data: str | None = None
+    network_config: str | None = None
+
+
+@dataclass(frozen=True)
 class Template:
-    """What gets installed: for kind ``iso``, an ISO file path or a volume in a pool."""
+    """What gets installed.
+
+    ``iso``: an installer ISO (``path`` on the host, or ``volume`` in a pool) booted from
+    a CD-ROM. ``appliance``: a base image (``volume``, qcow2 or raw) that the VM's disk is
+    an overlay on (``clone: overlay``) or a full copy of (``clone: full``), with a
+    cloud-init NoCloud seed (``cloud_init``: defaults).
+    """
 
     name: str
     kind: str
     description: str = ""
     path: str | None = None
     volume: VolumeRef | None = None
+    clone: str = "overlay"
+    cloud_init: CloudInit = CloudInit()
+
+    @property
+    def takes_cloud_init(self) -> bool:
+        """Whether a request of this template may carry SSH keys, user-data, network-config."""
+        return self.kind == "appliance"
 
 
 DOMAIN_TYPES = ("auto", "kvm", "qemu")

@@ -46,14 +46,20 @@ def place_storage(
     reservations: Iterable[Reservation] = (),
     template_volumes: Iterable[tuple[str, str]] = (),
     template_paths: Iterable[str] = (),
+    image_pool: str | None = None,
     explain: bool = False,
 ) -> Decision:
     """Decide where a request's volume comes from (see the module docstring).
 
-    Without ``explain``, verdicts are given for the pools only when nothing fits (they
-    make the failure's reason); with it, for every candidate volume and pool.
+    ``image_pool``: the request's disk will hold an appliance's image (kept in that pool):
+    step 1 does not apply (a free blank volume does not hold the image), and that pool
+    comes first for step 2. Without ``explain``, verdicts are given for the pools only
+    when nothing fits (they make the failure's reason); with it, for every candidate
+    volume and pool.
     """
     pools = list(pools)
+    if image_pool is not None:
+        pools.sort(key=lambda p: p.name != image_pool)  # stable: the others keep their order
     templates = set(template_volumes)
     paths = set(template_paths)
 
@@ -61,9 +67,13 @@ def place_storage(
         return (vol.pool, vol.name) in templates or vol.path in paths
 
     verdicts: list[Verdict] = []
-    vol = inventory.best_free_volume([p.name for p in pools], size_bytes,
-                                     size_bytes + tolerance_bytes, is_template)
-    if explain:
+    vol = None if image_pool is not None else inventory.best_free_volume(
+        [p.name for p in pools], size_bytes, size_bytes + tolerance_bytes, is_template)
+    if explain and image_pool is not None:
+        verdicts += [Verdict("reuse", ref.name, v.name, False, "not for an appliance: a free "
+                             "blank volume does not hold its image")
+                     for ref in pools for v in inventory.pool_volumes(ref.name)]
+    elif explain:
         verdicts += _reuse_verdicts(inventory, pools, size_bytes, tolerance_bytes,
                                     is_template)
     elif vol is not None:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import re
 import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from daemon import cloudinit
 from daemon.auth import CLOUD_CREATE, Identity, holds
 from daemon.config import Config
 from daemon.errors import InvalidInput, PermissionDenied
@@ -26,6 +28,21 @@ class ProvisioningRequest:
     resource_pool: str | None = None
     name: str | None = None
     idempotency_key: str | None = None
+    ssh_keys: Any = None
+    """OpenSSH public keys for cloud-init (appliance templates), as the caller sent them."""
+    user_data: Any = None
+    network_config: Any = None
+
+    def cloud_init(self) -> dict[str, Any]:
+        """What the request adds for cloud-init, checked (InvalidInput naming the field)."""
+        added: dict[str, Any] = {}
+        if self.ssh_keys is not None:
+            added["ssh_keys"] = cloudinit.check_ssh_keys(self.ssh_keys)
+        if self.user_data is not None:
+            added["user_data"] = cloudinit.check_user_data(self.user_data)
+        if self.network_config is not None:
+            added["network_config"] = cloudinit.check_network_config(self.network_config)
+        return added
 
 
 def pools_granting(config: Config, identity: Identity, privilege: str) -> list[str]:
@@ -57,6 +74,13 @@ def validate(config: Config, identity: Identity, req: ProvisioningRequest) -> st
     if not holds(identity, pool, CLOUD_CREATE):
         raise PermissionDenied(
             f"{identity.user} does not hold CLOUD_CREATE on resource pool {pool_name}")
+    template = config.templates[req.template]
+    given = [f for f in ("ssh_keys", "user_data", "network_config")
+             if getattr(req, f) is not None]
+    if given and not template.takes_cloud_init:
+        raise InvalidInput(f"template {req.template} ({template.kind}) takes no cloud-init: "
+                           f"{', '.join(given)} are for appliance templates", field=given[0])
+    req.cloud_init()  # each field checked now, before anything is stored
     if req.name is not None and not VM_NAME_RE.match(req.name):
         raise InvalidInput("name must be 1-63 letters, digits, '.', '_' or '-', starting "
                            "with a letter or digit", field="name")
@@ -85,4 +109,5 @@ def new_request_row(config: Config, identity: Identity, req: ProvisioningRequest
         "storage_gb": size.storage_size_in_gb,
         "network": size.network,
         "idempotency_key": req.idempotency_key,
+        "cloud_init": json.dumps(req.cloud_init()) if req.cloud_init() else None,
     }

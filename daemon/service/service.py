@@ -30,6 +30,7 @@ from daemon.store import LogEntry, QuotaUsage, RequestRecord, RequestRecords, St
 from daemon.store import VmRecord, VmRecords
 from daemon.virt.connection import DomainEvent, HostConnection, Opener, open_connection
 from daemon.workflows.provisioning import QuotaLedger, place, provisioning_workflow
+from daemon.workflows import appliance
 from daemon.workflows.vm import vm_workflow
 from statemachines.provisioning import TERMINAL, State
 from statemachines.vm import TABLE as VM_TABLE
@@ -351,7 +352,9 @@ class Service:
         cfg = self.config
         return {
             "user": who.user,
-            "templates": [{"name": t.name, "kind": t.kind, "description": t.description}
+            "templates": [{"name": t.name, "kind": t.kind, "description": t.description,
+                           "accepts": (["ssh_keys", "user_data", "network_config"]
+                                       if t.takes_cloud_init else [])}
                           for t in cfg.templates.values()],
             "sizes": [{"name": s.name, "cpus": s.cpus, "memory": s.memory,
                        "storage_size_in_gb": s.storage_size_in_gb, "network": s.network}
@@ -379,8 +382,12 @@ class Service:
         host = self.hosts.connection(hardware.hosts[0].name)
         if not self.hosts.reachable(host.name):
             raise HostUnreachable(f"host {host.name} is unreachable")
-        return place(self._context, host, hardware, size.storage_bytes, "(dry run)",
-                     explain=True)
+        template = self.config.templates[req.template]
+        size_bytes = size.storage_bytes
+        if template.kind == "appliance":
+            size_bytes = max(size_bytes, appliance.image_of(host, template).capacity)
+        return place(self._context, host, hardware, size_bytes, "(dry run)",
+                     template=template, explain=True)
 
     async def reconcile(self, who: Identity, apply: bool) -> tuple[list[str],
                                                                    list[reconcile.Orphan]]:

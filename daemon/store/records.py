@@ -43,6 +43,11 @@ class RequestRecord:
     vm_state: str | None = None
     """The VM's lifecycle state once the request is done (``statemachines.vm``)."""
     vm_reason: str | None = None
+    cloud_init: str | None = None
+    """JSON of what the request adds for cloud-init (appliances): ssh_keys, user_data,
+    network_config."""
+    seed_volume: str | None = None
+    """The cloud-init seed volume made for the request, in ``volume_pool``."""
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> "RequestRecord":
@@ -111,6 +116,8 @@ class VmRecord:
     memory_kib: int
     storage_gb: int
     reason: str | None = None
+    seed_volume: str | None = None
+    """Its cloud-init seed volume (appliances), in ``volume_pool``; deleted with it."""
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> "VmRecord":

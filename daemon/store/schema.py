@@ -90,5 +90,12 @@ def _m2_vm_lifecycle(db: sqlite_utils.Database) -> None:
     db.execute("UPDATE requests SET vm_state = 'stopped' WHERE state = 'done'")
 
 
-MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (_m1_initial,
-                                                                   _m2_vm_lifecycle)
+def _m3_cloud_init(db: sqlite_utils.Database) -> None:
+    # What an appliance's request adds for cloud-init (JSON: ssh_keys, user_data,
+    # network_config), and the seed volume its step made (in the disk's pool).
+    db["requests"].add_column("cloud_init", str)
+    db["requests"].add_column("seed_volume", str)
+
+
+MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (
+    _m1_initial, _m2_vm_lifecycle, _m3_cloud_init)

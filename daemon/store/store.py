@@ -39,7 +39,7 @@ from statemachines.vm import VmState
 
 REQUEST_UPDATABLE = {
     "host", "reason", "volume_pool", "volume_name", "volume_path", "volume_format", "volume_owned",
-    "domain_uuid", "domain_name", "cleaned_up", "vm_state",
+    "domain_uuid", "domain_name", "cleaned_up", "vm_state", "seed_volume",
 }
 
 
@@ -47,7 +47,7 @@ _REQUEST_DEFAULTS: dict[str, Any] = {
     "host": None, "network": None, "reason": None, "volume_pool": None, "volume_name": None,
     "volume_path": None, "volume_format": None, "volume_owned": 0, "domain_uuid": None,
     "domain_name": None, "idempotency_key": None, "cleaned_up": 0, "vm_state": None,
-    "vm_reason": None,
+    "vm_reason": None, "cloud_init": None, "seed_volume": None,
 }
 """What a new ``requests`` row holds in the columns ``insert_request`` leaves out."""
 

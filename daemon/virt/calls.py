@@ -195,6 +195,39 @@ def _create_volume(conn: Any, handles: dict[str, Any], pool_name: str, xml: str)
     return _volume_info(pool_name, vol)
 
 
+def _clone_volume(conn: Any, pool_name: str, xml: str, source_pool: str,
+                  source_name: str) -> VolumeInfo:
+    """A new volume in ``pool_name`` with the content of another (``createXMLFrom``)."""
+    pool = conn.storagePoolLookupByName(pool_name)
+    source = conn.storagePoolLookupByName(source_pool).storageVolLookupByName(source_name)
+    return _volume_info(pool_name, pool.createXMLFrom(xml, source, 0))
+
+
+def _upload_volume(conn: Any, pool_name: str, name: str, data: bytes) -> bool:
+    """Write ``data`` into a volume through libvirt's upload stream (remote hosts too);
+    False if the host's driver cannot upload (the test driver)."""
+    vol = conn.storagePoolLookupByName(pool_name).storageVolLookupByName(name)
+    stream = conn.newStream(0)
+    try:
+        vol.upload(stream, 0, len(data), 0)
+    except libvirt.libvirtError as exc:
+        _quietly(stream.abort)
+        if exc.get_error_code() in (libvirt.VIR_ERR_NO_SUPPORT,
+                                    libvirt.VIR_ERR_OPERATION_UNSUPPORTED):
+            return False
+        raise
+    try:
+        view = memoryview(data)
+        while view:
+            sent = stream.send(bytes(view[:262144]))
+            view = view[sent:]
+        stream.finish()
+    except BaseException:
+        _quietly(stream.abort)
+        raise
+    return True
+
+
 def _delete_volume(conn: Any, pool_name: str, name: str) -> bool:
     pool = conn.storagePoolLookupByName(pool_name)
     try:

@@ -28,7 +28,9 @@ from daemon.virt.calls import (
     _power_states,
     _wipe_volume,
     TaggedDomain,
+    _clone_volume,
     _create_volume,
+    _upload_volume,
     _define_domain,
     _domain_named,
     _delete_volume,
@@ -332,6 +334,19 @@ class HostConnection:
                                self._conn, self._pool_handles, pool, xml)
         self.inventory.add_volume(vol)
         return vol
+
+    async def clone_volume(self, pool: str, xml: str, source_pool: str,
+                           source_name: str) -> VolumeInfo:
+        """Create a volume from XML in ``pool`` as a full copy of another volume."""
+        vol = await self._call(f"cannot copy {source_pool}/{source_name} into pool {pool}",
+                               _clone_volume, self._conn, pool, xml, source_pool, source_name)
+        self.inventory.add_volume(vol)
+        return vol
+
+    async def upload_volume(self, pool: str, name: str, data: bytes) -> bool:
+        """Write ``data`` into a volume; False if this host's driver cannot upload."""
+        return await self._call(f"cannot upload into volume {pool}/{name}", _upload_volume,
+                                self._conn, pool, name, data)
 
     async def delete_volume(self, pool: str, name: str) -> bool:
         """Delete a volume; False if it did not exist."""

@@ -45,6 +45,9 @@ class DomainSpec:
     template: str
     size: str
     resource_pool: str
+    boot: tuple[str, ...] = ("cdrom", "hd")
+    """Boot order: an installer ISO boots first; an appliance (its CD-ROM is the
+    cloud-init seed) boots from its disk."""
 
     def disks(self) -> list[tuple[str | None, str | None, str | None]]:
         """(path, pool, volume) of each disk of its XML, as ``disks_of`` reads them back."""
@@ -54,8 +57,9 @@ class DomainSpec:
 
 
 def build_domain_xml(spec: DomainSpec) -> str:
-    """The domain XML: disk from the volume, ISO as CD-ROM, boot CD then disk, serial
-    console, a VNC display listening nowhere, metadata."""
+    """The domain XML: disk from the volume, the ISO (or an appliance's cloud-init seed)
+    as CD-ROM, the boot order, serial console, guest agent channel, a VNC display
+    listening nowhere, metadata."""
     ET.register_namespace(METADATA_PREFIX, METADATA_NS)
     dom = ET.Element("domain", type=spec.domain_type)
     ET.SubElement(dom, "name").text = spec.name
@@ -69,8 +73,8 @@ def build_domain_xml(spec: DomainSpec) -> str:
     ET.SubElement(dom, "vcpu", placement="static").text = str(spec.cpus)
     os_el = ET.SubElement(dom, "os")
     ET.SubElement(os_el, "type", arch=spec.arch).text = "hvm"
-    ET.SubElement(os_el, "boot", dev="cdrom")
-    ET.SubElement(os_el, "boot", dev="hd")
+    for dev in spec.boot:
+        ET.SubElement(os_el, "boot", dev=dev)
     features = ET.SubElement(dom, "features")
     ET.SubElement(features, "acpi")
     ET.SubElement(features, "apic")
@@ -99,6 +103,10 @@ def build_domain_xml(spec: DomainSpec) -> str:
         ET.SubElement(nic, "model", type="virtio")
     ET.SubElement(devices, "serial", type="pty")
     ET.SubElement(devices, "console", type="pty")
+    # The QEMU guest agent's channel: libvirt makes its socket; a guest with the agent
+    # then tells its addresses (provctl show) and shuts down cleanly.
+    channel = ET.SubElement(devices, "channel", type="unix")
+    ET.SubElement(channel, "target", type="virtio", name="org.qemu.guest_agent.0")
     # A display that listens nowhere (no TCP port other local users could reach): provisiond
     # gets each connection to it from libvirt (virDomainOpenGraphicsFD) for its owner.
     graphics = ET.SubElement(devices, "graphics", type="vnc")
@@ -106,8 +114,12 @@ def build_domain_xml(spec: DomainSpec) -> str:
     return ET.tostring(dom, encoding="unicode")
 
 
-def build_volume_xml(name: str, capacity_bytes: int, volume_format: str | None) -> str:
-    """The XML of a new volume; thin (allocation 0) where the format allows it."""
+def build_volume_xml(name: str, capacity_bytes: int, volume_format: str | None, *,
+                     backing_path: str | None = None,
+                     backing_format: str | None = None) -> str:
+    """The XML of a new volume; thin (allocation 0) where the format allows it. With
+    ``backing_path``, a qcow2 overlay on that image (its format always given: libvirt
+    and QEMU must never guess it from the content)."""
     vol = ET.Element("volume")
     ET.SubElement(vol, "name").text = name
     ET.SubElement(vol, "capacity", unit="bytes").text = str(capacity_bytes)
@@ -115,7 +127,16 @@ def build_volume_xml(name: str, capacity_bytes: int, volume_format: str | None) 
         ET.SubElement(vol, "allocation", unit="bytes").text = "0"
         target = ET.SubElement(vol, "target")
         ET.SubElement(target, "format", type=volume_format)
+    if backing_path is not None:
+        backing = ET.SubElement(vol, "backingStore")
+        ET.SubElement(backing, "path").text = backing_path
+        ET.SubElement(backing, "format", type=backing_format or "raw")
     return ET.tostring(vol, encoding="unicode")
+
+
+def seed_volume_name(request_id: str) -> str:
+    """The name of the cloud-init seed volume of a request: derived from its id."""
+    return f"{VOLUME_PREFIX}{request_id}-seed.iso"
 
 
 def parse_request_metadata(xml: str) -> dict[str, str]:

@@ -223,6 +223,10 @@ class LiveInventory:
             return None
         return self._domain_disks[next(iter(users))][0].domain
 
+    def volume(self, pool: str, name: str) -> VolumeInfo | None:
+        """The volume, as the inventory knows it, or None."""
+        return self._volume(pool, name)
+
     def has_volume(self, pool: str, name: str) -> bool:
         """Whether the volume exists (as far as the inventory knows)."""
         entry = self._pools.get(pool)

@@ -16,7 +16,8 @@ import logging
 from typing import Any, ContextManager, Protocol
 
 from daemon.auth import CLOUD_CREATE, Identity, admission_refusal, holds
-from daemon.config import Config, HardwarePool
+from daemon.config import Config, HardwarePool, Template
+from daemon.workflows import appliance
 from daemon.engine.workflow import Outcome, Workflow
 from daemon.errors import HostUnreachable, NoStorage, PermissionDenied, ProvisiondError
 from daemon.errors import QuotaExceeded, UnknownName, VirtError, VirtTimeout
@@ -127,13 +128,15 @@ async def search_storage(ctx: ProvisioningContext, req: RequestRecord) -> Outcom
     host = ctx.host(req.host)
     if not ctx.host_reachable(host.name):
         raise HostUnreachable(f"host {host.name} is unreachable")
-    size_bytes = req.storage_gb * 1024**3
-    decision = place(ctx, host, hardware, size_bytes, req.id)
+    template = appliance.template_of(ctx, req)
+    size_bytes = (appliance.disk_bytes(req, appliance.image_of(host, template))
+                  if appliance.is_appliance(template) else req.storage_gb * 1024**3)
+    decision = place(ctx, host, hardware, size_bytes, req.id, template=template)
     if decision.action == "none":
         # Look again before failing: the inventory may lag (a pool restarted with libvirtd,
         # volumes changed outside provisiond: libvirt has no volume events).
         await host.refresh_pools([p.name for p in hardware.storage_pools])
-        decision = place(ctx, host, hardware, size_bytes, req.id)
+        decision = place(ctx, host, hardware, size_bytes, req.id, template=template)
     # From here to the engine recording the outcome: no await.
     ctx.metrics.placements.labels(
         {"reuse": "reused", "create": "created"}.get(decision.action, "no_storage")).inc()
@@ -178,25 +181,33 @@ async def create_storage(ctx: ProvisioningContext, req: RequestRecord) -> Outcom
               if ctx.repeating(req.id)
               and host.inventory.has_volume(req.volume_pool, req.volume_name) else None)
     adopted = f"volume {req.volume_pool}/{req.volume_name} already exists (adopted)"
+    template = appliance.template_of(ctx, req)
     if volume is not None:
         detail = adopted
     else:
-        xml = domain_xml.build_volume_xml(req.volume_name, req.storage_gb * 1024**3,
-                                          req.volume_format)
         try:
-            volume = await host.create_volume(req.volume_pool, xml)
+            if appliance.is_appliance(template):
+                assert template is not None
+                volume, detail = await appliance.create_disk(host, req, template)
+            else:
+                xml = domain_xml.build_volume_xml(req.volume_name, req.storage_gb * 1024**3,
+                                                  req.volume_format)
+                volume = await host.create_volume(req.volume_pool, xml)
+                detail = (f"created volume {req.volume_pool}/{req.volume_name} "
+                          f"({gib(volume.capacity)}, {req.volume_format or 'raw'})")
         except VirtError:
             volume = await host.find_volume(req.volume_pool, req.volume_name)
             if volume is None:
                 raise
             detail = adopted
-        else:
-            detail = (f"created volume {req.volume_pool}/{req.volume_name} "
-                      f"({gib(volume.capacity)}, {req.volume_format or 'raw'})")
     store = ctx.store
+    fields = {"volume_path": volume.path, **_domain_of(req)}
+    trigger = Trigger.DEFINE
+    if appliance.is_appliance(template):
+        # Named before the seed step acts: a rollback after a crash knows what to delete.
+        trigger, fields["seed_volume"] = Trigger.SEED, domain_xml.seed_volume_name(req.id)
     # The volume exists: libvirt's figures count it now, the reservation is done.
-    return Outcome(Trigger.DEFINE, detail, {"volume_path": volume.path, **_domain_of(req)},
-                   lambda: store.drop_reservation(req.id))
+    return Outcome(trigger, detail, fields, lambda: store.drop_reservation(req.id))
 
 
 async def define(ctx: ProvisioningContext, req: RequestRecord) -> Outcome:
@@ -218,7 +229,8 @@ async def define(ctx: ProvisioningContext, req: RequestRecord) -> Outcome:
     template = ctx.config.templates.get(req.template)
     if template is None:
         raise UnknownName(f"template {req.template} is no longer configured")
-    if template.volume is not None and not host.inventory.has_volume(
+    seeded = appliance.is_appliance(template)
+    if not seeded and template.volume is not None and not host.inventory.has_volume(
             template.volume.pool, template.volume.name):
         iso = await host.find_volume(template.volume.pool, template.volume.name)
         if iso is None:
@@ -233,11 +245,14 @@ async def define(ctx: ProvisioningContext, req: RequestRecord) -> Outcome:
         name=req.name, uuid=uuid, domain_type=domain_type, arch=arch, cpus=req.cpus,
         memory_kib=req.memory_kib, disk_pool=req.volume_pool, disk_volume=req.volume_name,
         disk_format=req.volume_format,
-        cdrom_path=template.path,
-        cdrom_pool=template.volume.pool if template.volume else None,
-        cdrom_volume=template.volume.name if template.volume else None,
+        cdrom_path=None if seeded else template.path,
+        cdrom_pool=req.volume_pool if seeded else (
+            template.volume.pool if template.volume else None),
+        cdrom_volume=req.seed_volume if seeded else (
+            template.volume.name if template.volume else None),
         network=req.network, request_id=req.id, owner=req.owner, template=req.template,
-        size=req.size, resource_pool=req.resource_pool)
+        size=req.size, resource_pool=req.resource_pool,
+        boot=("hd",) if seeded else ("cdrom", "hd"))
     xml = domain_xml.build_domain_xml(spec)
     if req.domain_uuid != uuid:  # a database of an older provisiond: record it first
         ctx.store.update_request(req.id, **_domain_of(req))
@@ -274,6 +289,7 @@ STEPS = {
     State.AUTHORIZED: start_storage_search,
     State.STORAGE_SEARCHING: search_storage,
     State.STORAGE_CREATING: create_storage,
+    State.SEEDING: appliance.create_seed,
     State.DEFINING: define,
 }
 """The step run in each in-progress state."""
@@ -307,6 +323,9 @@ async def rollback(ctx: ProvisioningContext, req: RequestRecord) -> None:
             if req.volume_owned and req.volume_pool and req.volume_name:
                 if await host.delete_volume(req.volume_pool, req.volume_name):
                     undone.append(f"deleted volume {req.volume_pool}/{req.volume_name}")
+            if req.seed_volume and req.volume_pool:
+                if await host.delete_volume(req.volume_pool, req.seed_volume):
+                    undone.append(f"deleted seed volume {req.volume_pool}/{req.seed_volume}")
     except HostUnreachable:
         raise
     except ProvisiondError as exc:
@@ -356,16 +375,21 @@ def record_event(ctx: ProvisioningContext, event: object, waiting: str | None) -
 
 
 def place(ctx: ProvisioningContext, host: HostConnection, hardware: HardwarePool,
-          size_bytes: int, request_id: str, *, explain: bool = False) -> Decision:
+          size_bytes: int, request_id: str, *, template: Template | None = None,
+          explain: bool = False) -> Decision:
     """The seed's placement rule on the host's live inventory (no libvirt call); with
-    ``explain``, every candidate's verdict too (the dry run)."""
+    ``explain``, every candidate's verdict too (the dry run). An appliance's disk is
+    never a reused blank volume, and goes to its image's pool first."""
     templates = ctx.config.templates.values()
+    image_pool = (template.volume.pool if template is not None and template.kind ==
+                  "appliance" and template.volume is not None else None)
     return place_storage(
         host.inventory, hardware.storage_pools, size_bytes=size_bytes, request_id=request_id,
         tolerance_bytes=hardware.reuse_tolerance_gb * 1024**3,
         reservations=ctx.store.reservations_on(host.name),
         template_volumes=[(t.volume.pool, t.volume.name) for t in templates if t.volume],
-        template_paths=[t.path for t in templates if t.path], explain=explain)
+        template_paths=[t.path for t in templates if t.path], image_pool=image_pool,
+        explain=explain)
 
 
 def _hardware_pool(ctx: ProvisioningContext, req: RequestRecord) -> HardwarePool:

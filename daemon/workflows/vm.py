@@ -170,6 +170,9 @@ async def release(ctx: VmContext, vm: VmRecord, host: HostConnection,
     wiped and free again, or as its pool's ``on_release`` says. A volume that cannot be
     wiped stays claimed (never handed to another owner unwiped), and the log says so."""
     keep_claim = False
+    if vm.seed_volume and vm.volume_pool:
+        if await host.delete_volume(vm.volume_pool, vm.seed_volume):
+            done.append(f"deleted seed volume {vm.volume_pool}/{vm.seed_volume}")
     if vm.volume_pool and vm.volume_name:
         where = f"{vm.volume_pool}/{vm.volume_name}"
         policy = _on_release(ctx.config, vm)

@@ -22,13 +22,13 @@ from statemachines import (
     render_docs,
     render_mermaid,
 )
-from statemachines.provisioning import transitions_from
+from statemachines.provisioning import ACTS_OUTSIDE, transitions_from
 
 REPO = Path(__file__).resolve().parent.parent.parent
 STATES_DOC = REPO / "docs" / "states.md"
 
 EXPECTED_STATES = ["requested", "authorized", "storage-searching", "storage-creating",
-                   "defining", "done", "failed"]
+                   "seeding", "defining", "done", "failed"]
 
 
 class Model:
@@ -53,7 +53,7 @@ def _reachable_from(start: State) -> set[State]:
 # --------------------------------------------------------------------------- the table
 
 
-def test_exactly_the_seven_states_in_order() -> None:
+def test_exactly_the_eight_states_in_order() -> None:
     assert [s.value for s in State] == EXPECTED_STATES
     assert INITIAL == State.REQUESTED
 
@@ -83,6 +83,12 @@ def test_every_state_in_progress_can_fail(state: State) -> None:
 def test_a_free_volume_goes_straight_from_searching_to_defining() -> None:
     assert destination(State.STORAGE_SEARCHING, Trigger.REUSE_VOLUME) == State.DEFINING
     assert destination(State.STORAGE_SEARCHING, Trigger.CREATE_STORAGE) == State.STORAGE_CREATING
+
+
+def test_an_appliances_disk_is_seeded_before_its_domain_is_defined() -> None:
+    assert destination(State.STORAGE_CREATING, Trigger.SEED) == State.SEEDING
+    assert destination(State.SEEDING, Trigger.DEFINE) == State.DEFINING
+    assert State.SEEDING in ACTS_OUTSIDE  # it uploads into libvirt: durable first
 
 
 def test_the_happy_path_edges() -> None:

@@ -168,3 +168,28 @@ def test_a_vm_is_started_stopped_and_deleted_with_provctl(make_daemon) -> None:
     log = provctl("log", rid, socket=daemon.socket).stdout
     assert re.search(r"deleting +-> deleted", log) and "libvirt:STARTED" in log
     assert log.splitlines()[-1].startswith("requested -> deleted in ")
+
+
+def test_create_with_an_ssh_key_file_on_an_appliance(make_daemon, tmp_path: Path) -> None:
+    templates = {"debian": {"kind": "appliance",
+                            "volume": {"pool": "pool-dir", "name": "debian-12-cloud.qcow2"}},
+                 "ipxe": {"kind": "iso", "volume": {"pool": "pool-dir", "name": "ipxe.iso"}}}
+    daemon: Daemon = make_daemon("host_appliance.xml", templates=templates)
+    key = tmp_path / "id_ed25519.pub"
+    key.write_text("# my laptop\nssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDsDWE4PU+LBMh1vozmklZxs"
+                   "KJacuWC2Plkzzr1hND46 alice@laptop\n")
+    created = provctl("create", "-t", "debian", "-s", "small", "-p", "rp", "--ssh-key",
+                      str(key), "--json", "--wait", socket=daemon.socket)
+    assert created.returncode == 0, created.stderr
+    log = json.loads(provctl("log", json.loads(created.stdout)["id"], "--json",
+                             socket=daemon.socket).stdout)
+    assert [e["to"] for e in log if e["kind"] == "transition"][-3:] == [
+        "seeding", "defining", "done"]
+
+    refused = provctl("create", "-t", "ipxe", "-s", "small", "-p", "rp", "--ssh-key",
+                      str(key), socket=daemon.socket)
+    assert refused.returncode == 2 and "takes no cloud-init" in refused.stderr
+    missing = provctl("create", "-t", "debian", "-s", "small", "--ssh-key",
+                      str(tmp_path / "nope.pub"), socket=daemon.socket)
+    assert missing.returncode == 2
+    assert "cannot read SSH key file" in missing.stderr and "nope.pub" in missing.stderr

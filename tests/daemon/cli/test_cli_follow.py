@@ -273,7 +273,7 @@ def test_bash_completion_offers_commands_options_and_states() -> None:
                                              "--older-than", "--quiet", "--json", "--help"}
     assert complete(["list", "--state", ""]) == list(contract.STATES)
     assert complete(["--socket", "/x", "list", "--state", "s"]) == [
-        "storage-searching", "storage-creating"]
+        "storage-searching", "storage-creating", "seeding"]
     assert "--follow" in complete(["log", "-"])
     assert complete(["create", "--template", ""]) == []  # free text
     assert complete(["completion", ""]) == ["bash", "zsh"]

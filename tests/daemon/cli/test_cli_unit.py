@@ -326,7 +326,10 @@ def test_table_columns_are_aligned_and_numbers_right_aligned():
 
 CATALOG = {
     "user": "alice",
-    "templates": [{"name": "ipxe", "kind": "iso", "description": "iPXE boot image"}],
+    "templates": [{"name": "ipxe", "kind": "iso", "description": "iPXE boot image",
+                   "accepts": []},
+                  {"name": "debian", "kind": "appliance", "description": "cloud image",
+                   "accepts": ["ssh_keys", "user_data", "network_config"]}],
     "sizes": [
         {"name": "small", "cpus": 2, "memory": 262144, "storage_size_in_gb": 15,
          "network": None},
@@ -346,8 +349,10 @@ def test_catalog_shows_three_tables_with_memory_in_mib():
     lines = text.splitlines()
 
     assert lines[0] == "Catalog for user alice"
-    assert "TEMPLATE  KIND  DESCRIPTION" in lines
-    assert "ipxe      iso   iPXE boot image" in lines
+    assert lines[2].split() == ["TEMPLATE", "KIND", "CREATE", "MAY", "ADD", "DESCRIPTION"]
+    assert lines[3].split() == ["ipxe", "iso", "-", "iPXE", "boot", "image"]
+    assert lines[4].split()[:5] == ["debian", "appliance", "--ssh-key", "--user-data",
+                                    "--network-config"]
     header = next(line for line in lines if line.startswith("SIZE"))
     assert header.split() == ["SIZE", "CPUS", "MEMORY", "KiB", "MEMORY", "MiB", "STORAGE",
                               "GiB", "NETWORK"]

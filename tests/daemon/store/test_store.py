@@ -54,6 +54,8 @@ PATHS[State.STORAGE_SEARCHING] = PATHS[State.AUTHORIZED] + [
     (State.AUTHORIZED, State.STORAGE_SEARCHING, "search_storage")]
 PATHS[State.STORAGE_CREATING] = PATHS[State.STORAGE_SEARCHING] + [
     (State.STORAGE_SEARCHING, State.STORAGE_CREATING, "create_storage")]
+PATHS[State.SEEDING] = PATHS[State.STORAGE_CREATING] + [
+    (State.STORAGE_CREATING, State.SEEDING, "seed")]
 PATHS[State.DEFINING] = PATHS[State.STORAGE_SEARCHING] + [
     (State.STORAGE_SEARCHING, State.DEFINING, "reuse_volume")]
 PATHS[State.DONE] = PATHS[State.DEFINING] + [(State.DEFINING, State.DONE, "finish")]
@@ -340,7 +342,7 @@ def test_quota_usage_counts_only_quota_holding_states(store: Store) -> None:
     sizes = {State.REQUESTED: (1, 100, 1), State.AUTHORIZED: (2, 200, 10),
              State.STORAGE_SEARCHING: (3, 300, 20), State.STORAGE_CREATING: (4, 400, 30),
              State.DEFINING: (5, 500, 40), State.DONE: (6, 600, 50),
-             State.FAILED: (7, 700, 60)}
+             State.FAILED: (7, 700, 60), State.SEEDING: (8, 800, 70)}
     for state, (cpus, memory, storage) in sizes.items():
         put_in_state(store, state.value, state, cpus=cpus, memory_kib=memory,
                      storage_gb=storage)
@@ -350,9 +352,9 @@ def test_quota_usage_counts_only_quota_holding_states(store: Store) -> None:
     assert store.quota_usage("rp") == QuotaUsage(
         vms=len(holding), cpus=sum(h[0] for h in holding), memory=sum(h[1] for h in holding),
         storage_gb=sum(h[2] for h in holding))
-    assert store.quota_usage("rp") == QuotaUsage(vms=5, cpus=20, memory=2000, storage_gb=150)
+    assert store.quota_usage("rp") == QuotaUsage(vms=6, cpus=28, memory=2800, storage_gb=220)
     # A request can be left out (the one being checked).
-    assert store.quota_usage("rp", excluding="done") == QuotaUsage(4, 14, 1400, 100)
+    assert store.quota_usage("rp", excluding="done") == QuotaUsage(5, 22, 2200, 170)
     assert store.quota_usage("rp2") == QuotaUsage(1, 64, 262144, 15)
 
 
