@@ -32,6 +32,7 @@ SSH_KEY_TYPES = frozenset({
 """The OpenSSH public key types accepted (as ``ssh-keygen -l`` knows them)."""
 _COMMENT_RE = re.compile(r"[\x20-\x7e]{0,200}")
 SEED_LABEL = "cidata"
+PAD_SECTORS = 150
 
 
 def check_ssh_key(text: Any, field: str = "ssh_keys") -> str:
@@ -141,4 +142,7 @@ def seed_iso(meta: str, user: str, network: str | None = None) -> bytes:
     out = io.BytesIO()
     iso.write_fp(out)
     iso.close()
-    return out.getvalue()
+    # 150 blank sectors after the image, as genisoimage's default -pad: some readers read
+    # ahead past a small image's end and then see no filesystem at all (busybox's
+    # findfs, which the test guest uses, reads its first 68 KiB in one go).
+    return out.getvalue() + bytes(PAD_SECTORS * 2048)

@@ -1,0 +1,99 @@
+"""An appliance VM on a real libvirtd with QEMU (TCG): a real guest reads its cloud-init seed.
+
+The image is ``harness.images.build_appliance_disk`` (a Debian kernel and a busybox
+initramfs booted by syslinux, built from Debian packages): its init finds the filesystem
+labelled ``cidata``, prints what it read on the serial console, then powers off.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+import uuid
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from daemon.virt.domain_xml import domain_uuid_for, seed_volume_name
+from harness.daemon import Daemon, daemon_config
+from harness.images import build_appliance_disk, parse_guest_output
+from harness.libvirtd import LibvirtDaemon
+from tests.e2e.test_e2e_sessions import PROVCTL, Console
+
+BOOT_TIMEOUT = 180  # a kernel under TCG on a busy 2-CPU machine
+
+
+@pytest.fixture
+def appliance(libvirtd: LibvirtDaemon, daemon_dir: Path) -> Iterator[tuple[Daemon, str]]:
+    """A provisiond whose template ``guest`` is the test appliance in a dir pool."""
+    pool = f"e2e-{uuid.uuid4().hex[:8]}"
+    target = libvirtd.create_dir_pool(pool)
+    build_appliance_disk(target / "guest.qcow2")
+    libvirtd.virsh("pool-refresh", pool)
+    main = daemon_config(
+        daemon_dir, storage_pools=[pool],
+        sizes={"one": {"cpus": 1, "memory": 262144, "storage_size_in_gb": 1}},
+        templates={"guest": {"kind": "appliance",
+                             "volume": {"pool": pool, "name": "guest.qcow2"}}},
+        daemon={"stop_timeout": 3},
+        hosts=[{"name": "e2e", "uri": libvirtd.uri, "domain_type": "qemu"}])
+    d = Daemon(daemon_dir, main)
+    d.start()
+    try:
+        yield d, pool
+    finally:
+        d.stop()
+        print(d.log())  # shown when the test fails
+        for name in libvirtd.virsh("list", "--all", "--name").split():
+            libvirtd.virsh("destroy", name, check=False)
+            libvirtd.virsh("undefine", name, check=False)
+        libvirtd.virsh("pool-destroy", pool, check=False)
+        libvirtd.virsh("pool-undefine", pool, check=False)
+
+
+def test_a_guest_reads_its_hostname_instance_id_and_ssh_key_from_the_seed(
+        appliance: tuple[Daemon, str], libvirtd: LibvirtDaemon, tmp_path: Path) -> None:
+    d, pool = appliance
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "alice@laptop",
+                    "-f", str(tmp_path / "id")], check=True)
+    key = (tmp_path / "id.pub").read_text().strip()
+    created = subprocess.run(
+        [PROVCTL, "--socket", d.socket, "create", "-t", "guest", "-s", "one", "-p", "rp",
+         "-n", "guest-1", "--ssh-key", str(tmp_path / "id.pub"), "--json", "--wait"],
+        capture_output=True, text=True, timeout=120)
+    assert created.returncode == 0, created.stderr
+    rid = json.loads(created.stdout)["id"]
+
+    # The disk is an overlay on the image; the seed a volume beside it, as virsh sees.
+    disk = ET.fromstring(libvirtd.virsh("vol-dumpxml", f"provisiond-{rid}.qcow2", "--pool",
+                                        pool))
+    assert disk.findtext("backingStore/path", "").endswith("/guest.qcow2")
+    assert seed_volume_name(rid) in libvirtd.virsh("vol-list", pool)
+    log = [e["detail"] for e in d.call("GET", f"/v1/requests/{rid}/log").body["log"]]
+    assert any("cloud-init seed" in x and "written" in x for x in log), log
+
+    assert d.call("POST", f"/v1/requests/{rid}/start").status == 202
+    assert d.call("GET", f"/v1/requests/{rid}?wait=30").body["vm"]["state"] == "running"
+    console = Console(d, rid)  # attached while the kernel boots: nothing is missed
+    console.expect(b"provisiond-guest: done", timeout=BOOT_TIMEOUT)
+    report = parse_guest_output(console.seen)
+    assert report.hostname == "guest-1"
+    assert report.instance_id == f"provisiond-{rid}"
+    assert report.ssh_keys == [key]
+    code, err = console.finish(keep_input=True)  # the guest powers itself off
+    assert code == 0 and "The console closed" in err, err
+    deadline = time.monotonic() + 30  # libvirt's STOPPED event moves the VM
+    while d.call("GET", f"/v1/requests/{rid}").body["vm"]["state"] != "stopped":
+        assert time.monotonic() < deadline, "the guest's power-off never reached the VM"
+        time.sleep(0.1)
+
+    # Deleting the VM deletes its disk and its seed, and leaves the image.
+    assert d.call("POST", f"/v1/requests/{rid}/delete").status == 202
+    assert d.call("GET", f"/v1/requests/{rid}?wait=30").body["vm"]["state"] == "deleted"
+    names = libvirtd.virsh("vol-list", pool)
+    assert "guest.qcow2" in names and rid not in names
+    assert libvirtd.virsh("domstate", domain_uuid_for(rid), check=False).strip() == "" or \
+        domain_uuid_for(rid) not in libvirtd.virsh("list", "--all", "--uuid")
