@@ -13,18 +13,18 @@ one line per fact, each starting with ``PREFIX``, in the formats of ``LINES``:
     provisiond-guest: instance-id=<meta-data instance-id>
     provisiond-guest: hostname=<meta-data local-hostname, else user-data hostname>
     provisiond-guest: user-data=<user-data's first line, e.g. #cloud-config>
-    provisiond-guest: ssh-key=<a key>   (one line each: user-data ssh_authorized_keys at
-                                         any depth, e.g. under users:; meta-data public-keys)
+    provisiond-guest: ssh-key=<a key>  (user-data ssh_authorized_keys, any depth; meta-data
+                                        public-keys; one line each)
     provisiond-guest: installed=<disk>  (kickstart runs only, see below)
     provisiond-guest: done
 
-and when something is amiss: ``insmod-failed=<module>``, ``install-failed=<why>``, and with
-``cidata=none`` ``block=<the block devices seen>``. Each ends with CR LF on the console.
-
-then powers off (through ACPI: give the domain ``<features><acpi/></features>``), or with
-``SHELL_FLAG`` on the kernel command line prints ``provisiond-guest: shell`` and keeps a
-shell on the console. The seed is the filesystem labelled ``cidata`` (ISO 9660 or FAT) on
-a SATA, IDE, virtio or virtio-scsi device. ``parse_guest_output`` reads a transcript.
+each ending with CR LF (and, when amiss, ``insmod-failed=<module>``, ``install-failed=<why>``,
+after ``cidata=none`` ``block=<block devices seen>``); then it powers off (through ACPI:
+give the domain ``<features><acpi/></features>``). With ``SHELL_FLAG`` on the kernel
+command line it prints ``provisiond-guest: shell`` and keeps a shell on the console, where
+``report`` prints the lines again (what a guest prints while nobody reads its pty console
+is lost). The seed is the filesystem labelled ``cidata`` (ISO 9660 or FAT) on a SATA, IDE,
+virtio or virtio-scsi device. ``parse_guest_output`` reads a transcript.
 
 A kickstart run (``inst.ks=`` or ``ks=`` on the command line, kernel booted directly) plays
 the installer: it writes the appliance disk onto the first hard disk (at least
@@ -33,9 +33,8 @@ cmdline line. ``build_appliance_disk`` makes that disk: MBR, a FAT partition, sy
 booting the same kernel and initramfs with ``DISK_CMDLINE``; BIOS (SeaBIOS), no backing file.
 ``build_guest_kernel_initrd`` gives the files for a direct boot (``<os><kernel>``).
 
-Everything is built once per machine in ``CACHE`` (``PROVISIOND_TEST_CACHE``), in a
-directory keyed by the package versions and this recipe; builds hold a file lock and land
-by rename, so concurrent test processes share one build.
+Built once per machine in ``CACHE`` (``PROVISIOND_TEST_CACHE``), keyed by the package
+versions and this recipe; under a file lock, landing by rename: concurrent runs share it.
 """
 
 from __future__ import annotations
@@ -128,8 +127,7 @@ yaml_list() {
 # The lines for a mounted seed directory.
 report_seed() {
     md="$1/meta-data"; ud="$1/user-data"
-    [ -f "$md" ] || md=/dev/null
-    [ -f "$ud" ] || ud=/dev/null
+    [ -f "$md" ] || md=/dev/null; [ -f "$ud" ] || ud=/dev/null
     echo "$P instance-id=$(yaml_value instance-id "$md")"
     host=$(yaml_value local-hostname "$md")
     [ -n "$host" ] || host=$(yaml_value hostname "$ud")
@@ -137,10 +135,6 @@ report_seed() {
     echo "$P user-data=$(head -n 1 "$ud" | tr -d '\r')"
     { yaml_list ssh_authorized_keys "$ud"; yaml_list public-keys "$md"; } |
         while IFS= read -r key; do echo "$P ssh-key=$key"; done
-}
-
-find_seed() {
-    findfs LABEL=cidata 2>/dev/null || findfs LABEL=CIDATA 2>/dev/null
 }
 
 # As an installer would: the appliance disk onto the first hard disk that is not $1.
@@ -160,26 +154,17 @@ install_disk() {
     echo "$P install-failed=no disk"
 }
 
-main() {
-    /bin/busybox --install -s /bin
-    export PATH=/bin
-    mount -t proc proc /proc
-    mount -t sysfs sysfs /sys
-    mount -t devtmpfs devtmpfs /dev
-    exec </dev/console >/dev/console 2>&1
-    dmesg -n 1  # kernel messages would cut into the lines below
+# Every line from cmdline to done; with "install", a kickstart run installs the disk.
+report() {
     cmdline=$(cat /proc/cmdline)
     echo "$P cmdline=$cmdline"
-    for m in $MODULES; do
-        insmod "/lib/modules/$m.ko" 2>/dev/null || echo "$P insmod-failed=$m"
-    done
     wait=@SEED_WAIT@
     for word in $cmdline; do
         case "$word" in provisiond.seed_wait=*) wait="${word#*=}" ;; esac
     done
-    # Slack only: insmod returns once the disks of its driver were probed.
-    tries=$((wait * 5))
-    until dev=$(find_seed) || [ "$tries" -le 0 ]; do
+    tries=$((wait * 5))  # slack only: insmod returns once its driver's disks are probed
+    until dev=$(findfs LABEL=cidata 2>/dev/null || findfs LABEL=CIDATA 2>/dev/null) ||
+            [ "$tries" -le 0 ]; do
         tries=$((tries - 1)); sleep 0.2
     done
     if [ -n "$dev" ] && mount -o ro "$dev" /mnt; then
@@ -190,11 +175,25 @@ main() {
         echo "$P cidata=none"
         echo "$P block=$(ls /sys/class/block | tr '\n' ' ')"
     fi
-    case " $cmdline " in *" inst.ks="* | *" ks="*) install_disk "$dev" ;; esac
+    case "$1 $cmdline " in install*" inst.ks="* | install*" ks="*) install_disk "$dev" ;; esac
     echo "$P done"
+}
+
+main() {
+    /bin/busybox --install -s /bin
+    export PATH=/bin
+    mount -t proc proc /proc && mount -t sysfs sys /sys && mount -t devtmpfs dev /dev
+    exec </dev/console >/dev/console 2>&1
+    dmesg -n 1  # kernel messages would cut into the lines below
+    for m in $MODULES; do
+        insmod "/lib/modules/$m.ko" 2>/dev/null || echo "$P insmod-failed=$m"
+    done
+    report install
     case " $cmdline " in
         *" @SHELL_FLAG@ "*)
             echo "$P shell"
+            # ENV: the shell has these functions too; typing "report" prints it all again.
+            export ENV=/init
             while :; do setsid cttyhack sh; done ;;
     esac
     sync
@@ -341,9 +340,6 @@ def package_versions() -> dict[str, str]:
                      f"{show.stderr.strip()}")
 
 
-# ---------------------------------------------------------------------- the cache
-
-
 def _guest_dir(cache_dir: Path) -> Path:
     """The complete build for the current versions, built first if missing."""
     check_host_tools()
@@ -358,6 +354,8 @@ def _guest_dir(cache_dir: Path) -> Path:
         raise
     target = cache_dir / f"guest-{_guest_key(versions)}"
     if _complete(target):
+        with contextlib.suppress(OSError):
+            os.utime(target)  # in use: see below
         return target
     cache_dir.mkdir(parents=True, exist_ok=True)
     with _locked(cache_dir):
@@ -372,8 +370,9 @@ def _guest_dir(cache_dir: Path) -> Path:
                 target = cache_dir / f"guest-{_guest_key(versions)}"
                 if not _complete(target):
                     _build_guest(target, versions)
+        # Other builds go once unused for a day: a run of another checkout may use one.
         for old in cache_dir.glob("guest-*"):
-            if old != target:
+            if old != target and time.time() - old.stat().st_mtime > 86400:
                 shutil.rmtree(old, ignore_errors=True)
     return target
 
@@ -493,8 +492,7 @@ def _vmlinux(bzimage: bytes) -> bytes:
 
 
 def _unsigned(ko: bytes) -> bytes:
-    """A module without its appended signature (struct module_signature: 12 bytes that
-    end with the signature's length, big-endian)."""
+    """A module without its appended signature (and its 12-byte struct module_signature)."""
     if not ko.endswith(SIGNATURE_MAGIC):
         return ko
     end = len(ko) - len(SIGNATURE_MAGIC)
@@ -566,11 +564,9 @@ def _make_disk(work: Path, guest: Path, cmdline: str) -> None:
     initrd.img with ``cmdline``."""
     fat, raw = work / "fat.img", work / "disk.raw"
     sectors = (DISK_MIB - 1) * 2048
-    with open(fat, "wb") as f:
-        f.truncate(sectors * 512)
     # -H: the sectors before the partition, which its boot sector needs to find itself.
-    _run(["mformat", "-i", str(fat), "-T", str(sectors), "-h", "64", "-s", "32", "-H", "2048",
-          "-v", "PROVGUEST", "::"])
+    _run(["mformat", "-C", "-i", str(fat), "-T", str(sectors), "-h", "64", "-s", "32",
+          "-H", "2048", "-v", "PROVGUEST", "::"])
     _run(["syslinux", "--install", str(fat)])
     cfg = work / "syslinux.cfg"
     cfg.write_text(f"SERIAL 0 115200\nDEFAULT guest\nPROMPT 0\nTIMEOUT 0\nLABEL guest\n"

@@ -3,13 +3,15 @@
 The appliance disk (qcow2, a volume of a dir pool) boots through syslinux with a NoCloud
 seed on a SATA CD-ROM and prints the seed's hostname, instance id and keys; the kernel and
 initramfs booted directly with a kickstart command line print it, install the appliance on
-the empty disk and power off, and the same domain then boots from that disk. The serial
-console is a file here. Build and boot times are printed (run with ``-s`` to see them).
+the empty disk and power off, and the same domain then boots from that disk; a guest that
+keeps a shell prints it all again for a console attached late. The serial console is a
+file, or a socket. Build and boot times are printed (run with ``-s`` to see them).
 """
 
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import time
 import uuid
@@ -152,3 +154,50 @@ def test_a_kickstart_boot_prints_its_command_line_then_the_disk_boots(
     print(f"then from the installed disk, boot to done: {took:.1f} s")
     assert report.cmdline is not None and DISK_FLAG in report.cmdline.split()
     assert KICKSTART not in report.cmdline and report.installed is None
+
+
+def read_until(sock: socket.socket, wanted: bytes, timeout: float = BOOT_TIMEOUT) -> bytes:
+    """What came from the socket up to and including ``wanted`` (or fail, showing it)."""
+    seen = b""
+    deadline = time.monotonic() + timeout
+    while wanted not in seen:
+        sock.settimeout(max(0.1, deadline - time.monotonic()))
+        try:
+            chunk = sock.recv(4096)
+        except socket.timeout:
+            chunk = b""
+        assert chunk and time.monotonic() < deadline, f"no {wanted!r}; got {seen!r}"
+        seen += chunk
+    return seen
+
+
+def test_a_guest_with_a_shell_reports_again_to_a_late_console(
+        libvirtd: LibvirtDaemon, pool: tuple[str, Path]) -> None:
+    name, path = pool
+    disk = images.build_appliance_disk(path / "shell.qcow2",
+                                       cmdline=f"{images.DISK_CMDLINE} {images.SHELL_FLAG}")
+    seed = images.make_seed_iso(path / "seed.iso", instance_id="iid-e2e-3",
+                                hostname="appliance-three", ssh_keys=KEYS[:1])
+    libvirtd.virsh("pool-refresh", name)
+    console = libvirtd.base / f"{name}-sh.sock"
+    cdrom = (f"<disk type='file' device='cdrom'><driver name='qemu' type='raw'/>"
+             f"<source file='{seed}'/><target dev='sda' bus='sata'/><readonly/></disk>")
+    xml = DOMAIN_XML.format(name=f"{name}-sh", uuid=uuid.uuid4(), pool=name, disk=disk.name,
+                            serial="", boot="<boot dev='hd'/>", cdrom=cdrom).replace(
+        "<serial type='file'><source path=''/>",
+        f"<serial type='unix'><source mode='bind' path='{console}'/>")
+    libvirtd.define_xml("define", xml)
+    libvirtd.virsh("start", f"{name}-sh")
+    with socket.socket(socket.AF_UNIX) as first:
+        first.connect(str(console))
+        read_until(first, images.LINES["shell"].encode())
+    # A console attached after the guest printed everything: it asks again.
+    with socket.socket(socket.AF_UNIX) as late:
+        late.connect(str(console))
+        late.sendall(b"\r")
+        read_until(late, b"# ", timeout=30)
+        late.sendall(b"report\r")
+        report = parse_guest_output(read_until(late, images.LINES["done"].encode(), 60))
+    assert report.hostname == "appliance-three" and report.ssh_keys == KEYS[:1]
+    assert report.cmdline is not None and images.SHELL_FLAG in report.cmdline.split()
+    assert libvirtd.virsh("domstate", f"{name}-sh").strip() == "running"
