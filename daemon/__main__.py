@@ -79,9 +79,17 @@ def check_config(path: Path | None) -> int:
         print(f"provisiond: configuration invalid ({len(exc.problems)} problem"
               f"{'s' if len(exc.problems) != 1 else ''})", file=sys.stderr)
         return exc.exit_code
-    warnings = grant_warnings(config) + asyncio.run(libvirt_warnings(config))
+    refused: list[str] = []
+    warnings = grant_warnings(config) + asyncio.run(libvirt_warnings(config,
+                                                                     problems=refused))
     for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
+    if refused:
+        for problem in refused:
+            print(problem, file=sys.stderr)
+        print(f"provisiond: configuration invalid ({len(refused)} problem"
+              f"{'s' if len(refused) != 1 else ''} on its hosts)", file=sys.stderr)
+        return ConfigError.exit_code
     print(f"{config.source}: ok ({len(config.sizes)} sizes, {len(config.templates)} templates, "
           f"{len(config.hardware_pools)} hardware pools, {len(config.resource_pools)} "
           "resource pools" + (f"; {len(warnings)} warning{'s' if len(warnings) != 1 else ''}"

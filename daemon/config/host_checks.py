@@ -108,9 +108,12 @@ def _lexists(path: Path) -> bool:
     return True
 
 
-async def libvirt_warnings(config: Config, opener: Opener = open_connection) -> list[str]:
+async def libvirt_warnings(config: Config, opener: Opener = open_connection, *,
+                           problems: list[str] | None = None) -> list[str]:
     """One line per storage pool or template volume missing on a host that should have it,
-    and per host that cannot be reached to tell; opens each host once."""
+    and per host that cannot be reached to tell; opens each host once. What the host
+    refuses outright (an appliance's image that is itself an overlay) goes to
+    ``problems``."""
     pools_file = shown_path(config.files.get("pools", config.source))
     templates_file = shown_path(config.files.get("templates", config.source))
     opened: dict[str, HostConnection | str] = {}
@@ -129,6 +132,8 @@ async def libvirt_warnings(config: Config, opener: Opener = open_connection) -> 
                                     "templates were not checked")
                     continue
                 warnings += _missing_on(conn, hw.name, pools_file, templates_file, config)
+                if problems is not None:
+                    problems += _layered_images(conn, templates_file, config)
     finally:
         for conn in opened.values():
             if not isinstance(conn, str):
@@ -144,6 +149,20 @@ async def _open(conn: HostConnection) -> HostConnection | str:
         await conn.close()
         return exc.message
     return conn
+
+
+def _layered_images(conn: HostConnection, templates_file: str, config: Config) -> list[str]:
+    """Appliance images on the host that have a backing file of their own."""
+    found = []
+    for template in sorted(config.templates.values(), key=lambda t: t.name):
+        vol = template.volume
+        image = conn.inventory.volume(vol.pool, vol.name) if vol is not None else None
+        if template.kind == "appliance" and image is not None and image.backing:
+            found.append(f"{templates_file}: {template.name}.volume: image {vol.pool}/"
+                         f"{vol.name} on host {conn.name} has a backing file "
+                         f"({image.backing}): an appliance's image must stand alone "
+                         "(flatten it with qemu-img convert)")
+    return found
 
 
 def _missing_on(conn: HostConnection, hw: str, pools_file: str, templates_file: str,

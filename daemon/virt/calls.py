@@ -140,11 +140,12 @@ def _volume_info(pool_name: str, vol: Any) -> VolumeInfo:
     # One round trip: the XML holds what info() and path() would say (three otherwise,
     # per volume, when the whole inventory is read at start-up).
     try:
-        path, capacity, allocation, fmt = domain_xml.volume_facts_of(vol.XMLDesc(0))
+        path, capacity, allocation, fmt, backing = domain_xml.volume_facts_of(
+            vol.XMLDesc(0))
     except (ET.ParseError, ValueError, KeyError) as exc:
         raise VirtError(f"volume {pool_name}/{vol.name()}: libvirt's XML for it is not "
                         f"understood: {exc}") from None
-    return VolumeInfo(pool_name, vol.name(), path, capacity, allocation, fmt)
+    return VolumeInfo(pool_name, vol.name(), path, capacity, allocation, fmt, backing)
 
 
 def _tagged_domains(conn: Any) -> list[TaggedDomain]:

@@ -175,9 +175,10 @@ _UNITS = {"b": 1, "bytes": 1, "k": 1024, "kib": 1024, "m": 1024**2, "mib": 1024*
           "mb": 1000**2, "gb": 1000**3, "tb": 1000**4}
 
 
-def volume_facts_of(volume_xml: str) -> tuple[str, int, int, str | None]:
-    """(path, capacity, allocation in bytes, target format or None) of a storage volume
-    XML: what ``info()`` and ``path()`` would say, in the one answer of ``XMLDesc``."""
+def volume_facts_of(volume_xml: str) -> tuple[str, int, int, str | None, str | None]:
+    """(path, capacity, allocation in bytes, target format or None, backing file or None)
+    of a storage volume XML: what ``info()`` and ``path()`` would say, in the one answer
+    of ``XMLDesc``."""
     root = ET.fromstring(volume_xml)
 
     def size(tag: str) -> int:
@@ -188,7 +189,8 @@ def volume_facts_of(volume_xml: str) -> tuple[str, int, int, str | None]:
 
     fmt = root.find("./target/format")
     return (root.findtext("./target/path") or "", size("capacity"), size("allocation"),
-            fmt.get("type") if fmt is not None else None)
+            fmt.get("type") if fmt is not None else None,
+            root.findtext("./backingStore/path") or None)
 
 
 def capabilities_summary(caps_xml: str) -> tuple[str, str]:

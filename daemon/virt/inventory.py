@@ -17,6 +17,8 @@ class VolumeInfo:
     capacity: int
     allocation: int
     format: str | None = None
+    backing: str | None = None
+    """The file it is an overlay on (its backing store), if any."""
 
 
 @dataclass(frozen=True)

@@ -49,7 +49,17 @@ def image_of(host: HostConnection, template: Template) -> VolumeInfo:
     if image is None:
         raise VirtError(f"template {template.name}: image {template.volume.pool}/"
                         f"{template.volume.name} not found on host {host.name}")
+    if image.backing:
+        raise VirtError(backing_refusal(template, image.backing))
     return image
+
+
+def backing_refusal(template: Template, backing: str) -> str:
+    """Why an image that is itself an overlay is refused (as Nova refuses it)."""
+    assert template.volume is not None
+    return (f"template {template.name}: image {template.volume.pool}/{template.volume.name} "
+            f"has a backing file ({backing}): an appliance's image must stand alone "
+            "(flatten it with qemu-img convert)")
 
 
 def disk_bytes(req: RequestRecord, image: VolumeInfo) -> int:

@@ -259,9 +259,12 @@ def test_a_volumes_xml_says_what_info_and_path_say(conn: Any) -> None:
                for v in pool.listAllVolumes()]
     assert len(volumes) > 5
     for vol in volumes:
-        path, capacity, allocation, _fmt = volume_facts_of(vol.XMLDesc(0))
+        path, capacity, allocation, _fmt, _backing = volume_facts_of(vol.XMLDesc(0))
         assert (path, capacity, allocation) == (vol.path(), *vol.info()[1:]), vol.name()
     assert volume_facts_of(build_volume_xml("v", 7 * 1024**3, "qcow2"))[1:] == (
-        7 * 1024**3, 0, "qcow2")
+        7 * 1024**3, 0, "qcow2", None)
     assert volume_facts_of("<volume><capacity unit='KiB'>4</capacity>"
-                           "<target><path>/x</path></target></volume>") == ("/x", 4096, 0, None)
+                           "<target><path>/x</path></target></volume>") == (
+        "/x", 4096, 0, None, None)
+    overlay = build_volume_xml("o", 1024, "qcow2", backing_path="/img/base.raw")
+    assert volume_facts_of(overlay)[4] == "/img/base.raw"

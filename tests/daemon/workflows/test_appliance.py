@@ -44,7 +44,8 @@ async def test_an_appliance_gets_an_overlay_disk_and_a_seed_never_a_free_volume(
     done = await h.run(template="debian", size="small")  # 15 GiB: free-15g.qcow2 would fit
     assert done.state == State.DONE, done.reason
     assert done.volume_name == f"provisiond-{done.id}.qcow2" and done.volume_owned
-    vol = h.conn.storagePoolLookupByName("pool-dir").storageVolLookupByName(done.volume_name)
+    pool = done.volume_pool  # pool-dir's room may go to its images: the next pool then
+    vol = h.conn.storagePoolLookupByName(pool).storageVolLookupByName(done.volume_name)
     xml = ET.fromstring(vol.XMLDesc(0))
     assert xml.findtext("backingStore/path") == "/pools/dir/debian-12-cloud.qcow2"
     assert xml.find("backingStore/format").get("type") == "qcow2"
@@ -53,18 +54,17 @@ async def test_an_appliance_gets_an_overlay_disk_and_a_seed_never_a_free_volume(
                                  "storage-creating", "seeding", "defining", "done"]
     seeding = moved_to(h, done.id, "defining")
     assert "content was NOT stored" in seeding and "cannot upload" in seeding
-    assert seed_volume_name(done.id) in h.volume_names("pool-dir")
+    assert seed_volume_name(done.id) in h.volume_names(pool)
 
     dom = ET.fromstring(h.conn.lookupByUUIDString(domain_uuid_for(done.id)).XMLDesc(0))
     assert [b.get("dev") for b in dom.findall("os/boot")] == ["hd"]
     cdrom = dom.find("devices/disk[@device='cdrom']/source")
-    assert (cdrom.get("pool"), cdrom.get("volume")) == ("pool-dir", seed_volume_name(done.id))
+    assert (cdrom.get("pool"), cdrom.get("volume")) == (pool, seed_volume_name(done.id))
     assert dom.find("devices/channel/target").get("name") == "org.qemu.guest_agent.0"
 
     await h.service.operate(ALICE, done.id, "delete")
     await h.service.wait_terminal(done.id, timeout=20)
-    assert {done.volume_name, seed_volume_name(done.id)}.isdisjoint(
-        h.volume_names("pool-dir"))
+    assert {done.volume_name, seed_volume_name(done.id)}.isdisjoint(h.volume_names(pool))
     assert "debian-12-cloud.qcow2" in h.volume_names("pool-dir")  # the image is never touched
 
 
@@ -163,3 +163,30 @@ async def test_an_iso_template_takes_no_cloud_init(make_harness):
     h = await appliance_harness(make_harness)
     with pytest.raises(InvalidInput, match="template ipxe \\(iso\\) takes no cloud-init"):
         h.submit(template="ipxe", size="small", ssh_keys=[KEY])
+
+
+async def test_an_image_that_is_itself_an_overlay_is_refused(make_harness):
+    h = await make_harness("host_appliance.xml", templates={
+        "ipxe": {"kind": "iso", "volume": {"pool": "pool-dir", "name": "ipxe.iso"}},
+        "layered": {"kind": "appliance",
+                    "volume": {"pool": "pool-dir", "name": "layered.qcow2"}}})
+    failed = await h.run(template="layered", size="small")
+    assert failed.state == State.FAILED
+    assert "has a backing file (/pools/dir/debian-12-cloud.qcow2)" in failed.reason
+    assert "must stand alone" in failed.reason
+
+
+def test_check_config_refuses_an_image_with_a_backing_file(tmp_path) -> None:
+    import subprocess
+    import sys
+
+    from harness.daemon import write_config
+
+    main = write_config(tmp_path, "host_appliance.xml", templates={
+        "layered": {"kind": "appliance",
+                    "volume": {"pool": "pool-dir", "name": "layered.qcow2"}}})
+    out = subprocess.run([sys.executable, "-m", "daemon", "--check-config", "--config",
+                          str(main)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2, out.stderr
+    assert ("templates.yml: layered.volume: image pool-dir/layered.qcow2 on host testhost "
+            "has a backing file") in out.stderr
