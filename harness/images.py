@@ -26,12 +26,11 @@ command line it prints ``provisiond-guest: shell`` and keeps a shell on the cons
 is lost). The seed is the filesystem labelled ``cidata`` (ISO 9660 or FAT) on a SATA, IDE,
 virtio or virtio-scsi device. ``parse_guest_output`` reads a transcript.
 
-A kickstart run (``inst.ks=`` or ``ks=`` on the command line, kernel booted directly) plays
-the installer: it writes the appliance disk onto the first hard disk (at least
-``DISK_MIB`` MiB), so the domain's next boot from that disk shows ``DISK_FLAG`` in its
-cmdline line. ``build_appliance_disk`` makes that disk: MBR, a FAT partition, syslinux
-booting the same kernel and initramfs with ``DISK_CMDLINE``; BIOS (SeaBIOS), no backing file.
-``build_guest_kernel_initrd`` gives the files for a direct boot (``<os><kernel>``).
+``build_guest_kernel_initrd`` gives the files for a direct boot (``<os><kernel>``); run
+so with ``inst.ks=`` or ``ks=``, /init plays the installer: writes the appliance disk on
+the first hard disk (of ``DISK_MIB`` MiB or more), so that the domain's next boot, from
+that disk, shows ``DISK_FLAG`` in its cmdline. ``build_appliance_disk`` makes that disk:
+MBR, a FAT partition, syslinux booting the same kernel and initramfs with ``DISK_CMDLINE``.
 
 Built once per machine in ``CACHE`` (``PROVISIOND_TEST_CACHE``), keyed by the package
 versions and this recipe; under a file lock, landing by rename: concurrent runs share it.
@@ -88,7 +87,7 @@ INIT_SCRIPT = r"""#!/bin/busybox sh
 # /init of provisiond's test guest (harness/images.py): reports the kernel command line
 # and the NoCloud seed (filesystem labelled cidata) on the console, then powers off.
 P="provisiond-guest:"
-MODULES="@MODULES@"
+@SETTINGS@
 
 # The first `KEY: value` of a YAML file, unquoted.
 yaml_value() {
@@ -137,13 +136,24 @@ report_seed() {
         while IFS= read -r key; do echo "$P ssh-key=$key"; done
 }
 
+# findfs reads a device's first 68 KiB at once and misses a smaller ISO (as pycdlib makes
+# them): the ISO 9660 volume id (at byte 32808) is looked at too.
+find_seed() {
+    findfs LABEL=cidata 2>/dev/null || findfs LABEL=CIDATA 2>/dev/null && return
+    for d in /dev/sr* /dev/vd* /dev/sd*; do
+        [ -b "$d" ] && dd if="$d" bs=1 skip=32808 count=7 2>/dev/null |
+            grep -qix "cidata " && echo "$d" && return
+    done
+    return 1
+}
+
 # As an installer would: the appliance disk onto the first hard disk that is not $1.
 install_disk() {
     [ -f /install/disk.img ] || { echo "$P install-failed=no image in this initramfs"; return; }
     for b in /sys/class/block/vd* /sys/class/block/sd*; do
         [ -e "$b" ] && [ ! -e "$b/partition" ] && [ "/dev/${b##*/}" != "$1" ] || continue
-        if [ "$(cat "$b/size")" -lt $((@DISK_MIB@ * 2048)) ]; then
-            echo "$P install-failed=/dev/${b##*/} is smaller than @DISK_MIB@ MiB"
+        if [ "$(cat "$b/size")" -lt $((DISK_MIB * 2048)) ]; then
+            echo "$P install-failed=/dev/${b##*/} is smaller than $DISK_MIB MiB"
         elif dd if=/install/disk.img of="/dev/${b##*/}" bs=1M conv=fsync 2>/dev/null; then
             echo "$P installed=/dev/${b##*/}"
         else
@@ -158,13 +168,12 @@ install_disk() {
 report() {
     cmdline=$(cat /proc/cmdline)
     echo "$P cmdline=$cmdline"
-    wait=@SEED_WAIT@
+    wait=$SEED_WAIT
     for word in $cmdline; do
         case "$word" in provisiond.seed_wait=*) wait="${word#*=}" ;; esac
     done
     tries=$((wait * 5))  # slack only: insmod returns once its driver's disks are probed
-    until dev=$(findfs LABEL=cidata 2>/dev/null || findfs LABEL=CIDATA 2>/dev/null) ||
-            [ "$tries" -le 0 ]; do
+    until dev=$(find_seed) || [ "$tries" -le 0 ]; do
         tries=$((tries - 1)); sleep 0.2
     done
     if [ -n "$dev" ] && mount -o ro "$dev" /mnt; then
@@ -190,7 +199,7 @@ main() {
     done
     report install
     case " $cmdline " in
-        *" @SHELL_FLAG@ "*)
+        *" $SHELL_FLAG "*)
             echo "$P shell"
             # ENV: the shell has these functions too; typing "report" prints it all again.
             export ENV=/init
@@ -252,9 +261,11 @@ def parse_guest_output(text: str | bytes) -> GuestReport:
 
 
 def make_seed_iso(dest: Path | str, *, instance_id: str, hostname: str,
-                  ssh_keys: Sequence[str] = (), user_data: str | None = None) -> Path:
+                  ssh_keys: Sequence[str] = (), user_data: str | None = None,
+                  pad: bool = True) -> Path:
     """A NoCloud seed ISO (volume label ``cidata``) at ``dest``: meta-data and user-data
-    (``#cloud-config`` with ``ssh_authorized_keys``, unless ``user_data`` is given)."""
+    (``#cloud-config`` with ``ssh_authorized_keys``, unless ``user_data`` is given);
+    ``pad=False``: without genisoimage's 300 KiB of zeros at the end, as pycdlib's."""
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     if user_data is None:
@@ -264,7 +275,8 @@ def make_seed_iso(dest: Path | str, *, instance_id: str, hostname: str,
         (Path(tmp) / "meta-data").write_text(
             f"instance-id: {instance_id}\nlocal-hostname: {hostname}\n")
         (Path(tmp) / "user-data").write_text(user_data)
-        _run(["genisoimage", "-quiet", "-V", "cidata", "-J", "-r", "-o", str(dest), tmp])
+        _run(["genisoimage", "-quiet", "-V", "cidata", "-J", "-r", "-pad" if pad else "-no-pad",
+              "-o", str(dest), tmp])
     return dest
 
 
@@ -273,9 +285,9 @@ def build_guest_kernel_initrd(cache_dir: Path | str = CACHE, *,
     """(kernel, initrd) for a direct kernel boot, built once per machine in ``cache_dir``.
 
     ``pvh``: the kernel is the uncompressed ELF ``vmlinux``, which QEMU boots through its
-    PVH entry: under TCG that skips the xz decompression, about 8 s of a 20 s boot; else
-    the ``vmlinuz`` bzImage. The initrd carries the appliance disk for kickstart runs.
-    Shared files: boot them, never change them.
+    PVH entry, skipping the xz decompression (under TCG about 8 s of a 20 s boot); else the
+    ``vmlinuz`` bzImage. The initrd holds the appliance disk for kickstart runs. Shared
+    files: boot them, never change them.
     """
     target = _guest_dir(Path(cache_dir))
     return target / ("vmlinux" if pvh else "vmlinuz"), target / "initrd-install.img"
@@ -303,8 +315,7 @@ def build_appliance_disk(dest: Path | str, fmt: str = "qcow2", cache_dir: Path |
 
 
 def guest_manifest(cache_dir: Path | str = CACHE) -> dict[str, object]:
-    """What the cached guest was built from and is: package versions, modules in load
-    order, file sizes, build time in seconds."""
+    """What the cached guest is made of: versions, modules in load order, sizes, build time."""
     return json.loads((_guest_dir(Path(cache_dir)) / "manifest.json").read_text())
 
 
@@ -319,16 +330,13 @@ def check_host_tools() -> None:
 
 
 def package_versions() -> dict[str, str]:
-    """{package: version} that apt would fetch for the guest: the kernel image that the
-    metapackage ``KERNEL_PACKAGE`` names, and ``BUSYBOX_PACKAGE``. Runs ``apt-get update``
-    once if apt knows neither."""
+    """{package: version} apt would fetch: the kernel image ``KERNEL_PACKAGE`` names, and
+    ``BUSYBOX_PACKAGE`` (after one ``apt-get update`` if apt knows neither)."""
     for attempt in (1, 2):
         show = subprocess.run(["apt-cache", "show", "--no-all-versions", KERNEL_PACKAGE,
                                BUSYBOX_PACKAGE], capture_output=True, text=True, timeout=60)
-        stanzas = {}
-        for stanza in show.stdout.split("\n\n"):
-            fields = dict(re.findall(r"^([\w-]+): (.*)$", stanza, re.M))
-            stanzas[fields.get("Package")] = fields
+        stanzas = {fields.get("Package"): fields for fields in (
+            dict(re.findall(r"^([\w-]+): (.*)$", s, re.M)) for s in show.stdout.split("\n\n"))}
         kernel = re.match(r"\s*(linux-image-\S+) \(= (\S+)\)",
                           stanzas.get(KERNEL_PACKAGE, {}).get("Depends", ""))
         busybox = stanzas.get(BUSYBOX_PACKAGE, {}).get("Version")
@@ -446,10 +454,8 @@ def _build_guest(target: Path, versions: dict[str, str]) -> None:
         (partial / "vmlinuz").write_bytes(bzimage)
         (partial / "vmlinux").write_bytes(_vmlinux(bzimage))
         modules = module_order(trees[0], MODULES)
-        init = INIT_SCRIPT.replace("@MODULES@", " ".join(name for name, _ in modules))
-        for name, value in (("SEED_WAIT", SEED_WAIT), ("SHELL_FLAG", SHELL_FLAG),
-                            ("DISK_MIB", DISK_MIB)):
-            init = init.replace(f"@{name}@", str(value))
+        init = INIT_SCRIPT.replace("@SETTINGS@", f"SEED_WAIT={SEED_WAIT} DISK_MIB={DISK_MIB} "
+                                   f'SHELL_FLAG={SHELL_FLAG} MODULES="{" ".join(dict(modules))}"')
         entries = [(d, 0o40755, b"", 0) for d in ("bin", "dev", "proc", "sys", "mnt", "tmp",
                                                    "lib", "lib/modules")]
         # The kernel opens /dev/console for /init before anything is mounted.
