@@ -34,6 +34,8 @@ class VmState(DocumentedState):
                             "stopped within stop_timeout.")
     POWERING_OFF = ("powering-off", "Being forced off (virsh destroy).")
     REBOOTING = ("rebooting", "An ACPI reboot was sent.")
+    INSTALLED = ("installed", "A kickstart VM's installer powered off for the first time: "
+                              "its domain is being redefined to boot from its disk.")
     DELETING = ("deleting", "Being forced off if running, undefined, and its storage given "
                             "back (a created volume deleted, a reused one wiped).")
     DELETED = ("deleted", "Gone from libvirt; its storage and its share of the quota given "
@@ -60,6 +62,7 @@ class VmTrigger(enum.StrEnum):
     RESUMED = "resumed"
     VANISHED = "vanished"
     HOST_LOST = "host_lost"
+    INSTALLER_DONE = "installer_done"
     FAIL = "fail"
 
 
@@ -72,7 +75,7 @@ TERMINAL: frozenset[VmState] = frozenset({VmState.DELETED})
 
 ACTS_OUTSIDE: frozenset[VmState] = frozenset(
     {VmState.STARTING, VmState.STOPPING, VmState.POWERING_OFF, VmState.REBOOTING,
-     VmState.DELETING})
+     VmState.DELETING, VmState.INSTALLED})
 """Every operation acts on libvirt: its state is on disk before its step runs."""
 
 _ALIVE = (VmState.RUNNING, VmState.PAUSED)
@@ -109,6 +112,13 @@ TRANSITIONS: tuple[Transition[VmState], ...] = (
                "engine: libvirt refused to reboot it"),
     Transition(VmTrigger.FAIL, VmState.DELETING, VmState.STOPPED,
                "engine: libvirt refused to undefine it (delete again)"),
+    Transition(VmTrigger.INSTALLER_DONE, VmState.RUNNING, VmState.INSTALLED,
+               "event STOPPED of a kickstart VM still booting its installer directly"),
+    Transition(VmTrigger.STOPPED, VmState.INSTALLED, VmState.STOPPED,
+               "step finish_install: redefined without the kernel, initrd and cmdline"),
+    Transition(VmTrigger.FAIL, VmState.INSTALLED, VmState.STOPPED,
+               "engine: libvirt refused the redefine (its next start runs the installer "
+               "again)"),
     # libvirt's events, behind provisiond's back (and the look after a reconnect).
     *(Transition(VmTrigger.STARTED, s, VmState.RUNNING, "event STARTED")
       for s in (VmState.STOPPED, VmState.CRASHED)),

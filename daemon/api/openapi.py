@@ -243,7 +243,7 @@ SCHEMAS: dict[str, Schema] = {
     "Catalog": closed({
         "user": NAME,
         "templates": {"type": "array", "items": closed({
-            "name": NAME, "kind": {"type": "string", "enum": ["iso", "appliance"]},
+            "name": NAME, "kind": {"type": "string", "enum": ["iso", "appliance", "kickstart"]},
             "description": {"type": "string"},
             "accepts": {"type": "array", "items": {"type": "string", "enum": [
                 "ssh_keys", "user_data", "network_config"]},

@@ -23,7 +23,7 @@ TERMINAL_STATES: frozenset[str] = frozenset({"done", "failed"})
 """The states a request never leaves (``statemachines.provisioning.TERMINAL``)."""
 
 VM_BUSY_STATES: frozenset[str] = frozenset(
-    {"starting", "stopping", "powering-off", "rebooting", "deleting"})
+    {"starting", "stopping", "powering-off", "rebooting", "deleting", "installed"})
 """A VM's states while an operation runs (``statemachines.vm.TABLE.in_progress``)."""
 
 VM_GOALS: dict[str, str] = {"start": "running", "stop": "stopped", "reboot": "running",

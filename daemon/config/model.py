@@ -46,11 +46,21 @@ class CloudInit:
 
 
 @dataclass(frozen=True)
+class BootFile:
+    """A kernel or an initrd for a direct boot: a volume in a pool, or a path on the host."""
+
+    path: str | None = None
+    volume: VolumeRef | None = None
+
+
+@dataclass(frozen=True)
 class Template:
     """What gets installed.
 
     ``iso``: an installer ISO (``path`` on the host, or ``volume`` in a pool) booted from
-    a CD-ROM. ``appliance``: a base image (``volume``, qcow2 or raw) that the VM's disk is
+    a CD-ROM. ``kickstart``: an installer's ``kernel`` and ``initrd`` booted directly
+    with ``cmdline`` (the kickstart, preseed or autoinstall location) onto a blank disk,
+    once: after its first power-off the domain boots from its disk. ``appliance``: a base image (``volume``, qcow2 or raw) that the VM's disk is
     an overlay on (``clone: overlay``) or a full copy of (``clone: full``), with a
     cloud-init NoCloud seed (``cloud_init``: defaults).
     """
@@ -62,6 +72,11 @@ class Template:
     volume: VolumeRef | None = None
     clone: str = "overlay"
     cloud_init: CloudInit = CloudInit()
+    kernel: BootFile | None = None
+    """kickstart: the installer's kernel, booted directly the first time."""
+    initrd: BootFile | None = None
+    cmdline: str = ""
+    """kickstart: the kernel command line (with the kickstart/preseed location)."""
 
     @property
     def takes_cloud_init(self) -> bool:

@@ -4,8 +4,10 @@
     appliance:  {kind, description?, volume: {pool, name}, clone?: overlay | full,
                  cloud_init?: {ssh_keys?: [..], user_data?: "#cloud-config ..",
                                network_config?: ".."}}
+    kickstart:  {kind, description?, kernel: path | {pool, name},
+                 initrd: path | {pool, name}, cmdline: "... inst.ks=URL ..."}
 
-``kickstart`` is reserved for a later release. The checker (``loader._Checker``) collects
+The checker (``loader._Checker``) collects
 each problem with its key path; nothing here raises.
 """
 
@@ -14,14 +16,15 @@ from __future__ import annotations
 from typing import Any
 
 from daemon import cloudinit
-from daemon.config.model import CloudInit, Template, VolumeRef
+from daemon.config.model import BootFile, CloudInit, Template, VolumeRef
 from daemon.errors import InvalidInput
 
-KINDS_SUPPORTED = ("iso", "appliance")
-KINDS_RESERVED = ("kickstart",)
+KINDS_SUPPORTED = ("iso", "appliance", "kickstart")
+KINDS_RESERVED: tuple[str, ...] = ()
 CLONE_MODES = ("overlay", "full")
 _KEYS = {"iso": {"kind", "description", "path", "volume"},
-         "appliance": {"kind", "description", "volume", "clone", "cloud_init"}}
+         "appliance": {"kind", "description", "volume", "clone", "cloud_init"},
+         "kickstart": {"kind", "description", "kernel", "initrd", "cmdline"}}
 
 
 def parse_templates(data: Any, c: Any) -> dict[str, Template]:
@@ -48,8 +51,8 @@ def parse_templates(data: Any, c: Any) -> dict[str, Template]:
             continue  # each unknown key is a problem already
         description = (c.string(body["description"], f"{key}.description") or ""
                        if "description" in body else "")
-        template = (_iso(name, key, body, description, c) if kind == "iso"
-                    else _appliance(name, key, body, description, c))
+        parse = {"iso": _iso, "appliance": _appliance, "kickstart": _kickstart}[kind]
+        template = parse(name, key, body, description, c)
         if template is not None:
             templates[name] = template
     if not templates and not c.problems:
@@ -123,3 +126,34 @@ def _cloud_init(value: Any, path: str, c: Any) -> CloudInit | None:
         c.bad(exc.field or path, exc.message)
         return None
     return CloudInit(keys, user, network)
+
+
+def _boot_file(value: Any, path: str, c: Any) -> BootFile | None:
+    if isinstance(value, dict):
+        volume = _volume(value, path, c)
+        return BootFile(volume=volume) if volume else None
+    text = c.string(value, path)
+    if text is not None and not text.startswith("/"):
+        c.bad(path, f"expected an absolute path or {{pool, name}} of a volume, got {text!r}")
+        return None
+    return BootFile(path=text) if text else None
+
+
+def _kickstart(name: str, key: Any, body: dict[str, Any], description: str,
+               c: Any) -> Template | None:
+    missing = [k for k in ("kernel", "initrd", "cmdline") if k not in body]
+    for k in missing:
+        c.bad(f"{key}.{k}", "a kickstart template needs its installer's kernel, initrd and "
+                            "cmdline (with the kickstart, preseed or autoinstall location)")
+    if missing:
+        return None
+    kernel = _boot_file(body["kernel"], f"{key}.kernel", c)
+    initrd = _boot_file(body["initrd"], f"{key}.initrd", c)
+    cmdline = c.string(body["cmdline"], f"{key}.cmdline")
+    if cmdline is not None and len(cmdline) > 4096:
+        c.bad(f"{key}.cmdline", "expected at most 4096 characters (a kernel command line)")
+        return None
+    if kernel is None or initrd is None or cmdline is None:
+        return None
+    return Template(name, "kickstart", description, kernel=kernel, initrd=initrd,
+                    cmdline=cmdline)

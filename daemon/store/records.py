@@ -48,6 +48,8 @@ class RequestRecord:
     network_config."""
     seed_volume: str | None = None
     """The cloud-init seed volume made for the request, in ``volume_pool``."""
+    installing: bool = False
+    """A kickstart VM whose domain still boots its installer directly."""
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> "RequestRecord":
@@ -57,6 +59,7 @@ class RequestRecord:
         values["state"] = State(row["state"])
         values["volume_owned"] = bool(row["volume_owned"])
         values["cleaned_up"] = bool(row["cleaned_up"])
+        values["installing"] = bool(row["installing"])
         return cls(**values)
 
 
@@ -118,6 +121,8 @@ class VmRecord:
     reason: str | None = None
     seed_volume: str | None = None
     """Its cloud-init seed volume (appliances), in ``volume_pool``; deleted with it."""
+    installing: bool = False
+    """Its domain still boots its installer directly (kickstart, until its first stop)."""
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> "VmRecord":
@@ -125,4 +130,5 @@ class VmRecord:
         values = {f.name: row[f.name] for f in fields(cls)
                   if f.name not in ("state", "reason")}
         values["volume_owned"] = bool(row["volume_owned"])
+        values["installing"] = bool(row["installing"])
         return cls(state=VmState(row["vm_state"]), reason=row["vm_reason"], **values)

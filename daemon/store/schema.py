@@ -97,5 +97,11 @@ def _m3_cloud_init(db: sqlite_utils.Database) -> None:
     db["requests"].add_column("seed_volume", str)
 
 
+def _m4_installing(db: sqlite_utils.Database) -> None:
+    # 1 while a kickstart VM's domain boots its installer directly (until its first
+    # power-off, when the domain is redefined to boot from its disk).
+    db["requests"].add_column("installing", int, not_null_default=0)
+
+
 MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (
-    _m1_initial, _m2_vm_lifecycle, _m3_cloud_init)
+    _m1_initial, _m2_vm_lifecycle, _m3_cloud_init, _m4_installing)

@@ -39,7 +39,7 @@ from statemachines.vm import VmState
 
 REQUEST_UPDATABLE = {
     "host", "reason", "volume_pool", "volume_name", "volume_path", "volume_format", "volume_owned",
-    "domain_uuid", "domain_name", "cleaned_up", "vm_state", "seed_volume",
+    "domain_uuid", "domain_name", "cleaned_up", "vm_state", "seed_volume", "installing",
 }
 
 
@@ -47,7 +47,7 @@ _REQUEST_DEFAULTS: dict[str, Any] = {
     "host": None, "network": None, "reason": None, "volume_pool": None, "volume_name": None,
     "volume_path": None, "volume_format": None, "volume_owned": 0, "domain_uuid": None,
     "domain_name": None, "idempotency_key": None, "cleaned_up": 0, "vm_state": None,
-    "vm_reason": None, "cloud_init": None, "seed_volume": None,
+    "vm_reason": None, "cloud_init": None, "seed_volume": None, "installing": 0,
 }
 """What a new ``requests`` row holds in the columns ``insert_request`` leaves out."""
 
@@ -385,9 +385,9 @@ class Store:
         sets: dict[str, Any] = {"vm_state": str(to_state), "updated_at": now,
                                 "vm_reason": None}
         for key, value in (updates or {}).items():
-            if key != "reason":
+            if key not in ("reason", "installing"):
                 raise ValueError(f"VM field {key!r} cannot be updated")
-            sets["vm_reason"] = value
+            sets["vm_reason" if key == "reason" else key] = value
         with self.atomic():
             cursor = self.db.conn.execute(
                 f"UPDATE requests SET {', '.join(f'{k} = :{k}' for k in sets)}"

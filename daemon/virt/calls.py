@@ -263,6 +263,19 @@ def _find_domain(conn: Any, uuid: str) -> DomainInfo | None:
                       domain_xml.parse_request_metadata(meta_xml), dom.XMLDesc(0))
 
 
+def _remove_direct_boot(conn: Any, uuid: str) -> bool | None:
+    """Redefine the domain without its direct kernel boot; False if it had none, None if
+    there is no such domain."""
+    dom = _lookup_domain(conn, uuid)
+    if dom is None:
+        return None
+    new = domain_xml.without_direct_boot(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
+    if new is None:
+        return False
+    conn.defineXML(new)
+    return True
+
+
 def _domain_named(conn: Any, name: str) -> bool:
     """Whether a domain of this name is defined."""
     try:

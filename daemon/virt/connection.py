@@ -25,6 +25,7 @@ from daemon.virt.calls import (
     _interface_addresses,
     _open_console,
     _open_graphics,
+    _remove_direct_boot,
     _power_states,
     _wipe_volume,
     TaggedDomain,
@@ -316,6 +317,12 @@ class HostConnection:
         """Every domain on the host that carries provisiond's metadata."""
         return await self._call(f"cannot list the domains of {self.name}", _tagged_domains,
                                 self._conn)
+
+    async def remove_direct_boot(self, uuid: str) -> bool | None:
+        """Redefine a domain to boot from its disk, not its direct kernel boot; False if
+        it had none, None if it does not exist."""
+        return await self._call(f"cannot redefine domain {uuid}", _remove_direct_boot,
+                                self._conn, uuid)
 
     async def domain_named(self, name: str) -> bool:
         """Whether a domain of this name is defined on the host (whoever made it)."""

@@ -48,6 +48,11 @@ class DomainSpec:
     boot: tuple[str, ...] = ("cdrom", "hd")
     """Boot order: an installer ISO boots first; an appliance (its CD-ROM is the
     cloud-init seed) boots from its disk."""
+    kernel_path: str | None = None
+    """A kickstart installer's kernel, booted directly (with ``initrd_path`` and
+    ``cmdline``) until ``without_direct_boot`` takes them out."""
+    initrd_path: str | None = None
+    cmdline: str | None = None
 
     def disks(self) -> list[tuple[str | None, str | None, str | None]]:
         """(path, pool, volume) of each disk of its XML, as ``disks_of`` reads them back."""
@@ -73,6 +78,12 @@ def build_domain_xml(spec: DomainSpec) -> str:
     ET.SubElement(dom, "vcpu", placement="static").text = str(spec.cpus)
     os_el = ET.SubElement(dom, "os")
     ET.SubElement(os_el, "type", arch=spec.arch).text = "hvm"
+    if spec.kernel_path:
+        ET.SubElement(os_el, "kernel").text = spec.kernel_path
+        if spec.initrd_path:
+            ET.SubElement(os_el, "initrd").text = spec.initrd_path
+        if spec.cmdline:
+            ET.SubElement(os_el, "cmdline").text = spec.cmdline
     for dev in spec.boot:
         ET.SubElement(os_el, "boot", dev=dev)
     features = ET.SubElement(dom, "features")
@@ -132,6 +143,25 @@ def build_volume_xml(name: str, capacity_bytes: int, volume_format: str | None, 
         ET.SubElement(backing, "path").text = backing_path
         ET.SubElement(backing, "format", type=backing_format or "raw")
     return ET.tostring(vol, encoding="unicode")
+
+
+DIRECT_BOOT = ("kernel", "initrd", "cmdline", "dtb")
+
+
+def without_direct_boot(xml: str) -> str | None:
+    """The domain XML with its direct kernel boot removed (and booting from its disk), or
+    None if it has none (nothing to redefine)."""
+    root = ET.fromstring(xml)
+    os_el = root.find("os")
+    found = [e for e in (os_el if os_el is not None else []) if e.tag in DIRECT_BOOT]
+    if os_el is None or not found:
+        return None
+    for element in found:
+        os_el.remove(element)
+    for boot in os_el.findall("boot"):
+        os_el.remove(boot)
+    ET.SubElement(os_el, "boot", dev="hd")
+    return ET.tostring(root, encoding="unicode")
 
 
 def seed_volume_name(request_id: str) -> str:

@@ -17,6 +17,7 @@ from typing import Any, ContextManager, Protocol
 
 from daemon.auth import CLOUD_CREATE, Identity, admission_refusal, holds
 from daemon.config import Config, HardwarePool, Template
+from daemon.config.model import BootFile
 from daemon.workflows import appliance
 from daemon.engine.workflow import Outcome, Workflow
 from daemon.errors import HostUnreachable, NoStorage, PermissionDenied, ProvisiondError
@@ -236,6 +237,9 @@ async def define(ctx: ProvisioningContext, req: RequestRecord) -> Outcome:
         if iso is None:
             raise VirtError(f"template {req.template}: ISO volume {template.volume.pool}/"
                             f"{template.volume.name} not found on host {host.name}")
+    kickstart = template.kind == "kickstart"
+    kernel = await _boot_path(host, template.kernel, template) if kickstart else None
+    initrd = await _boot_path(host, template.initrd, template) if kickstart else None
     domain_type, arch = await host.capabilities()
     configured = _host_config(ctx.config, host.name).domain_type
     if configured != "auto":
@@ -252,7 +256,9 @@ async def define(ctx: ProvisioningContext, req: RequestRecord) -> Outcome:
             template.volume.name if template.volume else None),
         network=req.network, request_id=req.id, owner=req.owner, template=req.template,
         size=req.size, resource_pool=req.resource_pool,
-        boot=("hd",) if seeded else ("cdrom", "hd"))
+        boot=("hd",) if seeded or kickstart else ("cdrom", "hd"),
+        kernel_path=kernel, initrd_path=initrd,
+        cmdline=template.cmdline if kickstart else None)
     xml = domain_xml.build_domain_xml(spec)
     if req.domain_uuid != uuid:  # a database of an older provisiond: record it first
         ctx.store.update_request(req.id, **_domain_of(req))
@@ -280,8 +286,25 @@ async def define(ctx: ProvisioningContext, req: RequestRecord) -> Outcome:
         ctx.forget_domain_event(host.name, uuid, "DEFINED")
     return Outcome(Trigger.FINISH,
                    f"domain {event.name} ({uuid}) defined on {host.name} "
-                   f"({domain_type}, {req.cpus} vcpus, {req.memory_kib} KiB)",
-                   {"domain_uuid": uuid, "domain_name": event.name, "vm_state": VM_INITIAL})
+                   f"({domain_type}, {req.cpus} vcpus, {req.memory_kib} KiB)"
+                   + (f"; it boots its installer ({kernel}) directly until its first "
+                      "power-off" if kickstart else ""),
+                   {"domain_uuid": uuid, "domain_name": event.name, "vm_state": VM_INITIAL,
+                    "installing": int(kickstart)})
+
+
+async def _boot_path(host: HostConnection, file: BootFile | None, template: Template) -> str:
+    """The host path of a kickstart template's kernel or initrd."""
+    assert file is not None
+    if file.path is not None:
+        return file.path
+    assert file.volume is not None
+    vol = host.inventory.volume(file.volume.pool, file.volume.name) or await host.find_volume(
+        file.volume.pool, file.volume.name)
+    if vol is None:
+        raise VirtError(f"template {template.name}: volume {file.volume.pool}/"
+                        f"{file.volume.name} not found on host {host.name}")
+    return vol.path
 
 
 STEPS = {
@@ -387,9 +410,17 @@ def place(ctx: ProvisioningContext, host: HostConnection, hardware: HardwarePool
         host.inventory, hardware.storage_pools, size_bytes=size_bytes, request_id=request_id,
         tolerance_bytes=hardware.reuse_tolerance_gb * 1024**3,
         reservations=ctx.store.reservations_on(host.name),
-        template_volumes=[(t.volume.pool, t.volume.name) for t in templates if t.volume],
-        template_paths=[t.path for t in templates if t.path], image_pool=image_pool,
-        explain=explain)
+        template_volumes=[(f.volume.pool, f.volume.name) for t in templates
+                          for f in _files_of(t) if f.volume],
+        template_paths=[f.path for t in templates for f in _files_of(t) if f.path],
+        image_pool=image_pool, explain=explain)
+
+
+def _files_of(template: Template) -> list[BootFile]:
+    """Everything a template is made of on a host (ISO, image, kernel, initrd): never a
+    free volume for a VM's disk."""
+    files = [BootFile(template.path, template.volume), template.kernel, template.initrd]
+    return [f for f in files if f is not None]
 
 
 def _hardware_pool(ctx: ProvisioningContext, req: RequestRecord) -> HardwarePool:

@@ -152,6 +152,20 @@ async def reboot(ctx: VmContext, vm: VmRecord) -> Outcome:
     return Outcome(VmTrigger.REBOOTED, f"domain {vm.domain_name} asked to reboot")
 
 
+async def finish_install(ctx: VmContext, vm: VmRecord) -> Outcome:
+    """installed: redefine the domain without its installer's kernel (it boots from its
+    disk from now on)."""
+    host = ctx.host(vm.host)
+    assert vm.domain_uuid is not None
+    changed = await host.remove_direct_boot(vm.domain_uuid)
+    if changed is None:
+        raise VirtError(f"domain {vm.domain_name} ({vm.domain_uuid}) is not on {host.name}")
+    detail = (f"domain {vm.domain_name} redefined to boot from its disk (the installer's "
+              "kernel, initrd and cmdline removed)" if changed else
+              f"domain {vm.domain_name} already boots from its disk")
+    return Outcome(VmTrigger.STOPPED, detail, {"installing": 0})
+
+
 async def delete(ctx: VmContext, vm: VmRecord) -> Outcome:
     """deleting: force off, undefine, then give the storage back (see ``release``)."""
     host = ctx.host(vm.host)
@@ -214,6 +228,7 @@ STEPS = {
     VmState.POWERING_OFF: power_off,
     VmState.REBOOTING: reboot,
     VmState.DELETING: delete,
+    VmState.INSTALLED: finish_install,
 }
 """The step of each operation's state."""
 
@@ -241,6 +256,8 @@ def on_event(ctx: VmContext, event: object, waiting: str | None) -> None:
     if record is None or record.host != event.host or record.vm_state is None:
         return
     vm = ctx.store.get_vm(record.id)
+    if vm is not None and vm.installing and trigger == VmTrigger.STOPPED:
+        trigger = VmTrigger.INSTALLER_DONE  # its first power-off ends the install
     if vm is None or ctx.driven(vm.id) or TABLE.destination(vm.state, trigger) is None:
         return
     ctx.move(vm, trigger, f"libvirt: domain {event.name} {event.event} (detail "
@@ -260,6 +277,8 @@ async def resync(ctx: VmContext, host_name: str) -> None:
             continue
         power = states.get(vm.domain_uuid)
         trigger = VmTrigger.VANISHED if power is None else POWER_TRIGGERS[power]
+        if vm.installing and vm.state == VmState.RUNNING and trigger == VmTrigger.STOPPED:
+            trigger = VmTrigger.INSTALLER_DONE
         if TABLE.destination(vm.state, trigger) is None:
             continue  # as recorded
         seen = "not defined any more" if power is None else power

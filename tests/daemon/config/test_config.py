@@ -60,7 +60,7 @@ def test_the_embedded_default_config_loads() -> None:
 
     assert config.source == DEFAULT_CONFIG == REPO / "config" / "provisiond.yml"
     assert set(config.sizes) == {"tiny", "small", "medium", "large"}
-    assert set(config.templates) == {"ipxe", "ipxe-file", "debian-cloud"}
+    assert set(config.templates) == {"ipxe", "ipxe-file", "debian-cloud", "fedora-ks"}
     assert config.templates["debian-cloud"].kind == "appliance"
     host = config.hardware_pools["default"].hosts[0]
     # ${config_dir} became the config directory, absolute.
@@ -206,10 +206,11 @@ def test_missing_required_keys(cfg: Path, file: str, change: Callable[[Any], Non
     assert problems_of(cfg) == [expected]
 
 
-def test_a_reserved_template_kind_is_not_supported_yet(cfg: Path) -> None:
+def test_each_template_kind_takes_only_its_own_keys(cfg: Path) -> None:
     (cfg.parent / "templates.yml").write_text("ks:\n  kind: kickstart\n  path: /srv/ks.cfg\n")
-    assert problems_of(cfg) == ["cfg/templates.yml: ks.kind: kind 'kickstart' is not "
-                                "supported yet (supported: iso, appliance)"]
+    problems = problems_of(cfg)
+    assert "cfg/templates.yml: ks.path: unknown key (expected one of: cmdline, description, " \
+           "initrd, kernel, kind)" in problems
 
 
 def test_an_unknown_template_kind_lists_the_kinds(cfg: Path) -> None:
@@ -326,8 +327,8 @@ def test_every_problem_in_every_file_is_reported_at_once(cfg: Path) -> None:
         "cfg/provisiond.yml: daemon.define_event_timeout: expected a positive number, "
         "got 'soon'",
         "cfg/VmSize.yml: small.memory: expected a positive integer (KiB), got 'lots'",
-        "cfg/templates.yml: ks.kind: kind 'kickstart' is not supported yet (supported: iso, "
-        "appliance)",
+        "cfg/templates.yml: ks.path: unknown key (expected one of: cmdline, description, "
+        "initrd, kernel, kind)",
         "cfg/pools.yml: hardware_pools.hw.storage_pools: storage pool 'pool-dir' is listed "
         "twice",
     ])
