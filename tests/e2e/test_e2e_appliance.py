@@ -97,3 +97,64 @@ def test_a_guest_reads_its_hostname_instance_id_and_ssh_key_from_the_seed(
     assert "guest.qcow2" in names and rid not in names
     assert libvirtd.virsh("domstate", domain_uuid_for(rid), check=False).strip() == "" or \
         domain_uuid_for(rid) not in libvirtd.virsh("list", "--all", "--uuid")
+
+
+def test_a_kickstart_vm_runs_its_installer_once_then_boots_from_its_disk(
+        libvirtd: LibvirtDaemon, daemon_dir: Path) -> None:
+    from harness.images import DISK_FLAG, build_guest_kernel_initrd
+
+    kernel, initrd = build_guest_kernel_initrd()  # its initrd "installs" onto the disk
+    pool = f"e2e-{uuid.uuid4().hex[:8]}"
+    libvirtd.create_dir_pool(pool)
+    ks = "http://example.invalid/ks.cfg"
+    main = daemon_config(
+        daemon_dir, storage_pools=[pool],
+        sizes={"one": {"cpus": 1, "memory": 262144, "storage_size_in_gb": 1}},
+        templates={"ks": {"kind": "kickstart", "kernel": str(kernel), "initrd": str(initrd),
+                          "cmdline": f"console=ttyS0 inst.ks={ks}"}},
+        daemon={"stop_timeout": 3},
+        hosts=[{"name": "e2e", "uri": libvirtd.uri, "domain_type": "qemu"}])
+    d = Daemon(daemon_dir, main)
+    d.start()
+    try:
+        created = d.call("POST", "/v1/requests", {"template": "ks", "size": "one",
+                                                   "resource_pool": "rp"})
+        assert created.status == 202, created.body
+        rid = created.body["id"]
+        assert d.wait_terminal(rid)["state"] == "done"
+        uuid_ = domain_uuid_for(rid)
+        assert f"<kernel>{kernel}</kernel>" in libvirtd.virsh("dumpxml", uuid_)
+
+        def boot() -> str:
+            assert d.call("POST", f"/v1/requests/{rid}/start").status == 202
+            assert d.call("GET", f"/v1/requests/{rid}?wait=30").body["vm"]["state"] == \
+                "running"
+            console = Console(d, rid)
+            console.expect(b"provisiond-guest: done", timeout=BOOT_TIMEOUT)
+            console.finish(keep_input=True)  # the guest powers itself off
+            deadline = time.monotonic() + 60
+            while d.call("GET", f"/v1/requests/{rid}").body["vm"]["state"] != "stopped":
+                assert time.monotonic() < deadline, "the power-off never reached the VM"
+                time.sleep(0.1)
+            return console.seen.decode(errors="replace")
+
+        installer = parse_guest_output(boot())
+        assert f"inst.ks={ks}" in (installer.cmdline or "")
+        assert installer.installed == "/dev/vda", installer
+        xml = libvirtd.virsh("dumpxml", uuid_)
+        assert "<kernel>" not in xml and "<cmdline>" not in xml  # redefined: boots its disk
+        moves = [(e["from"], e["to"]) for e in d.call("GET", f"/v1/requests/{rid}/log")
+                 .body["log"] if e["kind"] == "transition"]
+        assert moves[-2:] == [("running", "installed"), ("installed", "stopped")]
+
+        installed = parse_guest_output(boot())
+        assert DISK_FLAG in (installed.cmdline or "")  # the system the installer wrote
+        assert "inst.ks" not in (installed.cmdline or "")
+    finally:
+        d.stop()
+        print(d.log())  # shown when the test fails
+        for name in libvirtd.virsh("list", "--all", "--name").split():
+            libvirtd.virsh("destroy", name, check=False)
+            libvirtd.virsh("undefine", name, check=False)
+        libvirtd.virsh("pool-destroy", pool, check=False)
+        libvirtd.virsh("pool-undefine", pool, check=False)
