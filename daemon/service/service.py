@@ -385,7 +385,7 @@ class Service:
         template = self.config.templates[req.template]
         size_bytes = size.storage_bytes
         if template.kind == "appliance":
-            size_bytes = max(size_bytes, appliance.image_of(host, template).capacity)
+            size_bytes = max(size_bytes, (await appliance.image_of(host, template)).capacity)
         return place(self._context, host, hardware, size_bytes, "(dry run)",
                      template=template, explain=True)
 

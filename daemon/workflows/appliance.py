@@ -42,10 +42,13 @@ def is_appliance(template: Template | None) -> bool:
     return template is not None and template.kind == "appliance"
 
 
-def image_of(host: HostConnection, template: Template) -> VolumeInfo:
-    """The appliance's base image on the host (from the live inventory)."""
+async def image_of(host: HostConnection, template: Template) -> VolumeInfo:
+    """The appliance's base image on the host: from the live inventory, else asked of
+    libvirt (a pool the hardware pool does not list is not in the inventory)."""
     assert template.volume is not None
     image = host.inventory.volume(template.volume.pool, template.volume.name)
+    if image is None:
+        image = await host.find_volume(template.volume.pool, template.volume.name)
     if image is None:
         raise VirtError(f"template {template.name}: image {template.volume.pool}/"
                         f"{template.volume.name} not found on host {host.name}")
@@ -71,7 +74,7 @@ async def create_disk(host: HostConnection, req: RequestRecord,
                       template: Template) -> tuple[VolumeInfo, str]:
     """Create the appliance's disk (overlay or copy); the volume and what was done."""
     assert req.volume_pool and req.volume_name and template.volume is not None
-    image = image_of(host, template)
+    image = await image_of(host, template)
     capacity = disk_bytes(req, image)
     found = host.inventory.pool(req.volume_pool)
     pool_type = found[0].type if found else None

@@ -130,7 +130,7 @@ async def search_storage(ctx: ProvisioningContext, req: RequestRecord) -> Outcom
     if not ctx.host_reachable(host.name):
         raise HostUnreachable(f"host {host.name} is unreachable")
     template = appliance.template_of(ctx, req)
-    size_bytes = (appliance.disk_bytes(req, appliance.image_of(host, template))
+    size_bytes = (appliance.disk_bytes(req, await appliance.image_of(host, template))
                   if appliance.is_appliance(template) else req.storage_gb * 1024**3)
     decision = place(ctx, host, hardware, size_bytes, req.id, template=template)
     if decision.action == "none":

@@ -190,3 +190,15 @@ def test_check_config_refuses_an_image_with_a_backing_file(tmp_path) -> None:
     assert out.returncode == 2, out.stderr
     assert ("templates.yml: layered.volume: image pool-dir/layered.qcow2 on host testhost "
             "has a backing file") in out.stderr
+
+
+async def test_an_image_in_a_pool_the_hardware_pool_does_not_list_still_serves(make_harness):
+    # Listing the image's pool would make it a place for VM disks too: it need not be.
+    h = await make_harness("host_appliance.xml", templates=templates(),
+                           storage_pools=["pool-nfs"])
+    done = await h.run(template="debian", size="small")
+    assert done.state == State.DONE, done.reason
+    assert done.volume_pool == "pool-nfs"
+    vol = h.conn.storagePoolLookupByName("pool-nfs").storageVolLookupByName(done.volume_name)
+    assert ET.fromstring(vol.XMLDesc(0)).findtext("backingStore/path") == \
+        "/pools/dir/debian-12-cloud.qcow2"
