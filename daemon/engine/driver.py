@@ -89,6 +89,8 @@ class Engine:
         self._live: dict[str, _Live] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._finish_waiters: dict[str, list[asyncio.Future[None]]] = {}
+        self._after: dict[str, list[Callable[[], None]]] = {}
+        """Callbacks run once a record's task has ended (``after_finished``)."""
 
     def add(self, workflow: Workflow[Any]) -> None:
         """Drive the records of this workflow too."""
@@ -347,11 +349,23 @@ class Engine:
             log.error("%s stopped on an unexpected error; its record resumes at the next "
                       "start", task.get_name(), exc_info=task.exception())
 
+    def after_finished(self, record_id: str, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once the record's task has ended (at once if none runs)."""
+        if record_id not in self._tasks:
+            callback()
+            return
+        self._after.setdefault(record_id, []).append(callback)
+
     def _finished(self, record_id: str) -> None:
         self._tasks.pop(record_id, None)
         for waiter in self._finish_waiters.pop(record_id, []):
             if not waiter.done():
                 waiter.set_result(None)
+        for callback in self._after.pop(record_id, []):
+            try:
+                callback()
+            except Exception:  # one record's late event must not break the others
+                log.exception("a deferred callback of %s failed", record_id)
 
     # -- hosts
 

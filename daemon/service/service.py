@@ -499,3 +499,7 @@ class VmStepContext:
     def driven(self, request_id: str) -> bool:
         """Whether an operation of this VM is in progress."""
         return self._service.engine.is_live(request_id)
+
+    def after_operation(self, request_id: str, callback: Any) -> None:
+        """Call ``callback`` once the VM's operation in progress has ended."""
+        self._service.engine.after_finished(request_id, callback)

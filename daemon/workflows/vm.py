@@ -76,6 +76,9 @@ class VmContext(Protocol):
     def driven(self, request_id: str) -> bool:
         """Whether an operation of this VM is in progress."""
 
+    def after_operation(self, request_id: str, callback: Any) -> None:
+        """Call ``callback`` once the VM's operation in progress has ended."""
+
 
 # --------------------------------------------------------------------------- the steps
 
@@ -255,13 +258,22 @@ def on_event(ctx: VmContext, event: object, waiting: str | None) -> None:
     record = ctx.store.find_by_domain_uuid(event.uuid)
     if record is None or record.host != event.host or record.vm_state is None:
         return
+    if ctx.driven(record.id):
+        # Not the operation's own event (it has a waiter for those): look again once the
+        # operation has ended, with the VM where the operation left it. An event in the
+        # moment between its last step and the end of its task is not lost.
+        ctx.after_operation(record.id, lambda: on_event(ctx, event, None))
+        return
     vm = ctx.store.get_vm(record.id)
     if vm is not None and vm.installing and trigger == VmTrigger.STOPPED:
         trigger = VmTrigger.INSTALLER_DONE  # its first power-off ends the install
-    if vm is None or ctx.driven(vm.id) or TABLE.destination(vm.state, trigger) is None:
+    if vm is None or TABLE.destination(vm.state, trigger) is None:
         return
-    ctx.move(vm, trigger, f"libvirt: domain {event.name} {event.event} (detail "
-                          f"{event.detail})")
+    try:
+        ctx.move(vm, trigger, f"libvirt: domain {event.name} {event.event} (detail "
+                              f"{event.detail})")
+    except ProvisiondError as exc:  # moved meanwhile; the next look (resync) settles it
+        log.info("VM %s not moved by %s: %s", vm.id, event.event, exc.message)
 
 
 async def resync(ctx: VmContext, host_name: str) -> None:

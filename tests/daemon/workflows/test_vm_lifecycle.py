@@ -162,6 +162,25 @@ async def test_what_libvirt_does_behind_provisiond_s_back_moves_the_vm(harness):
     assert "domain " in log[-1].detail and "already gone" in log[-1].detail
 
 
+async def test_an_event_right_after_an_operation_s_last_step_is_not_lost(harness):
+    h = harness
+    done = await h.run(size="small")
+    durable = h.store.durable
+
+    async def slow_durable() -> None:  # the start's task ends late: its final commit lags
+        await asyncio.sleep(0.3)
+        await durable()
+
+    h.store.durable = slow_durable
+    await h.service.operate(ALICE, done.id, "start")
+    while h.store.get_vm(done.id).state != VmState.RUNNING:
+        await asyncio.sleep(0.01)
+    assert h.service.engine.is_live(done.id)  # recorded running, its task not over yet
+    h.conn.lookupByUUIDString(domain_uuid_for(done.id)).destroy()  # the guest powers off
+    await until(h, done.id, VmState.STOPPED)
+    h.store.durable = durable
+
+
 async def test_the_real_state_is_looked_up_after_a_reconnect(harness):
     h = harness
     done = await h.run(size="small")
