@@ -3,8 +3,9 @@
     PROVISIOND_CRASH_AT=after:create_volume python -m tests.e2e.crashpoint --config FILE
 
 Points: ``before:<call>`` / ``after:<call>`` for the libvirt adapter's calls that change
-something (create_volume, define_domain, power, undefine_domain, delete_volume,
-wipe_volume), ``before:power:<action>`` / ``after:power:<action>`` for one power action
+something (create_volume, clone_volume, upload_volume, define_domain, power,
+undefine_domain, delete_volume, wipe_volume, remove_direct_boot),
+``before:power:<action>`` / ``after:power:<action>`` for one power action
 (start, shutdown, destroy, reboot: a stop's fallback destroy, say), and ``after:<state>``
 right after the transition into that state (a request's or its VM's) is committed. Only
 the first matching moment kills, and only for requests whose template is listed in
@@ -82,8 +83,8 @@ def wrap_transitions() -> None:
 
 
 if CRASH_AT:
-    for call in ("create_volume", "define_domain", "power", "undefine_domain",
-                 "delete_volume", "wipe_volume"):
+    for call in ("create_volume", "clone_volume", "upload_volume", "define_domain", "power",
+                 "undefine_domain", "delete_volume", "wipe_volume", "remove_direct_boot"):
         wrap_call(call)
     wrap_transitions()
 

@@ -158,3 +158,59 @@ def test_a_kickstart_vm_runs_its_installer_once_then_boots_from_its_disk(
             libvirtd.virsh("undefine", name, check=False)
         libvirtd.virsh("pool-destroy", pool, check=False)
         libvirtd.virsh("pool-undefine", pool, check=False)
+
+
+SEED_CRASH_POINTS = ["after:storage-creating", "after:create_volume", "after:seeding",
+                     "before:upload_volume", "after:upload_volume"]
+
+
+@pytest.mark.parametrize("point", SEED_CRASH_POINTS)
+def test_sigkill_around_the_disk_and_seed_ends_with_one_of_each(
+        libvirtd: LibvirtDaemon, daemon_dir: Path, point: str) -> None:
+    import signal
+
+    from tests.e2e.test_e2e_provisioning import CrashingDaemon
+
+    pool = f"e2e-{uuid.uuid4().hex[:8]}"
+    target = libvirtd.create_dir_pool(pool)
+    build_appliance_disk(target / "guest.qcow2")
+    libvirtd.virsh("pool-refresh", pool)
+    main = daemon_config(
+        daemon_dir, storage_pools=[pool],
+        sizes={"one": {"cpus": 1, "memory": 262144, "storage_size_in_gb": 1}},
+        templates={"guest": {"kind": "appliance",
+                             "volume": {"pool": pool, "name": "guest.qcow2"}}},
+        hosts=[{"name": "e2e", "uri": libvirtd.uri, "domain_type": "qemu"}])
+    crashing = CrashingDaemon(daemon_dir, main, point)
+    d = Daemon(daemon_dir, main)
+    try:
+        crashing.start()
+        try:
+            crashing.call("POST", "/v1/requests", {"template": "guest", "size": "one",
+                                                    "resource_pool": "rp"})
+        except OSError:
+            pass  # killed before it answered: the request was stored all the same
+        assert crashing.proc.wait(30) == -signal.SIGKILL, crashing.log()
+        d.start()
+        [request] = d.call("GET", "/v1/requests").body["requests"]
+        final = d.wait_terminal(request["id"])
+        assert final["state"] == "done", final
+        rid = request["id"]
+        ours = sorted(n for n in libvirtd.virsh("vol-list", pool).split()
+                      if n.startswith("provisiond-"))
+        assert ours == [f"provisiond-{rid}-seed.iso", f"provisiond-{rid}.qcow2"]  # once
+        seed = Path(libvirtd.virsh("vol-path", seed_volume_name(rid), "--pool", pool).strip())
+        assert libvirtd.host_path(seed).read_bytes()[0x8001:0x8006] == b"CD001"  # written
+        moves = [e["to"] for e in d.call("GET", f"/v1/requests/{rid}/log").body["log"]
+                 if e["kind"] == "transition"]
+        assert moves.count("seeding") == 1 and moves[-1] == "done", moves
+        assert "Traceback" not in d.log()
+    finally:
+        for daemon in (crashing, d):
+            if daemon.proc is not None and daemon.proc.poll() is None:
+                daemon.stop()
+        for name in libvirtd.virsh("list", "--all", "--name").split():
+            libvirtd.virsh("destroy", name, check=False)
+            libvirtd.virsh("undefine", name, check=False)
+        libvirtd.virsh("pool-destroy", pool, check=False)
+        libvirtd.virsh("pool-undefine", pool, check=False)
