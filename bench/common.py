@@ -67,7 +67,8 @@ def write_bench_config(directory: Path, *, pools: int = 1, volumes_per_pool: int
                 "hosts": [{"name": "bench", "uri": f"test://{directory / 'host.xml'}"}],
                 # thin volumes on the test driver: over-commit so capacity never binds
                 "storage_pools": [{"name": f"pool{p}", "overcommit": 100000}
-                                  for p in range(pools)],
+                                  for p in range(pools)]
+                + [{"name": "pool-iso", "templates_only": True}],
             }},
             "resource_pools": {"rp": {"hardware_pool": "hw", "grants": {
                 "CLOUD_CREATE": {"users": [user]}, "CLOUD_ADMIN": {"users": [user]}}}},

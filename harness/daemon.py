@@ -47,7 +47,16 @@ def write_config(directory: Path, node_xml: str = "host_basic.xml", *,
     The hardware pool's host is the test driver on ``node_xml`` unless ``hosts`` says
     otherwise (e.g. a real libvirtd's URI)."""
     directory.mkdir(parents=True, exist_ok=True)
-    pools = storage_pools or ["pool-iscsi", "pool-dir", "pool-nfs", "pool-lvm"]
+    pools = list(storage_pools or ["pool-iscsi", "pool-dir", "pool-nfs", "pool-lvm"])
+    # The templates' pools must be listed: those a test leaves out are listed as
+    # templates_only, where no VM disk goes (placement is as the test's list says).
+    listed = {p if isinstance(p, str) else p["name"] for p in pools}
+    for template in (templates or TEMPLATES).values():
+        for key in ("volume", "kernel", "initrd"):
+            ref = template.get(key)
+            if isinstance(ref, dict) and ref.get("pool") not in listed:
+                listed.add(ref["pool"])
+                pools.append({"name": ref["pool"], "templates_only": True})
     rp: dict[str, Any] = {
         "hardware_pool": "hw",
         "grants": grants or {"CLOUD_CREATE": {"users": ["alice"], "groups": ["admins"]},

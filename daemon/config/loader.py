@@ -23,7 +23,7 @@ from typing import Any, Callable
 import yaml
 
 from daemon.cli import contract
-from daemon.config.templates import parse_templates
+from daemon.config.templates import parse_templates, unlisted_pool_problems
 from daemon.config.model import (
     DOMAIN_TYPES,
     ON_RELEASE,
@@ -332,7 +332,8 @@ def _parse_host(value: Any, path: str, c: _Checker) -> Host | None:
 
 
 def _parse_storage_pool(value: Any, path: str, c: _Checker) -> StoragePoolRef | None:
-    body = c.mapping(value, path, {"name", "overcommit", "on_release"}, {"name"})
+    body = c.mapping(value, path, {"name", "overcommit", "on_release", "templates_only"},
+                     {"name"})
     if body is None or "name" not in body:
         return None
     name = c.name(body["name"], f"{path}.name")
@@ -343,7 +344,12 @@ def _parse_storage_pool(value: Any, path: str, c: _Checker) -> StoragePoolRef | 
         c.bad(f"{path}.on_release", f"expected one of {', '.join(ON_RELEASE)}, got "
                                     f"{_show(on_release)}")
         return None
-    return StoragePoolRef(name, overcommit, on_release) if name and overcommit else None
+    templates_only = body.get("templates_only", False)
+    if not isinstance(templates_only, bool):
+        c.bad(f"{path}.templates_only", f"expected true or false, got {_show(templates_only)}")
+        return None
+    return (StoragePoolRef(name, overcommit, on_release, templates_only)
+            if name and overcommit else None)
 
 
 def _no_duplicates(names: list[str], path: str, what: str, c: _Checker) -> None:
@@ -529,6 +535,8 @@ def load_config(path: Path | str | None = None, *, daemon_user: str | None = Non
             if isinstance(declared, dict) else frozenset())
         if not resource and not problems:
             pc.bad("resource_pools", "defines no resource pool")
+        if not problems:  # a pool entry refused above is not listed: say that only
+            unlisted_pool_problems(templates, hardware, parsed["templates"][1])
     if problems or daemon is None:
         raise ConfigError(problems)
     return Config(main_abs, daemon, sizes, templates, hardware, resource, files)

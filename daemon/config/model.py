@@ -109,6 +109,8 @@ class StoragePoolRef:
     on_release: str = "wipe"
     """What becomes of a reused volume when its VM is deleted: wiped, then free again
     (wipe); free again as it is (keep); deleted (delete)."""
+    templates_only: bool = False
+    """Holds templates' volumes (ISOs, images, kernels) and never a VM's disk."""
 
 
 @dataclass(frozen=True)

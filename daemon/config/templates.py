@@ -157,3 +157,23 @@ def _kickstart(name: str, key: Any, body: dict[str, Any], description: str,
         return None
     return Template(name, "kickstart", description, kernel=kernel, initrd=initrd,
                     cmdline=cmdline)
+
+
+def unlisted_pool_problems(templates: dict[str, Template], hardware_pools: dict[str, Any],
+                           c: Any) -> None:
+    """A problem of ``c`` (templates.yml) for each template volume in a storage pool that a
+    hardware pool does not list: provisiond keeps only listed pools in its inventory, and
+    a pool of templates is listed with ``templates_only: true`` (never a VM's disk)."""
+    for template in templates.values():
+        refs = [("volume", template.volume)]
+        refs += [(k, f.volume if f else None) for k, f in (("kernel", template.kernel),
+                                                            ("initrd", template.initrd))]
+        for key, ref in refs:
+            if ref is None:
+                continue
+            for hw in hardware_pools.values():
+                if ref.pool not in {p.name for p in hw.storage_pools}:
+                    c.bad(f"{template.name}.{key}.pool",
+                          f"storage pool {ref.pool} is not listed in hardware pool "
+                          f"{hw.name}'s storage_pools; list it there (as {{name: "
+                          f"{ref.pool}, templates_only: true}} if no VM disk may go to it)")

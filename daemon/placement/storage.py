@@ -57,7 +57,8 @@ def place_storage(
     when nothing fits (they make the failure's reason); with it, for every candidate
     volume and pool.
     """
-    pools = list(pools)
+    listed = list(pools)
+    pools = [p for p in listed if not p.templates_only]
     if image_pool is not None:
         pools.sort(key=lambda p: p.name != image_pool)  # stable: the others keep their order
     templates = set(template_volumes)
@@ -66,7 +67,9 @@ def place_storage(
     def is_template(vol: VolumeInfo) -> bool:
         return (vol.pool, vol.name) in templates or vol.path in paths
 
-    verdicts: list[Verdict] = []
+    verdicts: list[Verdict] = [
+        Verdict("create", p.name, None, False, "holds templates only (templates_only)")
+        for p in listed if p.templates_only] if explain else []
     vol = None if image_pool is not None else inventory.best_free_volume(
         [p.name for p in pools], size_bytes, size_bytes + tolerance_bytes, is_template)
     if explain and image_pool is not None:

@@ -443,3 +443,21 @@ def test_the_real_host_example_is_valid() -> None:
     host = config.hardware_pools["local"].hosts[0]
     assert (host.uri, host.domain_type) == ("qemu:///system", "auto")
     assert config.resource_pools["team-a"].grants["CLOUD_CREATE"].groups == {"team-a"}
+
+
+def test_a_template_volume_in_a_pool_the_hardware_pool_does_not_list_is_refused(
+        cfg: Path) -> None:
+    edit_yaml(cfg.parent / "pools.yml", lambda d: hw_pool(d).update(storage_pools=[
+        p for p in hw_pool(d)["storage_pools"] if p.get("name", p) != "pool-dir"]))
+    assert problems_of(cfg) == [
+        "cfg/templates.yml: ipxe.volume.pool: storage pool pool-dir is not listed in hardware "
+        "pool hw's storage_pools; list it there (as {name: pool-dir, templates_only: true} "
+        "if no VM disk may go to it)"]
+    edit_yaml(cfg.parent / "pools.yml", lambda d: hw_pool(d)["storage_pools"].append(
+        {"name": "pool-dir", "templates_only": True}))
+    assert load_config(cfg).hardware_pools["hw"].storage_pools[-1].templates_only
+    edit_yaml(cfg.parent / "pools.yml",
+              lambda d: hw_pool(d)["storage_pools"][-1].update(templates_only="yes"))
+    assert problems_of(cfg) == [
+        "cfg/pools.yml: hardware_pools.hw.storage_pools[3].templates_only: expected true or "
+        "false, got 'yes'"]

@@ -292,6 +292,8 @@ async def test_storage_pools_and_template_volumes_missing_on_the_host_are_warned
         "testhost; placement skips it",
         f"{pools}: hardware_pools.hw.storage_pools[2] (pool-nfs): not active on host testhost; "
         "placement skips it until it is",
+        f"{pools}: hardware_pools.hw.storage_pools[3] (isos): no such storage pool on host "
+        "testhost; placement skips it",
         f"{templates}: gone.volume: no volume no.iso in storage pool pool-dir on host testhost "
         "(hardware pool hw); a VM of this template fails there",
         f"{templates}: isos.volume: no storage pool isos on host testhost (hardware pool hw); "

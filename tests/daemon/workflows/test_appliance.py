@@ -192,13 +192,19 @@ def test_check_config_refuses_an_image_with_a_backing_file(tmp_path) -> None:
             "has a backing file") in out.stderr
 
 
-async def test_an_image_in_a_pool_the_hardware_pool_does_not_list_still_serves(make_harness):
-    # Listing the image's pool would make it a place for VM disks too: it need not be.
-    h = await make_harness("host_appliance.xml", templates=templates(),
-                           storage_pools=["pool-nfs"])
+async def test_an_image_in_a_templates_only_pool_serves_and_no_disk_goes_there(
+        make_harness):
+    h = await make_harness("host_appliance.xml", templates=templates(), storage_pools=[
+        "pool-nfs", {"name": "pool-dir", "templates_only": True}])
     done = await h.run(template="debian", size="small")
     assert done.state == State.DONE, done.reason
     assert done.volume_pool == "pool-nfs"
     vol = h.conn.storagePoolLookupByName("pool-nfs").storageVolLookupByName(done.volume_name)
     assert ET.fromstring(vol.XMLDesc(0)).findtext("backingStore/path") == \
         "/pools/dir/debian-12-cloud.qcow2"
+    from daemon.service import ProvisioningRequest
+
+    decision = await h.service.explain(ALICE, ProvisioningRequest("debian", "small", "rp"))
+    assert [(v.pool, v.accepted, v.reason) for v in decision.verdicts if v.pool == "pool-dir"
+            and v.stage == "create"] == [("pool-dir", False,
+                                          "holds templates only (templates_only)")]
