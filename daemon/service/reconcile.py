@@ -21,7 +21,9 @@ from statemachines import State
 if TYPE_CHECKING:
     from daemon.service.service import Service
 
-VOLUME_NAME_RE = re.compile(rf"^{re.escape(VOLUME_PREFIX)}([0-9a-f]{{32}})(\.[a-z0-9]+)?$")
+VOLUME_NAME_RE = re.compile(
+    rf"{re.escape(VOLUME_PREFIX)}([0-9a-f]{{32}})(-seed)?(\.[a-z0-9]+)?\Z")
+"""A volume provisiond makes: a request's disk, or (``-seed``) its cloud-init seed."""
 
 
 @dataclass
@@ -74,8 +76,11 @@ async def find_orphans(service: "Service", hosts: list[str]) -> list[Orphan]:
                     continue
                 record = service.store.get_request(match.group(1))
                 why = _why_orphan(record)
-                if why is None and record is not None and record.volume_name != vol.name:
-                    why = "a second volume for a request that holds another"
+                seed = match.group(2) is not None
+                if why is None and record is not None and vol.name != (
+                        record.seed_volume if seed else record.volume_name):
+                    why = ("a seed volume the request does not hold" if seed else
+                           "a second volume for a request that holds another")
                 if why is None:
                     continue
                 user = inventory.user_of(vol)

@@ -382,6 +382,8 @@ async def test_reconcile_finds_and_removes_only_orphans(make_harness):
     pool = h.conn.storagePoolLookupByName("pool-dir")
     pool.createXML(f"<volume><name>provisiond-{ghost}.qcow2</name>"
                    "<capacity unit='G'>7</capacity></volume>", 0)
+    pool.createXML(f"<volume><name>provisiond-{ghost}-seed.iso</name>"  # a left-over seed
+                   "<capacity unit='K'>400</capacity></volume>", 0)
     h.conn.defineXML(build_domain_xml(DomainSpec(
         name="ghost-vm", uuid=domain_uuid_for(ghost), domain_type="qemu", arch="i686", cpus=1,
         memory_kib=1024, disk_pool="pool-dir", disk_volume="free-10g.qcow2", disk_format=None,
@@ -390,11 +392,12 @@ async def test_reconcile_finds_and_removes_only_orphans(make_harness):
 
     orphans = await find_orphans(h.service, ["testhost"])
     assert sorted((o.kind, o.name) for o in orphans) == [
-        ("domain", "ghost-vm"), ("volume", f"provisiond-{ghost}.qcow2")]
+        ("domain", "ghost-vm"), ("volume", f"provisiond-{ghost}-seed.iso"),
+        ("volume", f"provisiond-{ghost}.qcow2")]
     assert all("unknown to this daemon" in o.reason for o in orphans)
 
     removed = await remove_orphans(h.service, orphans)
-    assert [o.action for o in removed] == ["removed", "removed"]
+    assert [o.action for o in removed] == ["removed", "removed", "removed"]
     assert f"provisiond-{ghost}.qcow2" not in h.volume_names("pool-dir")
     assert done.volume_name in h.volume_names("pool-dir")
     h.conn.lookupByUUIDString(domain_uuid_for(done.id))  # still there

@@ -62,6 +62,9 @@ async def test_an_appliance_gets_an_overlay_disk_and_a_seed_never_a_free_volume(
     assert (cdrom.get("pool"), cdrom.get("volume")) == (pool, seed_volume_name(done.id))
     assert dom.find("devices/channel/target").get("name") == "org.qemu.guest_agent.0"
 
+    from daemon.service.reconcile import find_orphans
+
+    assert await find_orphans(h.service, ["testhost"]) == []  # its seed is no orphan
     await h.service.operate(ALICE, done.id, "delete")
     await h.service.wait_terminal(done.id, timeout=20)
     assert {done.volume_name, seed_volume_name(done.id)}.isdisjoint(h.volume_names(pool))
