@@ -15,11 +15,13 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import uuid
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import pytest
 
+from harness.daemon import Daemon, daemon_config
 from harness.libvirtd import LibvirtDaemon, LibvirtError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -48,3 +50,66 @@ def libvirtd() -> Iterator[LibvirtDaemon]:
         yield daemon
     finally:
         daemon.stop()
+
+
+class GuestPool:
+    """A test's own dir pool on the shared libvirtd, and provisiond processes on it.
+
+    ``configure(templates, ...)`` writes the daemon configuration (this pool its only
+    storage pool, the host the shared libvirtd under TCG); ``daemon()`` starts one.
+    At the end every daemon is stopped (its log printed, shown when the test fails) and
+    the domains and the pool are removed.
+    """
+
+    def __init__(self, libvirtd: LibvirtDaemon, directory: Path) -> None:
+        self.libvirtd = libvirtd
+        self.directory = directory
+        self.name = f"e2e-{uuid.uuid4().hex[:8]}"
+        self.path = libvirtd.create_dir_pool(self.name)
+        self.main: Path | None = None
+        self.daemons: list[Daemon] = []
+
+    def refresh(self) -> None:
+        """Let libvirt see files put into the pool's directory."""
+        self.libvirtd.virsh("pool-refresh", self.name)
+
+    def configure(self, templates: dict[str, Any], *, memory_kib: int = 262144,
+                  **daemon: Any) -> Path:
+        """Write the configuration (size ``one``: 1 cpu, ``memory_kib``, 1 GiB)."""
+        self.main = daemon_config(
+            self.directory, storage_pools=[self.name],
+            sizes={"one": {"cpus": 1, "memory": memory_kib, "storage_size_in_gb": 1}},
+            templates=templates, daemon={"stop_timeout": 3, **daemon},
+            hosts=[{"name": "e2e", "uri": self.libvirtd.uri, "domain_type": "qemu"}])
+        return self.main
+
+    def daemon(self, start: bool = True) -> Daemon:
+        """A provisiond on the configuration (started unless told)."""
+        assert self.main is not None, "configure() first"
+        d = Daemon(self.directory, self.main)
+        self.daemons.append(d)
+        if start:
+            d.start()
+        return d
+
+    def cleanup(self) -> None:
+        """Stop the daemons, remove every domain and the pool."""
+        for d in self.daemons:
+            if d.proc is not None and d.proc.poll() is None:
+                d.stop()
+            print(d.log())
+        for name in self.libvirtd.virsh("list", "--all", "--name").split():
+            self.libvirtd.virsh("destroy", name, check=False)
+            self.libvirtd.virsh("undefine", name, check=False)
+        self.libvirtd.virsh("pool-destroy", self.name, check=False)
+        self.libvirtd.virsh("pool-undefine", self.name, check=False)
+
+
+@pytest.fixture
+def guest_pool(libvirtd: LibvirtDaemon, daemon_dir: Path) -> Iterator[GuestPool]:
+    """A dir pool of the test's own on the shared libvirtd (see ``GuestPool``)."""
+    pool = GuestPool(libvirtd, daemon_dir)
+    try:
+        yield pool
+    finally:
+        pool.cleanup()

@@ -10,48 +10,34 @@ from __future__ import annotations
 import json
 import subprocess
 import time
-import uuid
 import xml.etree.ElementTree as ET
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
 from daemon.virt.domain_xml import domain_uuid_for, seed_volume_name
-from harness.daemon import Daemon, daemon_config
+from harness.daemon import Daemon
 from harness.images import build_appliance_disk, parse_guest_output
 from harness.libvirtd import LibvirtDaemon
+from tests.e2e.conftest import GuestPool
 from tests.e2e.test_e2e_sessions import PROVCTL, Console
 
 BOOT_TIMEOUT = 180  # a kernel under TCG on a busy 2-CPU machine
 
 
 @pytest.fixture
-def appliance(libvirtd: LibvirtDaemon, daemon_dir: Path) -> Iterator[tuple[Daemon, str]]:
-    """A provisiond whose template ``guest`` is the test appliance in a dir pool."""
-    pool = f"e2e-{uuid.uuid4().hex[:8]}"
-    target = libvirtd.create_dir_pool(pool)
-    build_appliance_disk(target / "guest.qcow2")
-    libvirtd.virsh("pool-refresh", pool)
-    main = daemon_config(
-        daemon_dir, storage_pools=[pool],
-        sizes={"one": {"cpus": 1, "memory": 262144, "storage_size_in_gb": 1}},
-        templates={"guest": {"kind": "appliance",
-                             "volume": {"pool": pool, "name": "guest.qcow2"}}},
-        daemon={"stop_timeout": 3},
-        hosts=[{"name": "e2e", "uri": libvirtd.uri, "domain_type": "qemu"}])
-    d = Daemon(daemon_dir, main)
-    d.start()
-    try:
-        yield d, pool
-    finally:
-        d.stop()
-        print(d.log())  # shown when the test fails
-        for name in libvirtd.virsh("list", "--all", "--name").split():
-            libvirtd.virsh("destroy", name, check=False)
-            libvirtd.virsh("undefine", name, check=False)
-        libvirtd.virsh("pool-destroy", pool, check=False)
-        libvirtd.virsh("pool-undefine", pool, check=False)
+def appliance(guest_pool: GuestPool) -> tuple[Daemon, str]:
+    """A provisiond whose template ``guest`` is the test appliance in the test's pool."""
+    guest_pool.configure(appliance_template(guest_pool))
+    return guest_pool.daemon(), guest_pool.name
+
+
+def appliance_template(pool: GuestPool) -> dict[str, object]:
+    """Template ``guest``: the test appliance's disk, put into the pool."""
+    build_appliance_disk(pool.path / "guest.qcow2")
+    pool.refresh()
+    return {"guest": {"kind": "appliance", "volume": {"pool": pool.name,
+                                                      "name": "guest.qcow2"}}}
 
 
 def test_a_guest_reads_its_hostname_instance_id_and_ssh_key_from_the_seed(
@@ -100,64 +86,47 @@ def test_a_guest_reads_its_hostname_instance_id_and_ssh_key_from_the_seed(
 
 
 def test_a_kickstart_vm_runs_its_installer_once_then_boots_from_its_disk(
-        libvirtd: LibvirtDaemon, daemon_dir: Path) -> None:
+        guest_pool: GuestPool, libvirtd: LibvirtDaemon) -> None:
     from harness.images import DISK_FLAG, build_guest_kernel_initrd
 
     kernel, initrd = build_guest_kernel_initrd()  # its initrd "installs" onto the disk
-    pool = f"e2e-{uuid.uuid4().hex[:8]}"
-    libvirtd.create_dir_pool(pool)
     ks = "http://example.invalid/ks.cfg"
-    main = daemon_config(
-        daemon_dir, storage_pools=[pool],
-        sizes={"one": {"cpus": 1, "memory": 262144, "storage_size_in_gb": 1}},
-        templates={"ks": {"kind": "kickstart", "kernel": str(kernel), "initrd": str(initrd),
-                          "cmdline": f"console=ttyS0 inst.ks={ks}"}},
-        daemon={"stop_timeout": 3},
-        hosts=[{"name": "e2e", "uri": libvirtd.uri, "domain_type": "qemu"}])
-    d = Daemon(daemon_dir, main)
-    d.start()
-    try:
-        created = d.call("POST", "/v1/requests", {"template": "ks", "size": "one",
-                                                   "resource_pool": "rp"})
-        assert created.status == 202, created.body
-        rid = created.body["id"]
-        assert d.wait_terminal(rid)["state"] == "done"
-        uuid_ = domain_uuid_for(rid)
-        assert f"<kernel>{kernel}</kernel>" in libvirtd.virsh("dumpxml", uuid_)
+    guest_pool.configure({"ks": {"kind": "kickstart", "kernel": str(kernel),
+                                 "initrd": str(initrd),
+                                 "cmdline": f"console=ttyS0 inst.ks={ks}"}})
+    d = guest_pool.daemon()
+    created = d.call("POST", "/v1/requests", {"template": "ks", "size": "one",
+                                               "resource_pool": "rp"})
+    assert created.status == 202, created.body
+    rid = created.body["id"]
+    assert d.wait_terminal(rid)["state"] == "done"
+    uuid_ = domain_uuid_for(rid)
+    assert f"<kernel>{kernel}</kernel>" in libvirtd.virsh("dumpxml", uuid_)
 
-        def boot() -> str:
-            assert d.call("POST", f"/v1/requests/{rid}/start").status == 202
-            assert d.call("GET", f"/v1/requests/{rid}?wait=30").body["vm"]["state"] == \
-                "running"
-            console = Console(d, rid)
-            console.expect(b"provisiond-guest: done", timeout=BOOT_TIMEOUT)
-            console.finish(keep_input=True)  # the guest powers itself off
-            deadline = time.monotonic() + 60
-            while d.call("GET", f"/v1/requests/{rid}").body["vm"]["state"] != "stopped":
-                assert time.monotonic() < deadline, "the power-off never reached the VM"
-                time.sleep(0.1)
-            return console.seen.decode(errors="replace")
+    def boot() -> str:
+        assert d.call("POST", f"/v1/requests/{rid}/start").status == 202
+        assert d.call("GET", f"/v1/requests/{rid}?wait=30").body["vm"]["state"] == "running"
+        console = Console(d, rid)
+        console.expect(b"provisiond-guest: done", timeout=BOOT_TIMEOUT)
+        console.finish(keep_input=True)  # the guest powers itself off
+        deadline = time.monotonic() + 60
+        while d.call("GET", f"/v1/requests/{rid}").body["vm"]["state"] != "stopped":
+            assert time.monotonic() < deadline, "the power-off never reached the VM"
+            time.sleep(0.1)
+        return console.seen.decode(errors="replace")
 
-        installer = parse_guest_output(boot())
-        assert f"inst.ks={ks}" in (installer.cmdline or "")
-        assert installer.installed == "/dev/vda", installer
-        xml = libvirtd.virsh("dumpxml", uuid_)
-        assert "<kernel>" not in xml and "<cmdline>" not in xml  # redefined: boots its disk
-        moves = [(e["from"], e["to"]) for e in d.call("GET", f"/v1/requests/{rid}/log")
-                 .body["log"] if e["kind"] == "transition"]
-        assert moves[-2:] == [("running", "installed"), ("installed", "stopped")]
+    installer = parse_guest_output(boot())
+    assert f"inst.ks={ks}" in (installer.cmdline or "")
+    assert installer.installed == "/dev/vda", installer
+    xml = libvirtd.virsh("dumpxml", uuid_)
+    assert "<kernel>" not in xml and "<cmdline>" not in xml  # redefined: boots its disk
+    moves = [(e["from"], e["to"]) for e in d.call("GET", f"/v1/requests/{rid}/log")
+             .body["log"] if e["kind"] == "transition"]
+    assert moves[-2:] == [("running", "installed"), ("installed", "stopped")]
 
-        installed = parse_guest_output(boot())
-        assert DISK_FLAG in (installed.cmdline or "")  # the system the installer wrote
-        assert "inst.ks" not in (installed.cmdline or "")
-    finally:
-        d.stop()
-        print(d.log())  # shown when the test fails
-        for name in libvirtd.virsh("list", "--all", "--name").split():
-            libvirtd.virsh("destroy", name, check=False)
-            libvirtd.virsh("undefine", name, check=False)
-        libvirtd.virsh("pool-destroy", pool, check=False)
-        libvirtd.virsh("pool-undefine", pool, check=False)
+    installed = parse_guest_output(boot())
+    assert DISK_FLAG in (installed.cmdline or "")  # the system the installer wrote
+    assert "inst.ks" not in (installed.cmdline or "")
 
 
 SEED_CRASH_POINTS = ["after:storage-creating", "after:create_volume", "after:seeding",
@@ -166,51 +135,33 @@ SEED_CRASH_POINTS = ["after:storage-creating", "after:create_volume", "after:see
 
 @pytest.mark.parametrize("point", SEED_CRASH_POINTS)
 def test_sigkill_around_the_disk_and_seed_ends_with_one_of_each(
-        libvirtd: LibvirtDaemon, daemon_dir: Path, point: str) -> None:
+        guest_pool: GuestPool, libvirtd: LibvirtDaemon, point: str) -> None:
     import signal
 
     from tests.e2e.test_e2e_provisioning import CrashingDaemon
 
-    pool = f"e2e-{uuid.uuid4().hex[:8]}"
-    target = libvirtd.create_dir_pool(pool)
-    build_appliance_disk(target / "guest.qcow2")
-    libvirtd.virsh("pool-refresh", pool)
-    main = daemon_config(
-        daemon_dir, storage_pools=[pool],
-        sizes={"one": {"cpus": 1, "memory": 262144, "storage_size_in_gb": 1}},
-        templates={"guest": {"kind": "appliance",
-                             "volume": {"pool": pool, "name": "guest.qcow2"}}},
-        hosts=[{"name": "e2e", "uri": libvirtd.uri, "domain_type": "qemu"}])
-    crashing = CrashingDaemon(daemon_dir, main, point)
-    d = Daemon(daemon_dir, main)
+    main = guest_pool.configure(appliance_template(guest_pool))
+    pool = guest_pool.name
+    crashing = CrashingDaemon(guest_pool.directory, main, point)
+    guest_pool.daemons.append(crashing)
+    crashing.start()
     try:
-        crashing.start()
-        try:
-            crashing.call("POST", "/v1/requests", {"template": "guest", "size": "one",
-                                                    "resource_pool": "rp"})
-        except OSError:
-            pass  # killed before it answered: the request was stored all the same
-        assert crashing.proc.wait(30) == -signal.SIGKILL, crashing.log()
-        d.start()
-        [request] = d.call("GET", "/v1/requests").body["requests"]
-        final = d.wait_terminal(request["id"])
-        assert final["state"] == "done", final
-        rid = request["id"]
-        ours = sorted(n for n in libvirtd.virsh("vol-list", pool).split()
-                      if n.startswith("provisiond-"))
-        assert ours == [f"provisiond-{rid}-seed.iso", f"provisiond-{rid}.qcow2"]  # once
-        seed = Path(libvirtd.virsh("vol-path", seed_volume_name(rid), "--pool", pool).strip())
-        assert libvirtd.host_path(seed).read_bytes()[0x8001:0x8006] == b"CD001"  # written
-        moves = [e["to"] for e in d.call("GET", f"/v1/requests/{rid}/log").body["log"]
-                 if e["kind"] == "transition"]
-        assert moves.count("seeding") == 1 and moves[-1] == "done", moves
-        assert "Traceback" not in d.log()
-    finally:
-        for daemon in (crashing, d):
-            if daemon.proc is not None and daemon.proc.poll() is None:
-                daemon.stop()
-        for name in libvirtd.virsh("list", "--all", "--name").split():
-            libvirtd.virsh("destroy", name, check=False)
-            libvirtd.virsh("undefine", name, check=False)
-        libvirtd.virsh("pool-destroy", pool, check=False)
-        libvirtd.virsh("pool-undefine", pool, check=False)
+        crashing.call("POST", "/v1/requests", {"template": "guest", "size": "one",
+                                                "resource_pool": "rp"})
+    except OSError:
+        pass  # killed before it answered: the request was stored all the same
+    assert crashing.proc.wait(30) == -signal.SIGKILL, crashing.log()
+    d = guest_pool.daemon()
+    [request] = d.call("GET", "/v1/requests").body["requests"]
+    final = d.wait_terminal(request["id"])
+    assert final["state"] == "done", final
+    rid = request["id"]
+    ours = sorted(n for n in libvirtd.virsh("vol-list", pool).split()
+                  if n.startswith("provisiond-"))
+    assert ours == [f"provisiond-{rid}-seed.iso", f"provisiond-{rid}.qcow2"]  # once each
+    seed = Path(libvirtd.virsh("vol-path", seed_volume_name(rid), "--pool", pool).strip())
+    assert libvirtd.host_path(seed).read_bytes()[0x8001:0x8006] == b"CD001"  # written
+    moves = [e["to"] for e in d.call("GET", f"/v1/requests/{rid}/log").body["log"]
+             if e["kind"] == "transition"]
+    assert moves.count("seeding") == 1 and moves[-1] == "done", moves
+    assert "Traceback" not in d.log()

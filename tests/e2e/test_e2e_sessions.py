@@ -14,15 +14,14 @@ import stat
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
 from daemon.virt.domain_xml import domain_uuid_for
-from harness.daemon import Daemon, REPO, daemon_config
+from harness.daemon import Daemon, REPO
 from harness.libvirtd import LibvirtDaemon, make_serial_echo_iso
+from tests.e2e.conftest import GuestPool
 
 PROVCTL = str(Path(sys.executable).parent / "provctl")
 IDLE = 6.0
@@ -67,37 +66,22 @@ class Console:
 
 
 @pytest.fixture
-def running(libvirtd: LibvirtDaemon, daemon_dir: Path) -> Iterator[tuple[Daemon, str]]:
+def running(guest_pool: GuestPool) -> tuple[Daemon, str]:
     """A provisiond on the real libvirtd, and the id of a request whose VM runs."""
-    pool = f"e2e-{uuid.uuid4().hex[:8]}"
-    target = libvirtd.create_dir_pool(pool)
-    make_serial_echo_iso(target / "echo.iso")
-    libvirtd.virsh("pool-refresh", pool)
-    main = daemon_config(
-        daemon_dir, storage_pools=[pool],
-        sizes={"one": {"cpus": 1, "memory": 131072, "storage_size_in_gb": 1}},
-        templates={"echo": {"kind": "iso", "volume": {"pool": pool, "name": "echo.iso"}}},
-        daemon={"session_idle_timeout": IDLE, "stop_timeout": 3},
-        hosts=[{"name": "e2e", "uri": libvirtd.uri, "domain_type": "qemu"}])
-    d = Daemon(daemon_dir, main)
-    d.start()
-    try:
-        created = d.call("POST", "/v1/requests", {"template": "echo", "size": "one",
-                                                   "resource_pool": "rp"})
-        assert created.status == 202, created.body
-        rid = created.body["id"]
-        assert d.wait_terminal(rid)["state"] == "done"
-        assert d.call("POST", f"/v1/requests/{rid}/start").status == 202
-        assert d.call("GET", f"/v1/requests/{rid}?wait=30").body["vm"]["state"] == "running"
-        yield d, rid
-    finally:
-        d.stop()
-        print(d.log())  # shown when the test fails
-        for name in libvirtd.virsh("list", "--all", "--name").split():
-            libvirtd.virsh("destroy", name, check=False)
-            libvirtd.virsh("undefine", name, check=False)
-        libvirtd.virsh("pool-destroy", pool, check=False)
-        libvirtd.virsh("pool-undefine", pool, check=False)
+    make_serial_echo_iso(guest_pool.path / "echo.iso")
+    guest_pool.refresh()
+    guest_pool.configure({"echo": {"kind": "iso", "volume": {"pool": guest_pool.name,
+                                                             "name": "echo.iso"}}},
+                         memory_kib=131072, session_idle_timeout=IDLE)
+    d = guest_pool.daemon()
+    created = d.call("POST", "/v1/requests", {"template": "echo", "size": "one",
+                                               "resource_pool": "rp"})
+    assert created.status == 202, created.body
+    rid = created.body["id"]
+    assert d.wait_terminal(rid)["state"] == "done"
+    assert d.call("POST", f"/v1/requests/{rid}/start").status == 202
+    assert d.call("GET", f"/v1/requests/{rid}?wait=30").body["vm"]["state"] == "running"
+    return d, rid
 
 
 def notes(d: Daemon, rid: str) -> list[str]:
