@@ -394,6 +394,9 @@ def vm_operation(operation: str) -> Handler:
                 raise InvalidInput('the body must be {"force": true|false}', field="force")
             force = body.get("force", False)
         record = await service.operate(who, request.match_info["id"], operation, force=force)
+        # One pass first: the operation's task then waits for the same commit ahead of this
+        # answer, so its step (a libvirt call, in a thread) starts before the answer is sent.
+        await asyncio.sleep(0)
         await service.store.durable()  # 202 means recorded: it runs even after a crash
         return web.json_response(request_json(record), status=202)
 

@@ -13,6 +13,10 @@ fsync covers the transitions of every request that moved in those passes (and wh
 first write woke, such as a new request's first steps, joins it). Whoever is about to
 act on what it wrote awaits ``durable()`` first: the state is on disk before its work
 starts, and a crash before the commit loses only writes whose work never started.
+A libvirt event's log row (``append_log`` of kind ``event``) does not ask for a commit of
+its own: it joins the next one (an operation's end comes a few ms after the events of
+its libvirt calls), or is committed ``EVENT_COMMIT_DELAY`` later if no other write comes.
+Nothing acts on such a row, so no work waits for it.
 """
 
 from __future__ import annotations
@@ -36,6 +40,9 @@ from statemachines.vm import TABLE as VM_TABLE
 from statemachines.vm import VmState
 
 # --------------------------------------------------------------------------- store
+
+EVENT_COMMIT_DELAY = 0.1
+"""Seconds at most a libvirt event's log row waits for another write to share a commit."""
 
 REQUEST_UPDATABLE = {
     "host", "reason", "volume_pool", "volume_name", "volume_path", "volume_format", "volume_owned",
@@ -93,6 +100,8 @@ class Store:
         self.db.execute("PRAGMA busy_timeout=5000")
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pending: asyncio.Future[None] | None = None
+        self._late: asyncio.TimerHandle | None = None
+        """The delayed flush of a group opened by an event's log row (see ``atomic``)."""
         self._depth = 0
         self._reservations: dict[str, dict[str, Reservation]] | None = None
         """Reservations by host, read once; dropped when a transaction rolls back."""
@@ -131,9 +140,21 @@ class Store:
     async def durable(self) -> None:
         """Return once everything written so far is committed."""
         if self._pending is not None:
+            self._flush_soon()
             await asyncio.shield(self._pending)
 
+    def _flush_soon(self) -> None:
+        # A group opened by an event's log row is committed like any other once a write
+        # that matters joins it, or someone waits for it.
+        if self._late is not None and self._loop is not None:
+            self._late.cancel()
+            self._late = None
+            self._loop.call_soon(self._loop.call_soon, self._flush)
+
     def _flush(self) -> None:
+        if self._late is not None:
+            self._late.cancel()
+            self._late = None
         pending, self._pending = self._pending, None
         try:
             if self.db.conn.in_transaction:
@@ -148,16 +169,23 @@ class Store:
             pending.set_result(None)
 
     @contextmanager
-    def atomic(self) -> Iterator[None]:
-        """One transaction (a savepoint when nested, or inside the group's transaction)."""
+    def atomic(self, *, late: bool = False) -> Iterator[None]:
+        """One transaction (a savepoint when nested, or inside the group's transaction);
+        ``late``: a write nothing acts on, committed with the next group (at the latest
+        ``EVENT_COMMIT_DELAY`` later)."""
         conn = self.db.conn
         if self._loop is not None and not conn.in_transaction:
             conn.execute("BEGIN IMMEDIATE")
             self._pending = self._loop.create_future()
-            # Committed in the next pass of the loop, not this one: what this write woke
-            # (a new request's task, a step waiting for an event) writes its next state
-            # into the same commit before it waits for the disk.
-            self._loop.call_soon(self._loop.call_soon, self._flush)
+            if late:
+                self._late = self._loop.call_later(EVENT_COMMIT_DELAY, self._flush)
+            else:
+                # Committed in the next pass of the loop, not this one: what this write
+                # woke (a new request's task, a step waiting for an event) writes its next
+                # state into the same commit before it waits for the disk.
+                self._loop.call_soon(self._loop.call_soon, self._flush)
+        elif not late:
+            self._flush_soon()
         if conn.in_transaction:
             # A fixed name per depth: the statements stay in sqlite3's statement cache.
             savepoint = f"SAVEPOINT provisiond_{self._depth}"
@@ -243,7 +271,7 @@ class Store:
     def append_log(self, request_id: str, kind: str, state: State, trigger: str,
                    detail: str | None = None) -> None:
         """Record a libvirt event or a note in a request's log (its state does not change)."""
-        with self.atomic():
+        with self.atomic(late=kind == "event"):
             self._insert_log(request_id, kind, state, state, trigger, self.clock(), detail)
 
     def _insert_log(self, request_id: str, kind: str, from_state: State | None,

@@ -229,11 +229,18 @@ def _upload_volume(conn: Any, pool_name: str, name: str, data: bytes) -> bool:
     return True
 
 
-def _delete_volume(conn: Any, pool_name: str, name: str) -> bool:
-    pool = conn.storagePoolLookupByName(pool_name)
+def _delete_volume(conn: Any, handles: dict[str, Any], pool_name: str, name: str) -> bool:
+    cached = handles.get(pool_name)
+    pool = cached if cached is not None else conn.storagePoolLookupByName(pool_name)
+    handles[pool_name] = pool
     try:
         vol = pool.storageVolLookupByName(name)
     except libvirt.libvirtError as exc:
+        if cached is not None and exc.get_error_code() == libvirt.VIR_ERR_NO_STORAGE_POOL:
+            # Undefined and defined again under the same name before its event arrived:
+            # look the pool up again (an error of that look-up stands, as without a handle).
+            handles.pop(pool_name, None)
+            return _delete_volume(conn, handles, pool_name, name)
         if _is_not_found(exc):
             return False
         raise
@@ -306,7 +313,7 @@ def _undefine_domain(conn: Any, uuid: str, of_request: str | None) -> str | None
         if domain_xml.parse_request_metadata(meta_xml).get("request_id") != of_request:
             return None
     name = dom.name()
-    if dom.isActive():
+    if dom.ID() != -1:  # active: the look-up answered with its id (isActive is one more call)
         dom.destroy()
     dom.undefine()
     return str(name)

@@ -358,7 +358,7 @@ class HostConnection:
     async def delete_volume(self, pool: str, name: str) -> bool:
         """Delete a volume; False if it did not exist."""
         deleted = await self._call(f"cannot delete volume {pool}/{name}", _delete_volume,
-                                   self._conn, pool, name)
+                                   self._conn, self._pool_handles, pool, name)
         self.inventory.remove_volume(pool, name)
         return deleted
 

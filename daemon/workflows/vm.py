@@ -264,10 +264,12 @@ def on_event(ctx: VmContext, event: object, waiting: str | None) -> None:
         # moment between its last step and the end of its task is not lost.
         ctx.after_operation(record.id, lambda: on_event(ctx, event, None))
         return
-    vm = ctx.store.get_vm(record.id)
-    if vm is not None and vm.installing and trigger == VmTrigger.STOPPED:
+    if record.installing and trigger == VmTrigger.STOPPED:
         trigger = VmTrigger.INSTALLER_DONE  # its first power-off ends the install
-    if vm is None or TABLE.destination(vm.state, trigger) is None:
+    if TABLE.destination(VmState(record.vm_state), trigger) is None:
+        return  # it changes nothing (a deleted VM's UNDEFINED, say): no second read
+    vm = ctx.store.get_vm(record.id)  # the same row (no await since), as the VM's record
+    if vm is None:
         return
     try:
         ctx.move(vm, trigger, f"libvirt: domain {event.name} {event.event} (detail "
