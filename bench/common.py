@@ -65,6 +65,8 @@ def write_bench_config(directory: Path, *, pools: int = 1, volumes_per_pool: int
         "pools.yml": {
             "hardware_pools": {"hw": {
                 "hosts": [{"name": "bench", "uri": f"test://{directory / 'host.xml'}"}],
+                # Thousands of VMs on one generated host: its capacity is not measured.
+                "cpu_allocation_ratio": 100000, "ram_allocation_ratio": 100000,
                 # thin volumes on the test driver: over-commit so capacity never binds
                 "storage_pools": [{"name": f"pool{p}", "overcommit": 100000}
                                   for p in range(pools)]

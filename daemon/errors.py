@@ -13,6 +13,7 @@
     ├── QuotaExceeded               409  exit 1   the resource pool's quota would not hold
     ├── TooManyInProgress           429  exit 1   the caller has too much in progress
     ├── NoStorage                   507  exit 1   no free volume and no pool with room
+    ├── NoHostCapacity              507  exit 1   no host of the hardware pool has room
     ├── VirtError                   502  exit 1   libvirt said no (mapped in daemon.virt)
     │   ├── HostUnreachable         503  exit 1   the libvirt connection is down
     │   ├── VirtTimeout             504  exit 1   libvirt did not answer / event never came
@@ -147,6 +148,13 @@ class NoStorage(ProvisiondError):
 
     http_status = 507
     code = "no_storage"
+
+
+class NoHostCapacity(ProvisiondError):
+    """No reachable host of the hardware pool has the cpus and memory a request needs."""
+
+    http_status = 507
+    code = "no_capacity"
 
 
 class VirtError(ProvisiondError):

@@ -41,11 +41,12 @@ def write_config(directory: Path, node_xml: str = "host_basic.xml", *,
                  daemon: dict[str, Any] | None = None, tolerance_gb: int = 0,
                  grants: dict[str, Any] | None = None,
                  resource_pools: dict[str, Any] | None = None,
-                 hosts: list[dict[str, str]] | None = None) -> Path:
+                 hosts: list[dict[str, str]] | None = None,
+                 hardware: dict[str, Any] | None = None) -> Path:
     """Write a complete configuration into ``directory``; return its main file.
 
     The hardware pool's host is the test driver on ``node_xml`` unless ``hosts`` says
-    otherwise (e.g. a real libvirtd's URI)."""
+    otherwise (e.g. a real libvirtd's URI); ``hardware`` adds keys to the hardware pool."""
     directory.mkdir(parents=True, exist_ok=True)
     pools = list(storage_pools or ["pool-iscsi", "pool-dir", "pool-nfs", "pool-lvm"])
     # The templates' pools must be listed: those a test leaves out are listed as
@@ -70,6 +71,10 @@ def write_config(directory: Path, node_xml: str = "host_basic.xml", *,
         "pools.yml": {
             "hardware_pools": {"hw": {
                 "hosts": hosts or [{"name": "testhost", "uri": f"test://{DATA / node_xml}"}],
+                # Tests define hundreds of small VMs on 16-cpu test hosts (and the e2e
+                # host has 2 cpus): host capacity is not what they test; its tests set
+                # their own ratios.
+                "cpu_allocation_ratio": 1000, "ram_allocation_ratio": 1000, **(hardware or {}),
                 "storage_pools": [p if isinstance(p, dict) else {"name": p} for p in pools],
                 "reuse_tolerance_gb": tolerance_gb,
             }},

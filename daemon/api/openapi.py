@@ -42,7 +42,7 @@ ERROR_CODES: dict[int, tuple[str, ...]] = {
     503: ("host_unreachable",),
     501: ("not_supported",),
     504: ("libvirt_timeout",),
-    507: ("no_storage",),
+    507: ("no_storage", "no_capacity"),
 }
 """Each error status with the ``error.code`` values it may carry."""
 

@@ -26,6 +26,7 @@ from daemon.cli import contract
 from daemon.config.templates import parse_templates, unlisted_pool_problems
 from daemon.config.model import (
     DOMAIN_TYPES,
+    HOST_POLICIES,
     ON_RELEASE,
     PRIVILEGES,
     Config,
@@ -277,8 +278,9 @@ def _parse_hardware_pools(data: Any, c: _Checker) -> dict[str, HardwarePool]:
     for key, entry in data.items():
         path = f"hardware_pools.{key}"
         name = c.name(key, path)
-        body = c.mapping(entry, path, {"hosts", "storage_pools", "reuse_tolerance_gb"},
-                         {"hosts", "storage_pools"})
+        body = c.mapping(entry, path, {"hosts", "storage_pools", "reuse_tolerance_gb",
+                                       "host_policy", "cpu_allocation_ratio",
+                                       "ram_allocation_ratio"}, {"hosts", "storage_pools"})
         if name is None or body is None:
             continue
         hosts = _parse_list(body.get("hosts"), f"{path}.hosts", c, _parse_host)
@@ -298,8 +300,16 @@ def _parse_hardware_pools(data: Any, c: _Checker) -> dict[str, HardwarePool]:
             c.bad(f"{path}.hosts", "expected at least one host")
         if "storage_pools" in body and not body["storage_pools"]:
             c.bad(f"{path}.storage_pools", "expected at least one storage pool")
-        if hosts and spools and tolerance is not None:
-            pools[name] = HardwarePool(name, tuple(hosts), tuple(spools), tolerance)
+        policy = body.get("host_policy", "spread")
+        if policy not in HOST_POLICIES:
+            c.bad(f"{path}.host_policy", f"expected one of {', '.join(HOST_POLICIES)}, got "
+                                         f"{_show(policy)}")
+            continue
+        ratios = [c.positive_number(body[k], f"{path}.{k}", MAX_OVERCOMMIT) if k in body
+                  else 1.0 for k in ("cpu_allocation_ratio", "ram_allocation_ratio")]
+        if hosts and spools and tolerance is not None and None not in ratios:
+            pools[name] = HardwarePool(name, tuple(hosts), tuple(spools), tolerance, policy,
+                                       *ratios)
     return pools
 
 

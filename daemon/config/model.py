@@ -6,9 +6,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 PRIVILEGES = ("CLOUD_CREATE", "CLOUD_ADMIN")
+"""CLOUD_CREATE: create VMs in the pool. CLOUD_ADMIN: see and cancel all its requests."""
 ON_RELEASE = ("wipe", "keep", "delete")
 """What a storage pool does with a reused volume whose VM is deleted."""
-"""CLOUD_CREATE: create VMs in the pool. CLOUD_ADMIN: see and cancel all its requests."""
+HOST_POLICIES = ("spread", "pack")
+"""How a hardware pool picks among the hosts that can hold a request."""
 
 
 @dataclass(frozen=True)
@@ -121,6 +123,13 @@ class HardwarePool:
     hosts: tuple[Host, ...]
     storage_pools: tuple[StoragePoolRef, ...]
     reuse_tolerance_gb: int = 0
+    host_policy: str = "spread"
+    """Which host of those that can hold a request gets it: ``spread`` the one with the
+    most free memory, ``pack`` the one with the least that still holds it."""
+    cpu_allocation_ratio: float = 1.0
+    """vCPUs placed on a host may reach this many times its cpus (Nova's ratio)."""
+    ram_allocation_ratio: float = 1.0
+    """Memory placed on a host may reach this many times its memory."""
 
 
 @dataclass(frozen=True)

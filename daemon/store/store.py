@@ -295,6 +295,17 @@ class Store:
             "SELECT * FROM requests WHERE owner = ? AND idempotency_key = ?", [owner, key]))
         return RequestRecord.from_row(rows[0]) if rows else None
 
+    def host_usage(self) -> dict[str, tuple[int, int]]:
+        """(vCPUs, memory in KiB) by host of what provisiond placed there: requests bound to
+        a host that hold their quota (in progress, or done until their VM is deleted)."""
+        states = sorted(HOLDS_QUOTA)
+        rows = self.db.execute(
+            "SELECT host, COALESCE(SUM(cpus), 0), COALESCE(SUM(memory_kib), 0) FROM requests"
+            f" WHERE host IS NOT NULL AND state IN ({','.join('?' * len(states))})"
+            " AND (vm_state IS NULL OR vm_state != 'deleted') GROUP BY host",
+            [str(s) for s in states]).fetchall()
+        return {host: (int(cpus), int(memory)) for host, cpus, memory in rows}
+
     def holder_of_name(self, name: str, hardware_pool: str) -> RequestRecord | None:
         """The request whose VM has (or will have) this name in the hardware pool: not
         failed, and its VM not deleted; None if the name is free there."""

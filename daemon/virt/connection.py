@@ -119,6 +119,7 @@ class HostConnection:
         self._pool_callback_ids: list[int] = []
         self._on_event: Callable[[object], None] | None = None
         self._caps: tuple[str, str] | None = None
+        self._capacity: tuple[int, int] | None = None
         self._pool_handles: dict[str, Any] = {}
         """Storage pool objects by name, of the open connection (one look-up each)."""
 
@@ -301,6 +302,14 @@ class HostConnection:
                                         self._conn.getCapabilities)
             self._caps = domain_xml.capabilities_summary(caps_xml)
         return self._caps
+
+    async def node_capacity(self) -> tuple[int, int]:
+        """(cpus, memory in KiB) of the host, from libvirt's node info; read once."""
+        if self._capacity is None:
+            info = await self._call(f"cannot read the node info of {self.name}",
+                                    self._conn.getInfo)
+            self._capacity = (int(info[2]), int(info[1]) * 1024)  # memory is in MiB
+        return self._capacity
 
     async def read_inventory(self, pool_names: list[str]) -> HostInventory:
         """A fresh read of the named pools (and their volumes) and of all domains' disks."""

@@ -18,9 +18,11 @@ from typing import Any, ContextManager, Protocol
 from daemon.auth import CLOUD_CREATE, Identity, admission_refusal, holds
 from daemon.config import Config, HardwarePool, Template
 from daemon.config.model import BootFile
+from daemon.placement.hosts import HostFigures, choose_host
 from daemon.workflows import appliance
 from daemon.engine.workflow import Outcome, Workflow
-from daemon.errors import HostUnreachable, NoStorage, PermissionDenied, ProvisiondError
+from daemon.errors import HostUnreachable, NoHostCapacity, NoStorage, PermissionDenied
+from daemon.errors import ProvisiondError
 from daemon.errors import QuotaExceeded, UnknownName, VirtError, VirtTimeout
 from daemon.placement import Decision, place_storage
 from daemon.process.metrics import Metrics
@@ -48,6 +50,7 @@ class ProvisioningStore(Protocol):
     def drop_reservation(self, request_id: str) -> None: ...
     def release_storage(self, request_id: str) -> None: ...
     def reservations_on(self, host: str) -> list[Reservation]: ...
+    def host_usage(self) -> dict[str, tuple[int, int]]: ...
     def update_request(self, request_id: str, **updates: Any) -> None: ...
     def append_log(self, request_id: str, kind: str, state: State, trigger: str,
                    detail: str | None = None) -> None: ...
@@ -115,12 +118,34 @@ async def authorize(ctx: ProvisioningContext, req: RequestRecord) -> Outcome:
 
 
 async def start_storage_search(ctx: ProvisioningContext, req: RequestRecord) -> Outcome:
-    """authorized: pick the host of the hardware pool and start looking for storage."""
+    """authorized: choose the host (``daemon.placement.hosts``) and start looking for
+    storage there. With no host reachable, the first one: the request waits for it."""
     hardware = _hardware_pool(ctx, req)
-    host = hardware.hosts[0].name
-    return Outcome(Trigger.SEARCH_STORAGE,
-                   f"searching the storage pools of {req.hardware_pool} on host {host}",
-                   {"host": host})
+    capacities: dict[str, tuple[int, int] | None] = {}
+    for h in hardware.hosts:  # each read once per connection: no await after the first
+        try:
+            capacities[h.name] = (await ctx.host(h.name).node_capacity()
+                                  if ctx.host_reachable(h.name) else None)
+        except ProvisiondError:
+            capacities[h.name] = None
+    if all(c is None for c in capacities.values()):
+        host = hardware.hosts[0].name
+        return Outcome(Trigger.SEARCH_STORAGE, f"no host of {req.hardware_pool} is reachable: "
+                       f"waiting for {host}", {"host": host})
+    # From here to the outcome: no await (the usage read and the choice are consistent).
+    usage = ctx.store.host_usage()
+    figures = [HostFigures(name, capacity is not None, *(capacity or (0, 0)),
+                           *usage.get(name, (0, 0)))
+               for name, capacity in capacities.items()]
+    chosen, verdicts = choose_host(figures, req.cpus, req.memory_kib,
+                                   policy=hardware.host_policy,
+                                   cpu_ratio=hardware.cpu_allocation_ratio,
+                                   ram_ratio=hardware.ram_allocation_ratio)
+    said = "; ".join(f"{v.host}: {v.reason}" for v in verdicts)
+    if chosen is None:
+        raise NoHostCapacity(f"no host of {req.hardware_pool} can hold {req.cpus} vcpus and "
+                             f"{req.memory_kib} KiB: {said}")
+    return Outcome(Trigger.SEARCH_STORAGE, f"host {chosen}: {said}", {"host": chosen})
 
 
 async def search_storage(ctx: ProvisioningContext, req: RequestRecord) -> Outcome:

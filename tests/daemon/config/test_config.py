@@ -167,8 +167,9 @@ def test_bad_size_values(cfg: Path, text: str, expected: str) -> None:
      "max_connections_per_user, max_in_progress_per_user, retention_days, "
      "session_idle_timeout, socket, socket_group, stop_timeout)"),
     ("pools.yml", lambda d: hw_pool(d).update(hostz=[]),
-     "cfg/pools.yml: hardware_pools.hw.hostz: unknown key "
-     "(expected one of: hosts, reuse_tolerance_gb, storage_pools)"),
+     "cfg/pools.yml: hardware_pools.hw.hostz: unknown key (expected one of: "
+     "cpu_allocation_ratio, host_policy, hosts, ram_allocation_ratio, reuse_tolerance_gb, "
+     "storage_pools)"),
     ("pools.yml", lambda d: d["resource_pools"]["rp"]["grants"].update(CLOUD_DESTROY={}),
      "cfg/pools.yml: resource_pools.rp.grants.CLOUD_DESTROY: unknown key "
      "(expected one of: CLOUD_ADMIN, CLOUD_CREATE)"),
