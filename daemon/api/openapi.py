@@ -304,8 +304,14 @@ SCHEMAS: dict[str, Schema] = {
             "verdict": {"type": "string", "enum": ["ok", "refused"]},
             "reason": {"type": "string"},
         })},
-    }, description="Where a request would get its storage now, with the verdict on every "
-                   "candidate volume and pool. Nothing is reserved."),
+        "host": {**NULLABLE_NAME, "description": "The host a request would get."},
+        "hosts": {"type": "array", "items": closed({
+            "host": NAME,
+            "verdict": {"type": "string", "enum": ["ok", "refused"]},
+            "reason": {"type": "string"},
+        }), "description": "Each host of the hardware pool, the chosen one first."},
+    }, description="Where a request would get its host and storage now, with the verdict "
+                   "on every host and every candidate volume and pool. Nothing is reserved."),
     "ReconcileRequest": closed({"apply": {"type": "boolean", "default": False}}, required=[]),
     "ReconcileResult": closed({
         "applied": {"type": "boolean"},

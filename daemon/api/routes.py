@@ -104,7 +104,9 @@ def log_json(e: LogEntry) -> dict[str, Any]:
 def decision_json(d: Decision) -> dict[str, Any]:
     """A placement decision (the dry run) as the API shows it."""
     return {"action": d.action, "pool": d.pool, "volume": d.volume.name if d.volume else None,
-            "reason": d.reason, "candidates": [v.to_json() for v in d.verdicts]}
+            "reason": d.reason, "candidates": [v.to_json() for v in d.verdicts],
+            "host": d.host, "hosts": [{"host": h.host, "verdict": "ok" if h.fits else "refused",
+                                       "reason": h.reason} for h in d.hosts]}
 
 
 # --------------------------------------------------------------------------- input

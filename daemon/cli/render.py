@@ -296,14 +296,20 @@ def render_explain(result: dict[str, Any]) -> str:
         line = f"create: a new volume in pool {pool}"
     else:
         line = "none: no storage"
+    hosts = result.get("hosts") or []
+    host_table = ("\n\n" + render_table(
+        ["HOST", "VERDICT", "REASON"],
+        [[h.get("host"), h.get("verdict"), one_line(h.get("reason") or "")] for h in hosts])
+        if len(hosts) > 1 else "")
     candidates = result.get("candidates") or []
     if not candidates:
-        return f"{line}\n\nNo candidates."
+        return f"{line}{host_table}\n\nNo candidates."
     table = render_table(
         ["STAGE", "POOL", "VOLUME", "VERDICT", "REASON"],
         [[c.get("stage"), c.get("pool"), c.get("volume"), c.get("verdict"),
           one_line(c.get("reason") or "")] for c in candidates])
-    return f"{line}\n\n{table}"
+    where = f" (on host {result['host']})" if result.get("host") and len(hosts) > 1 else ""
+    return f"{line}{where}{host_table}\n\n{table}"
 
 
 def render_reconcile(result: dict[str, Any]) -> str:

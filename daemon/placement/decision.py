@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from daemon.placement.hosts import HostVerdict
 from daemon.virt.inventory import VolumeInfo, gib
 
 CREATABLE_POOL_TYPES = frozenset(
@@ -42,6 +43,10 @@ class Decision:
     new_volume_bytes: int = 0
     volume_format: str | None = None
     verdicts: tuple[Verdict, ...] = field(default=())
+    host: str | None = None
+    """The host the storage is on (the dry run: the host a request would get)."""
+    hosts: tuple[HostVerdict, ...] = field(default=())
+    """Every host's verdict (the dry run), the chosen one first."""
 
     @property
     def reason(self) -> str:
@@ -51,6 +56,9 @@ class Decision:
                     f"({gib(self.volume.capacity)})")
         if self.action == "create":
             return f"creating a {gib(self.new_volume_bytes)} volume in pool {self.pool}"
+        if self.hosts and self.host is None:
+            return "no host can hold it: " + "; ".join(f"{h.host}: {h.reason}"
+                                                        for h in self.hosts)
         refused = [v for v in self.verdicts if v.stage == "create"]
         return "no free volume of the right size and no pool with room: " + "; ".join(
             f"{v.pool}: {v.reason}" for v in refused) if refused else "no storage pool configured"

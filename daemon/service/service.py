@@ -29,7 +29,8 @@ from daemon.engine import Outcome
 from daemon.store import LogEntry, QuotaUsage, RequestRecord, RequestRecords, Store
 from daemon.store import VmRecord, VmRecords
 from daemon.virt.connection import DomainEvent, HostConnection, Opener, open_connection
-from daemon.workflows.provisioning import QuotaLedger, place, provisioning_workflow
+from daemon.workflows.provisioning import QuotaLedger, choose_host_for, place
+from daemon.workflows.provisioning import provisioning_workflow
 from daemon.workflows import appliance
 from daemon.workflows.vm import vm_workflow
 from statemachines.provisioning import TERMINAL, State
@@ -379,15 +380,19 @@ class Service:
         self._admit(identity.user, pool_name, req.size)  # a create would be refused
         size = self.config.sizes[req.size]
         hardware = self.config.hardware_pool_of(pool_name)
-        host = self.hosts.connection(hardware.hosts[0].name)
-        if not self.hosts.reachable(host.name):
-            raise HostUnreachable(f"host {host.name} is unreachable")
+        chosen, hosts = await choose_host_for(self._context, hardware, size.cpus, size.memory)
+        if not hosts:
+            raise HostUnreachable(f"no host of hardware pool {hardware.name} is reachable")
+        if chosen is None:
+            return Decision("none", hosts=tuple(hosts))
+        host = self.hosts.connection(chosen)
         template = self.config.templates[req.template]
         size_bytes = size.storage_bytes
         if template.kind == "appliance":
             size_bytes = max(size_bytes, (await appliance.image_of(host, template)).capacity)
-        return place(self._context, host, hardware, size_bytes, "(dry run)",
-                     template=template, explain=True)
+        decision = place(self._context, host, hardware, size_bytes, "(dry run)",
+                         template=template, explain=True)
+        return dataclasses.replace(decision, host=chosen, hosts=tuple(hosts))
 
     async def reconcile(self, who: Identity, apply: bool) -> tuple[list[str],
                                                                    list[reconcile.Orphan]]:

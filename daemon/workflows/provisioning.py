@@ -18,7 +18,7 @@ from typing import Any, ContextManager, Protocol
 from daemon.auth import CLOUD_CREATE, Identity, admission_refusal, holds
 from daemon.config import Config, HardwarePool, Template
 from daemon.config.model import BootFile
-from daemon.placement.hosts import HostFigures, choose_host
+from daemon.placement.hosts import HostFigures, HostVerdict, choose_host
 from daemon.workflows import appliance
 from daemon.engine.workflow import Outcome, Workflow
 from daemon.errors import HostUnreachable, NoHostCapacity, NoStorage, PermissionDenied
@@ -117,10 +117,10 @@ async def authorize(ctx: ProvisioningContext, req: RequestRecord) -> Outcome:
                    f"{req.owner} holds CLOUD_CREATE on {req.resource_pool}; quota holds")
 
 
-async def start_storage_search(ctx: ProvisioningContext, req: RequestRecord) -> Outcome:
-    """authorized: choose the host (``daemon.placement.hosts``) and start looking for
-    storage there. With no host reachable, the first one: the request waits for it."""
-    hardware = _hardware_pool(ctx, req)
+async def choose_host_for(ctx: ProvisioningContext, hardware: HardwarePool, cpus: int,
+                          memory_kib: int) -> tuple[str | None, list[HostVerdict]]:
+    """The host of the hardware pool that gets a request of this size, and every host's
+    verdict (``daemon.placement.hosts``); (None, []) when no host is reachable."""
     capacities: dict[str, tuple[int, int] | None] = {}
     for h in hardware.hosts:  # each read once per connection: no await after the first
         try:
@@ -129,18 +129,26 @@ async def start_storage_search(ctx: ProvisioningContext, req: RequestRecord) -> 
         except ProvisiondError:
             capacities[h.name] = None
     if all(c is None for c in capacities.values()):
-        host = hardware.hosts[0].name
-        return Outcome(Trigger.SEARCH_STORAGE, f"no host of {req.hardware_pool} is reachable: "
-                       f"waiting for {host}", {"host": host})
-    # From here to the outcome: no await (the usage read and the choice are consistent).
+        return None, []
+    # From here to the caller's outcome: no await (the usage read and the choice agree).
     usage = ctx.store.host_usage()
     figures = [HostFigures(name, capacity is not None, *(capacity or (0, 0)),
                            *usage.get(name, (0, 0)))
                for name, capacity in capacities.items()]
-    chosen, verdicts = choose_host(figures, req.cpus, req.memory_kib,
-                                   policy=hardware.host_policy,
-                                   cpu_ratio=hardware.cpu_allocation_ratio,
-                                   ram_ratio=hardware.ram_allocation_ratio)
+    return choose_host(figures, cpus, memory_kib, policy=hardware.host_policy,
+                       cpu_ratio=hardware.cpu_allocation_ratio,
+                       ram_ratio=hardware.ram_allocation_ratio)
+
+
+async def start_storage_search(ctx: ProvisioningContext, req: RequestRecord) -> Outcome:
+    """authorized: choose the host (``choose_host_for``) and start looking for storage
+    there. With no host reachable, the first one: the request waits for it."""
+    hardware = _hardware_pool(ctx, req)
+    chosen, verdicts = await choose_host_for(ctx, hardware, req.cpus, req.memory_kib)
+    if not verdicts:
+        host = hardware.hosts[0].name
+        return Outcome(Trigger.SEARCH_STORAGE, f"no host of {req.hardware_pool} is reachable: "
+                       f"waiting for {host}", {"host": host})
     said = "; ".join(f"{v.host}: {v.reason}" for v in verdicts)
     if chosen is None:
         raise NoHostCapacity(f"no host of {req.hardware_pool} can hold {req.cpus} vcpus and "

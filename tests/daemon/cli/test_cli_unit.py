@@ -621,3 +621,17 @@ def test_show_gives_the_vm_state_and_its_addresses() -> None:
     assert "addresses unknown (its host could not be asked)" in render.render_request(unknown)
     failed = {**base, "vm": {"state": "stopped", "reason": "libvirt said no"}}
     assert "stopped (last operation: libvirt said no)" in render.render_request(failed)
+
+
+def test_explain_shows_each_host_when_there_are_several():
+    text = render.render_explain({
+        "action": "create", "pool": "pool-dir", "volume": None,
+        "reason": "creating a 1.0 GiB volume in pool pool-dir", "host": "h1",
+        "hosts": [{"host": "h1", "verdict": "ok", "reason": "chosen (spread): 4.0 GiB free"},
+                  {"host": "h0", "verdict": "refused", "reason": "unreachable"}],
+        "candidates": [{"stage": "create", "pool": "pool-dir", "volume": None,
+                        "verdict": "ok", "reason": "has room"}]})
+    lines = text.splitlines()
+    assert lines[0] == "create: creating a 1.0 GiB volume in pool pool-dir (on host h1)"
+    assert lines[2].split() == ["HOST", "VERDICT", "REASON"]
+    assert lines[4].split()[:3] == ["h0", "refused", "unreachable"]

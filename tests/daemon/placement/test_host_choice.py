@@ -53,6 +53,12 @@ async def test_requests_spread_over_hosts_and_never_beyond_one(make_harness, tmp
     h = await make_harness(hosts=hosts, sizes={"one": {"cpus": 1, "memory": GIB,
                                                        "storage_size_in_gb": 1}},
                            hardware={"cpu_allocation_ratio": 1, "ram_allocation_ratio": 1})
+    from daemon.service import ProvisioningRequest
+    from tests.conftest import ALICE
+
+    dry = await h.service.explain(ALICE, ProvisioningRequest("ipxe", "one", "rp"))
+    assert dry.host == "h1" and [(v.host, v.fits) for v in dry.hosts] == [
+        ("h1", True), ("h0", True)]
     placed = [await h.run(size="one") for _ in range(6)]
     assert [r.state for r in placed] == [State.DONE] * 6
     assert sorted(r.host for r in placed) == ["h0", "h0", "h1", "h1", "h1", "h1"]
@@ -60,6 +66,9 @@ async def test_requests_spread_over_hosts_and_never_beyond_one(make_harness, tmp
     first = next(e.detail for e in h.store.get_log(placed[0].id)
                  if e.to_state == "storage-searching")
     assert first.startswith("host h1: h1: chosen (spread): 4.0 GiB and 4 vcpus free; h0: ")
+    dry = await h.service.explain(ALICE, ProvisioningRequest("ipxe", "one", "rp"))
+    assert dry.action == "none" and dry.host is None
+    assert dry.reason.startswith("no host can hold it: h0: 1.0 GiB asked")
     full = await h.run(size="one")  # 6 GiB placed on 6 GiB of hosts
     assert full.state == State.FAILED
     assert "no host of hw can hold 1 vcpus and 1048576 KiB" in full.reason
