@@ -74,7 +74,7 @@ class Service:
         self.events = EventRouter(self.hosts, self.metrics, clock)
         self.engine = Engine(store, self.hosts, self.events, self.metrics, clock=clock,
                              host_wait_timeout=lambda: self.config.daemon.host_wait_timeout)
-        self._ledger = QuotaLedger(store.quota_usage)
+        self._ledger = QuotaLedger(store.quota_usage, store.host_usage)
         self._context = StepContext(self)
         self.provisioning = provisioning_workflow(self._context, RequestRecords(store),
                                                   self._ledger)
@@ -145,7 +145,10 @@ class Service:
         Unknown template, size or pool is refused before anything is stored. With an
         idempotency key the caller used before, the original request is returned.
         """
-        pool_name = validate(self.config, identity, req)
+        return self._submit(identity, req, validate(self.config, identity, req))
+
+    def _submit(self, identity: Identity, req: ProvisioningRequest,
+                pool_name: str) -> RequestRecord:
         if req.idempotency_key is not None:
             earlier = self.store.find_by_idempotency_key(identity.user, req.idempotency_key)
             if earlier is not None:
@@ -158,8 +161,7 @@ class Service:
         self._check_in_progress(identity.user)
         self._admit(identity.user, pool_name, req.size)
         if req.name is not None:
-            self._check_name(identity, req.name, self.config.resource_pools[pool_name]
-                             .hardware_pool)
+            self._check_name(identity, req.name, self.config.hardware_pool_of(pool_name).name)
         record = self.store.insert_request(
             new_request_row(self.config, identity, req, pool_name),
             detail=f"{identity.user} asked for {req.template} / {req.size} in {pool_name}")
@@ -177,8 +179,7 @@ class Service:
         replay = req.idempotency_key is not None and self.store.find_by_idempotency_key(
             identity.user, req.idempotency_key) is not None
         if req.name is not None and not replay:
-            self._check_name(identity, req.name, self.config.resource_pools[pool_name]
-                             .hardware_pool)  # first: its message may say more
+            self._check_name(identity, req.name, hardware.name)  # first: it may say more
             for host in hardware.hosts:
                 if not self.hosts.reachable(host.name):
                     continue  # the define step finds out, and says so without details
@@ -191,7 +192,7 @@ class Service:
                 if taken:
                     raise InUse(f"the name {req.name} is taken on host {host.name}; choose "
                                 "another", field="name")
-        return self.submit(identity, req)
+        return self._submit(identity, req, pool_name)  # its checks again: we awaited
 
     def _check_name(self, identity: Identity, name: str, hardware_pool: str) -> None:
         """InUse if a VM of provisiond's has (or will have) this name in the hardware pool;
@@ -452,6 +453,10 @@ class StepContext:
     def quota_usage(self, resource_pool: str, owner: str | None = None) -> Any:
         """What the pool's quota-holding requests add up to (with ``owner``: that user's)."""
         return self._service._ledger.usage(resource_pool, owner)
+
+    def host_usage(self) -> dict[str, tuple[int, int]]:
+        """(vCPUs, memory in KiB) by host of what provisiond placed there."""
+        return self._service._ledger.host_usage()
 
     def live_request(self, request_id: str) -> RequestRecord | None:
         """The in-memory record of a request being provisioned (not of its VM's operation)."""

@@ -50,7 +50,6 @@ class ProvisioningStore(Protocol):
     def drop_reservation(self, request_id: str) -> None: ...
     def release_storage(self, request_id: str) -> None: ...
     def reservations_on(self, host: str) -> list[Reservation]: ...
-    def host_usage(self) -> dict[str, tuple[int, int]]: ...
     def update_request(self, request_id: str, **updates: Any) -> None: ...
     def append_log(self, request_id: str, kind: str, state: State, trigger: str,
                    detail: str | None = None) -> None: ...
@@ -84,6 +83,9 @@ class ProvisioningContext(Protocol):
 
     def quota_usage(self, resource_pool: str, owner: str | None = None) -> QuotaUsage:
         """What the pool's quota-holding requests add up to (with ``owner``, that user's)."""
+
+    def host_usage(self) -> dict[str, tuple[int, int]]:
+        """(vCPUs, memory in KiB) by host of what provisiond placed there."""
 
     def live_request(self, request_id: str) -> RequestRecord | None:
         """The in-memory record of a request the engine drives, or None."""
@@ -131,7 +133,7 @@ async def choose_host_for(ctx: ProvisioningContext, hardware: HardwarePool, cpus
     if all(c is None for c in capacities.values()):
         return None, []
     # From here to the caller's outcome: no await (the usage read and the choice agree).
-    usage = ctx.store.host_usage()
+    usage = ctx.host_usage()
     figures = [HostFigures(name, capacity is not None, *(capacity or (0, 0)),
                            *usage.get(name, (0, 0)))
                for name, capacity in capacities.items()]
@@ -478,12 +480,21 @@ def _domain_of(req: RequestRecord) -> dict[str, str]:
 
 
 class QuotaLedger:
-    """Each resource pool's quota usage, and each user's share of it, counted in memory
-    as requests move (read from the store the first time each is asked for)."""
+    """Each resource pool's quota usage, each user's share of it, and what each host
+    holds, counted in memory as requests move (read from the store the first time each
+    is asked for: host choice runs for every request, and must not scan the history)."""
 
-    def __init__(self, read: Any) -> None:
+    def __init__(self, read: Any, read_hosts: Any = None) -> None:
         self._read = read
+        self._read_hosts = read_hosts
         self._usage: dict[tuple[str, str | None], QuotaUsage] = {}
+        self._hosts: dict[str, tuple[int, int]] | None = None
+
+    def host_usage(self) -> dict[str, tuple[int, int]]:
+        """(vCPUs, memory in KiB) by host of the requests bound to it that hold quota."""
+        if self._hosts is None:
+            self._hosts = dict(self._read_hosts())
+        return self._hosts
 
     def usage(self, resource_pool: str, owner: str | None = None) -> QuotaUsage:
         """What the pool's quota-holding requests add up to (with ``owner``: that user's)."""
@@ -493,14 +504,24 @@ class QuotaLedger:
         return self._usage[key]
 
     def on_transition(self, req: RequestRecord, left: State, entered: State) -> None:
-        """Count a request in when it passes the quota, out when it fails."""
+        """Count a request in when it passes the quota, out when it fails; on its host from
+        when it is bound to one (storage-searching on) until it fails."""
         if (left in HOLDS_QUOTA) != (entered in HOLDS_QUOTA):
             self._add(req, 1 if entered in HOLDS_QUOTA else -1)
+        if (left in _ON_HOST) != (entered in _ON_HOST):
+            self._add_to_host(req, 1 if entered in _ON_HOST else -1)
 
     def on_vm_transition(self, vm: Any, left: VmState, entered: VmState) -> None:
-        """A deleted VM gives its share of its pool's quota back."""
+        """A deleted VM gives its share of its pool's quota, and its host's room, back."""
         if entered == VmState.DELETED:
             self._add(vm, -1)
+            self._add_to_host(vm, -1)
+
+    def _add_to_host(self, what: Any, sign: int) -> None:
+        if self._hosts is None or what.host is None:
+            return  # read when first asked for, with this transition in the store
+        cpus, memory = self._hosts.get(what.host, (0, 0))
+        self._hosts[what.host] = (cpus + sign * what.cpus, memory + sign * what.memory_kib)
 
     def _add(self, what: Any, sign: int) -> None:
         # A figure not read yet is read when first asked for: the store already has
@@ -512,6 +533,11 @@ class QuotaLedger:
                     usage.vms + sign, usage.cpus + sign * what.cpus,
                     usage.memory + sign * what.memory_kib,
                     usage.storage_gb + sign * what.storage_gb)
+
+
+_ON_HOST = HOLDS_QUOTA - {State.AUTHORIZED}
+"""States whose requests take room on their host: bound to it from storage-searching on
+(as ``Store.host_usage`` counts them)."""
 
 
 def provisioning_workflow(ctx: ProvisioningContext, records: Any,

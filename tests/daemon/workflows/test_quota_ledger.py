@@ -41,3 +41,21 @@ def test_each_users_share_is_counted_apart_from_the_pools() -> None:
     ledger.on_transition(Req(), State.REQUESTED, State.AUTHORIZED)
     assert ledger.usage("rp") == ledger.usage("rp", "alice") == QuotaUsage(2, 4, 2048, 20)
     assert ledger.usage("rp", "bob") == QuotaUsage(0, 0, 0, 0)
+
+
+def test_a_host_holds_a_request_from_its_binding_until_it_fails_or_its_vm_is_deleted():
+    from statemachines.vm import VmState
+
+    class Bound(Req):
+        host = "h1"
+
+    ledger = QuotaLedger(lambda pool, owner: QuotaUsage(0, 0, 0, 0), lambda: {})
+    assert ledger.host_usage() == {}
+    ledger.on_transition(Bound(), State.REQUESTED, State.AUTHORIZED)  # no host yet
+    assert ledger.host_usage() == {}
+    ledger.on_transition(Bound(), State.AUTHORIZED, State.STORAGE_SEARCHING)
+    ledger.on_transition(Bound(), State.AUTHORIZED, State.STORAGE_SEARCHING)
+    assert ledger.host_usage() == {"h1": (4, 2048)}
+    ledger.on_transition(Bound(), State.STORAGE_CREATING, State.FAILED)
+    ledger.on_vm_transition(Bound(), VmState.DELETING, VmState.DELETED)
+    assert ledger.host_usage() == {"h1": (0, 0)}
