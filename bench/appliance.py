@@ -53,6 +53,7 @@ import libvirt  # noqa: E402
 
 from daemon.virt import domain_xml  # noqa: E402
 from harness.daemon import Daemon, daemon_config  # noqa: E402
+from harness.sshkey import public_key  # noqa: E402
 from harness.images import (  # noqa: E402
     DISK_FLAG, LINES, PREFIX, build_appliance_disk, parse_guest_output)
 
@@ -279,12 +280,11 @@ def make_big_image(dest: Path) -> None:
 
 
 def make_key(directory: Path) -> tuple[Path, str]:
-    """An ed25519 key pair in ``directory``; (public key file, the key's line)."""
-    private = directory / "bench-key"
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "bench@appliance",
-                    "-f", str(private)], check=True, capture_output=True)
-    public = private.with_name("bench-key.pub")
-    return public, public.read_text().strip()
+    """An ed25519 public key file in ``directory``; (its path, the key's line)."""
+    key = public_key("bench@appliance")
+    public = directory / "bench-key.pub"
+    public.write_text(key + "\n")
+    return public, key
 
 
 def check_report(reader: ConsoleReader, name: str, key: str) -> str | None:

@@ -18,6 +18,7 @@ import pytest
 from daemon.virt.domain_xml import domain_uuid_for, seed_volume_name
 from harness.daemon import Daemon
 from harness.images import build_appliance_disk, parse_guest_output
+from harness.sshkey import public_key
 from harness.libvirtd import LibvirtDaemon
 from tests.e2e.conftest import GuestPool
 from tests.e2e.test_e2e_sessions import PROVCTL, Console
@@ -43,9 +44,8 @@ def appliance_template(pool: GuestPool) -> dict[str, object]:
 def test_a_guest_reads_its_hostname_instance_id_and_ssh_key_from_the_seed(
         appliance: tuple[Daemon, str], libvirtd: LibvirtDaemon, tmp_path: Path) -> None:
     d, pool = appliance
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "alice@laptop",
-                    "-f", str(tmp_path / "id")], check=True)
-    key = (tmp_path / "id.pub").read_text().strip()
+    key = public_key("alice@laptop")
+    (tmp_path / "id.pub").write_text(key + "\n")
     created = subprocess.run(
         [PROVCTL, "--socket", d.socket, "create", "-t", "guest", "-s", "one", "-p", "rp",
          "-n", "guest-1", "--ssh-key", str(tmp_path / "id.pub"), "--json", "--wait"],
