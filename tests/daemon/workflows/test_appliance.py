@@ -44,7 +44,8 @@ async def test_an_appliance_gets_an_overlay_disk_and_a_seed_never_a_free_volume(
     done = await h.run(template="debian", size="small")  # 15 GiB: free-15g.qcow2 would fit
     assert done.state == State.DONE, done.reason
     assert done.volume_name == f"provisiond-{done.id}.qcow2" and done.volume_owned
-    pool = done.volume_pool  # pool-dir's room may go to its images: the next pool then
+    pool = done.volume_pool
+    assert pool == "pool-dir"  # the image's pool first
     vol = h.conn.storagePoolLookupByName(pool).storageVolLookupByName(done.volume_name)
     xml = ET.fromstring(vol.XMLDesc(0))
     assert xml.findtext("backingStore/path") == "/pools/dir/debian-12-cloud.qcow2"
