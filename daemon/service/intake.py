@@ -109,5 +109,5 @@ def new_request_row(config: Config, identity: Identity, req: ProvisioningRequest
         "storage_gb": size.storage_size_in_gb,
         "network": size.network,
         "idempotency_key": req.idempotency_key,
-        "cloud_init": json.dumps(req.cloud_init()) if req.cloud_init() else None,
+        "cloud_init": json.dumps(added) if (added := req.cloud_init()) else None,
     }

@@ -57,29 +57,18 @@ def wrap_call(name: str) -> None:
 
 
 def wrap_transitions() -> None:
-    original = store_module.Store.record_transition
+    for name in ("record_transition", "record_vm_transition"):  # a request's, a VM's
+        original = getattr(store_module.Store, name)
 
-    @functools.wraps(original)
-    def wrapper(self: Any, request_id: str, from_state: Any, to_state: Any, *args: Any,
-                **kwargs: Any) -> None:
-        original(self, request_id, from_state, to_state, *args, **kwargs)
-        if CRASH_AT == f"after:{to_state}":
-            # The transition may sit inside a larger transaction (a claim and its state):
-            # the loop runs this callback only once that synchronous block has committed.
-            asyncio.get_running_loop().call_soon(die, CRASH_AT)
+        def wrapper(self: Any, request_id: str, from_state: Any, to_state: Any, *args: Any,
+                    _original: Callable[..., None] = original, **kwargs: Any) -> None:
+            _original(self, request_id, from_state, to_state, *args, **kwargs)
+            if CRASH_AT == f"after:{to_state}":
+                # The transition may sit inside a larger transaction (a claim and its
+                # state): the loop runs this callback once that synchronous block commits.
+                asyncio.get_running_loop().call_soon(die, CRASH_AT)
 
-    store_module.Store.record_transition = wrapper  # type: ignore[method-assign]
-
-    original_vm = store_module.Store.record_vm_transition
-
-    @functools.wraps(original_vm)
-    def vm_wrapper(self: Any, request_id: str, from_state: Any, to_state: Any, *args: Any,
-                   **kwargs: Any) -> None:
-        original_vm(self, request_id, from_state, to_state, *args, **kwargs)
-        if CRASH_AT == f"after:{to_state}":
-            asyncio.get_running_loop().call_soon(die, CRASH_AT)
-
-    store_module.Store.record_vm_transition = vm_wrapper  # type: ignore[method-assign]
+        setattr(store_module.Store, name, functools.wraps(original)(wrapper))
 
 
 if CRASH_AT:
