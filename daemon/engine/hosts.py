@@ -20,6 +20,8 @@ log = logging.getLogger("provisiond.hosts")
 
 RECONNECT_FIRST_DELAY = 0.2
 RECONNECT_MAX_DELAY = 30.0
+STARTUP_GRACE = 10.0
+"""How long the start waits for the hosts to open before it serves without the slow ones."""
 
 
 class Hosts:
@@ -56,19 +58,52 @@ class Hosts:
         return self._connections[name]
 
     async def open_all(self, on_event: Callable[[object], None],
-                       claims: Callable[[str], dict[tuple[str, str], str]]) -> None:
-        """Open every host; one that cannot be opened is reconnected in the background."""
+                       claims: Callable[[str], dict[tuple[str, str], str]],
+                       grace: float = STARTUP_GRACE) -> None:
+        """Open every host at once; wait at most ``grace`` seconds for them all.
+
+        A host that cannot be opened is reconnected in the background. One still opening
+        after ``grace`` is down until it opens: the daemon starts serving with the
+        others, and the late host's VMs are looked at (as after a reconnect) once it is
+        up.
+        """
+        opening: dict[str, asyncio.Task[None]] = {}
         for name, host in self._connections.items():
             self._up[name] = asyncio.Event()
             for (pool, volume), holder in claims(name).items():
                 host.inventory.hold(pool, volume, holder)
-            try:
-                await host.open(on_event)
-                self._up[name].set()
-            except ProvisiondError as exc:
-                # Not fatal: libvirtd may start after us. Requests wait for it (bounded).
-                log.warning("host %s unreachable at start: %s", name, exc.message)
-                self.lost(name, exc.message)
+            opening[name] = asyncio.create_task(host.open(on_event), name=f"open-{name}")
+        await asyncio.wait(opening.values(), timeout=grace)
+        for name, task in opening.items():
+            if task.done():
+                self._opened(name, task, late=False)
+                continue
+            log.warning("host %s has not answered within %g s of the start; serving "
+                        "without it until it does", name, grace)
+            self._down_since[name] = self._clock()
+            self._reconnects[name] = task  # a loss reported meanwhile waits for this one
+            self._on_lost(name, f"still connecting to {self._connections[name].uri}")
+            task.add_done_callback(lambda t, name=name: self._opened(name, t, late=True))
+
+    def _opened(self, name: str, task: asyncio.Task[None], *, late: bool) -> None:
+        """A first open finished: the host is up, or it is reconnected in the background."""
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is None:
+            self._up[name].set()
+            if late:
+                gap = self._clock() - self._down_since.get(name, self._clock())
+                log.info("host %s answered %.1f s after the start", name, gap)
+                self._resync_later(name, gap)
+            return
+        if not isinstance(exc, ProvisiondError):
+            log.error("opening host %s failed", name, exc_info=exc)
+        # Not fatal: libvirtd may start after us. Requests wait for it (bounded).
+        why = exc.message if isinstance(exc, ProvisiondError) else repr(exc)
+        log.warning("host %s unreachable at start: %s", name, why)
+        self._reconnects.pop(name, None)
+        self.lost(name, why)
 
     def reachable(self, name: str) -> bool:
         """Whether there is a working connection to the host."""
@@ -113,7 +148,10 @@ class Hosts:
         log.info("reconnected to %s after %.1f s", name, gap)
         self._on_reconnect(name)
         self._up[name].set()
-        # Its own task: this reconnect is over, so a loss during the resync starts another.
+        self._resync_later(name, gap)
+
+    def _resync_later(self, name: str, gap: float) -> None:
+        # Its own task: the reconnect is over, so a loss during the resync starts another.
         task = asyncio.create_task(self._on_back(name, gap), name=f"resync-{name}")
         self._resyncs.add(task)
         task.add_done_callback(self._resyncs.discard)

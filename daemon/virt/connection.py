@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import socket
+import threading
 import time
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Sequence, TypeVar
@@ -97,6 +98,51 @@ def map_libvirt_errors(action: str) -> Iterator[None]:
         raise VirtError(message, libvirt_code=code) from None
 
 
+def _in_own_thread(fn: Callable[[], T], discard: Callable[[T], None]) -> asyncio.Future[T]:
+    """Run ``fn`` on a daemon thread of its own; its result (or error) settles the future.
+
+    Not the host's worker pool: a call that hangs (a connection to a host that never
+    answers) must neither take a worker nor hold up the process's exit. A result that
+    arrives after the future was cancelled (timed out) goes to ``discard``.
+    """
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+
+    def settle(result: T | None, error: BaseException | None) -> None:
+        if future.done():
+            if error is None:
+                discard(result)  # type: ignore[arg-type]
+        elif error is None:
+            future.set_result(result)  # type: ignore[arg-type]
+        else:
+            future.set_exception(error)
+
+    def run() -> None:
+        try:
+            result, error = fn(), None
+        except BaseException as exc:  # noqa: BLE001 - handed to the loop as is
+            result, error = None, exc
+        try:
+            loop.call_soon_threadsafe(settle, result, error)
+        except RuntimeError:  # the loop is closed: nobody waits any more
+            if error is None:
+                discard(result)  # type: ignore[arg-type]
+
+    threading.Thread(target=run, name=f"libvirt-open-{fn.__name__}", daemon=True).start()
+    return future
+
+
+def _close_subscribed(opened: tuple[Any, list[int], list[int]]) -> None:
+    """Close a connection that was opened too late to be used."""
+    conn, domain_ids, pool_ids = opened
+    for cid in domain_ids:
+        _quietly(conn.domainEventDeregisterAny, cid)
+    for cid in pool_ids:
+        _quietly(conn.storagePoolEventDeregisterAny, cid)
+    _quietly(conn.unregisterCloseCallback)
+    _quietly(conn.close)
+
+
 class HostConnection:
     """A libvirt host: its connection, its events, and the calls provisiond makes on it."""
 
@@ -131,35 +177,54 @@ class HostConnection:
         return self._conn is not None and bool(self._conn.isAlive())
 
     async def open(self, on_event: Callable[[object], None]) -> None:
-        """Open the connection and subscribe to domain lifecycle events and closure."""
+        """Open the connection and subscribe to domain lifecycle events and closure.
+
+        Opening and subscribing run on a thread of their own, bounded by ``call_timeout``:
+        a host that is slow to answer (an SSH or TLS connection that hangs) holds up
+        neither the event loop nor the other hosts. A connection that arrives after the
+        timeout is closed.
+        """
         ensure_event_loop_registered()
         self._on_event = on_event
         try:
-            with map_libvirt_errors(f"cannot connect to {self.uri}"):
-                # Opening runs on the loop thread: libvirt binds the connection's event
-                # plumbing to the registered implementation as it opens.
-                conn = self.opener(self.uri)
+            conn, domain_ids, pool_ids = await asyncio.wait_for(
+                _in_own_thread(self._open_and_subscribe, _close_subscribed),
+                self.call_timeout)
+        except asyncio.TimeoutError:
+            raise HostUnreachable(f"cannot connect to {self.uri}: no answer within "
+                                  f"{self.call_timeout:g} s") from None
         except VirtError as exc:  # whatever the reason, a host we cannot open is unreachable
             raise HostUnreachable(exc.message, libvirt_code=exc.libvirt_code) from None
-        if conn is None:
-            raise HostUnreachable(f"cannot connect to {self.uri}")
         self._conn = conn
+        self._callback_ids.extend(domain_ids)
+        self._pool_callback_ids.extend(pool_ids)
         try:
-            with map_libvirt_errors(f"cannot subscribe to events of {self.uri}"):
-                self._callback_ids.append(conn.domainEventRegisterAny(
-                    None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._lifecycle_callback, None))
-                self._pool_callback_ids.append(conn.storagePoolEventRegisterAny(
-                    None, libvirt.VIR_STORAGE_POOL_EVENT_ID_LIFECYCLE, self._pool_callback,
-                    None))
-                self._pool_callback_ids.append(conn.storagePoolEventRegisterAny(
-                    None, libvirt.VIR_STORAGE_POOL_EVENT_ID_REFRESH, self._refresh_callback,
-                    None))
-                conn.registerCloseCallback(self._close_callback, None)
             # Events first, then the full read: a change racing the read is not lost.
             await self.load_inventory()
         except BaseException:
             await self.disconnect()
             raise
+
+    def _open_and_subscribe(self) -> tuple[Any, list[int], list[int]]:
+        """Open the connection and register the callbacks (blocking: runs off the loop)."""
+        with map_libvirt_errors(f"cannot connect to {self.uri}"):
+            conn = self.opener(self.uri)
+        if conn is None:
+            raise HostUnreachable(f"cannot connect to {self.uri}")
+        try:
+            with map_libvirt_errors(f"cannot subscribe to events of {self.uri}"):
+                domain_ids = [conn.domainEventRegisterAny(
+                    None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._lifecycle_callback, None)]
+                pool_ids = [conn.storagePoolEventRegisterAny(
+                    None, libvirt.VIR_STORAGE_POOL_EVENT_ID_LIFECYCLE, self._pool_callback,
+                    None), conn.storagePoolEventRegisterAny(
+                    None, libvirt.VIR_STORAGE_POOL_EVENT_ID_REFRESH, self._refresh_callback,
+                    None)]
+                conn.registerCloseCallback(self._close_callback, None)
+        except BaseException:
+            _quietly(conn.close)
+            raise
+        return conn, domain_ids, pool_ids
 
     async def load_inventory(self) -> None:
         """Read every pool, volume and domain of the host into ``inventory``."""
