@@ -39,6 +39,12 @@ define takes 30-60 s), no cgroups (nothing written under ``/sys/fs/cgroup``), no
 ``<domain type='qemu'>`` (TCG: nested KVM fails on these machines). There is no network:
 no default network, no dnsmasq; give guests no ``<interface>``, or ``type='user'``.
 
+Several daemons may run at once (hosts of a fleet): each has its own ``base``, namespace,
+virtlogd, sockets and pid files. They share the machine (``virsh nodeinfo``), hostname,
+network (two may hand out the same VNC port) and, unless ``host_uuid`` is given, host UUID.
+``define_dir_pool`` on a directory outside the bind mounts gives each a pool on the same
+files, at the same path (an NFS stand-in; each sees another's new files on pool-refresh).
+
 Only ``virsh -c URI`` subprocesses are used here, never the Python binding: libvirt takes
 one event implementation per process, and the test process registers the asyncio one.
 """
@@ -179,12 +185,14 @@ class LibvirtDaemon:
     _users: set[int] = set()
 
     def __init__(self, base: Path | str | None = None, *,
-                 cache_dir: Path | str | None = DEFAULT_CACHE, keep: bool = False) -> None:
+                 cache_dir: Path | str | None = DEFAULT_CACHE, keep: bool = False,
+                 host_uuid: str | None = None) -> None:
         self.base = Path(base) if base else Path(tempfile.mkdtemp(prefix="provisiond-libvirtd-"))
         self.base.mkdir(parents=True, exist_ok=True)
         self.base.chmod(0o755)
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self.keep = keep
+        self.host_uuid = host_uuid  # reported by libvirt; None: the machine's (SMBIOS)
         self.socket = self.base / "run" / "libvirt-sock"
         self.uri = f"qemu+unix:///system?socket={self.socket}"
         self.pools_dir = self.base / "pools"
@@ -355,11 +363,34 @@ class LibvirtDaemon:
         self.virsh("pool-refresh", pool)
         return target / name
 
+    def define_dir_pool(self, name: str, path: Path | str, *,
+                        autostart: bool = False) -> Path:
+        """Define and start a ``dir`` pool on ``path`` as the daemon sees it (made if
+        missing); where the test process finds that directory (``host_path``)."""
+        here = self.host_path(path)
+        here.mkdir(parents=True, exist_ok=True)
+        self.define_xml("pool-define", f"<pool type='dir'><name>{name}</name>"
+                                       f"<target><path>{path}</path></target></pool>")
+        try:
+            self.virsh("pool-start", name)
+            if autostart:
+                self.virsh("pool-autostart", name)
+        except LibvirtError:
+            self.remove_pool(name)
+            raise
+        return here
+
+    def remove_pool(self, name: str) -> None:
+        """Stop and undefine a storage pool (if defined), leaving its files."""
+        self.virsh("pool-destroy", name, check=False)
+        self.virsh("pool-undefine", name, check=False)
+
     # ------------------------------------------------------------------ internals
 
     def _write_config(self) -> None:
         etc = self.base / "etc"
-        for name, text in (("libvirtd.conf", LIBVIRTD_CONF), ("qemu.conf", QEMU_CONF),
+        conf = LIBVIRTD_CONF + (f'host_uuid = "{self.host_uuid}"\n' if self.host_uuid else "")
+        for name, text in (("libvirtd.conf", conf), ("qemu.conf", QEMU_CONF),
                            ("virtlogd.conf", VIRTLOGD_CONF)):
             if not (etc / name).exists():
                 (etc / name).write_text(text)
@@ -513,7 +544,7 @@ class LibvirtDaemon:
         try:
             self.cache_dir.mkdir(parents=True, exist_ok=True)
             for f in self._cache_files().glob("*.xml"):
-                tmp = self.cache_dir / f".{f.name}.tmp"
+                tmp = self.cache_dir / f".{f.name}.{os.getpid()}-{id(self)}.tmp"  # own
                 shutil.copy2(f, tmp)
                 os.replace(tmp, self.cache_dir / f.name)
         except OSError:

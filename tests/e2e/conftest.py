@@ -8,6 +8,11 @@ guests destroyed, processes reaped, files removed. Connect with ``libvirtd.uri``
 It opens no libvirt connection itself (set-up checks go through ``virsh -c URI``): the test
 process has one asyncio loop and libvirt takes one event implementation per process, so
 Python-binding connections belong to the tests, after they registered libvirtaio.
+
+``second_libvirtd`` (session scope, started only for the tests that ask for it) is a second
+such daemon beside ``libvirtd``: two hosts on one machine. ``shared_pool`` gives a test a
+``dir`` pool named ``shared`` on both, on one directory (``SharedStorage``, an NFS
+stand-in), removed with its files at the end.
 """
 
 from __future__ import annotations
@@ -15,14 +20,15 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import tempfile
 import uuid
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import pytest
 
 from harness.daemon import Daemon, daemon_config
-from harness.libvirtd import LibvirtDaemon, LibvirtError
+from harness.libvirtd import BINDS, LibvirtDaemon, LibvirtError
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -113,3 +119,102 @@ def guest_pool(libvirtd: LibvirtDaemon, daemon_dir: Path) -> Iterator[GuestPool]
         yield pool
     finally:
         pool.cleanup()
+
+
+class SharedStorage:
+    """A directory that several daemons, their QEMUs and the test process reach at one
+    path, and a ``dir`` pool ``name`` on it on each daemon: one NFS export mounted on
+    several hosts. ``create()`` / ``remove()``; made in the system's temporary directory
+    unless ``path`` is given (it must be outside the daemons' bind mounts)."""
+
+    def __init__(self, daemons: Iterable[LibvirtDaemon], name: str = "shared",
+                 path: Path | str | None = None) -> None:
+        self.daemons = list(daemons)
+        self.name = name
+        self._made_here = path is None
+        self.path = Path(path) if path else Path(tempfile.mkdtemp(prefix="provisiond-shared-"))
+        for d in self.daemons:
+            if d.host_path(self.path) != self.path:
+                raise ValueError(f"{self.path} is under one of {', '.join(BINDS.values())}: "
+                                 f"each daemon would see a directory of its own there")
+
+    def create(self, autostart: bool = True) -> Path:
+        """Define and start the pool on every daemon (a leftover pool of that name is
+        replaced); the directory. Undone if it fails on one."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.path.chmod(0o755)
+        try:
+            for d in self.daemons:
+                d.remove_pool(self.name)
+                d.define_dir_pool(self.name, self.path, autostart=autostart)
+        except BaseException:
+            self.remove()
+            raise
+        return self.path
+
+    def refresh(self) -> None:
+        """``pool-refresh`` on every running daemon: each sees what the others made."""
+        for d in self.daemons:
+            if d.running:
+                d.virsh("pool-refresh", self.name)
+
+    def add_volume(self, name: str, capacity: str = "1G", fmt: str = "qcow2") -> Path:
+        """A volume made behind every daemon's back (``qemu-img create``, as an admin
+        would on the export), then seen by all (``refresh``); its path."""
+        path = self.path / name
+        subprocess.run(["qemu-img", "create", "-q", "-f", fmt, str(path), capacity],
+                       check=True, capture_output=True, text=True, timeout=60)
+        self.refresh()
+        return path
+
+    def volumes(self, daemon: LibvirtDaemon) -> list[str]:
+        """The pool's volume names as ``daemon`` lists them now (no refresh), sorted."""
+        out = daemon.virsh("vol-list", "--pool", self.name)
+        return sorted(line.split()[0] for line in out.splitlines() if line.strip())
+
+    def files(self) -> list[str]:
+        """The names of the files in the directory, sorted: what is really there."""
+        return sorted(p.name for p in self.path.iterdir()) if self.path.is_dir() else []
+
+    def remove(self) -> None:
+        """Undefine the pool on every running daemon (one that is down keeps it: the next
+        ``create()`` replaces it) and remove the files."""
+        for d in self.daemons:
+            if d.running:
+                d.remove_pool(self.name)
+        if self._made_here:
+            shutil.rmtree(self.path, ignore_errors=True)
+        elif self.path.is_dir():
+            for f in self.path.iterdir():
+                if f.is_file() or f.is_symlink():
+                    f.unlink()
+
+
+@pytest.fixture(scope="session")
+def second_libvirtd(libvirtd: LibvirtDaemon) -> Iterator[LibvirtDaemon]:
+    """A second libvirt daemon (its own host UUID) running beside ``libvirtd``."""
+    daemon = LibvirtDaemon(host_uuid=str(uuid.uuid4()))
+    try:
+        daemon.start()
+    except (LibvirtError, OSError) as exc:
+        daemon.stop()
+        pytest.fail(f"could not start a second libvirtd: {exc}", pytrace=False)
+    try:
+        yield daemon
+    finally:
+        daemon.stop()
+
+
+@pytest.fixture
+def shared_pool(libvirtd: LibvirtDaemon,
+                second_libvirtd: LibvirtDaemon) -> Iterator[SharedStorage]:
+    """A dir pool ``shared`` on both daemons on one directory; removed, files and all."""
+    for d in (libvirtd, second_libvirtd):
+        if not d.running:  # a test before this one left it down
+            d.start()
+    storage = SharedStorage([libvirtd, second_libvirtd], "shared")
+    storage.create()
+    try:
+        yield storage
+    finally:
+        storage.remove()
