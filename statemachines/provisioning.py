@@ -31,7 +31,9 @@ class State(DocumentedState):
     )
     STORAGE_SEARCHING = (
         "storage-searching",
-        "Looking for a free volume of the right size, else a pool with room for a new one.",
+        "Choosing a host and its storage together: a free volume of the right size on a "
+        "host that can hold the VM, else a pool with room for a new one; the host is bound "
+        "with the claim.",
     )
     STORAGE_CREATING = (
         "storage-creating",
@@ -69,6 +71,10 @@ HOLDS_QUOTA: frozenset[State] = frozenset(
 )
 """States whose requests count against their resource pool's quota (they passed it)."""
 
+ON_HOST: frozenset[State] = HOLDS_QUOTA - {State.AUTHORIZED, State.STORAGE_SEARCHING}
+"""States whose requests take room (vCPUs, memory) on the host they are bound to: from
+the transaction that leaves storage-searching, which chooses the host."""
+
 ACTS_OUTSIDE: frozenset[State] = frozenset(
     {State.STORAGE_CREATING, State.SEEDING, State.DEFINING})
 """States whose step acts on libvirt: the state is on disk before the step starts.
@@ -101,10 +107,10 @@ TRANSITIONS: tuple[Transition[State], ...] = (
                "step start_storage_search"),
     Transition(Trigger.REUSE_VOLUME, State.STORAGE_SEARCHING, State.DEFINING,
                "step search_storage: a free volume of the right size "
-               "was claimed"),
+               "was claimed on a host that can hold the VM"),
     Transition(Trigger.CREATE_STORAGE, State.STORAGE_SEARCHING, State.STORAGE_CREATING,
                "step search_storage: room was reserved in a pool that can "
-               "create volumes"),
+               "create volumes, on a host that can hold the VM"),
     Transition(Trigger.DEFINE, State.STORAGE_CREATING, State.DEFINING,
                "step create_storage: the request's volume exists"),
     Transition(Trigger.SEED, State.STORAGE_CREATING, State.SEEDING,
@@ -159,6 +165,6 @@ def render_mermaid() -> str:
     return TABLE.render_mermaid()
 
 
-__all__ = ["ACTS_OUTSIDE", "HOLDS_QUOTA", "INITIAL", "IN_PROGRESS", "TABLE", "TERMINAL",
-           "TRANSITIONS", "State", "Transition", "Trigger", "build_machine", "destination",
+__all__ = ["ACTS_OUTSIDE", "HOLDS_QUOTA", "INITIAL", "IN_PROGRESS", "ON_HOST", "TABLE",
+           "TERMINAL", "TRANSITIONS", "State", "Transition", "Trigger", "build_machine", "destination",
            "fire", "render_mermaid", "transitions_from"]

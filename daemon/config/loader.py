@@ -342,8 +342,8 @@ def _parse_host(value: Any, path: str, c: _Checker) -> Host | None:
 
 
 def _parse_storage_pool(value: Any, path: str, c: _Checker) -> StoragePoolRef | None:
-    body = c.mapping(value, path, {"name", "overcommit", "on_release", "templates_only"},
-                     {"name"})
+    body = c.mapping(value, path, {"name", "overcommit", "on_release", "templates_only",
+                                   "shared"}, {"name"})
     if body is None or "name" not in body:
         return None
     name = c.name(body["name"], f"{path}.name")
@@ -358,7 +358,11 @@ def _parse_storage_pool(value: Any, path: str, c: _Checker) -> StoragePoolRef | 
     if not isinstance(templates_only, bool):
         c.bad(f"{path}.templates_only", f"expected true or false, got {_show(templates_only)}")
         return None
-    return (StoragePoolRef(name, overcommit, on_release, templates_only)
+    shared = body.get("shared")
+    if shared is not None and not isinstance(shared, bool):
+        c.bad(f"{path}.shared", f"expected true or false, got {_show(shared)}")
+        return None
+    return (StoragePoolRef(name, overcommit, on_release, templates_only, shared)
             if name and overcommit else None)
 
 

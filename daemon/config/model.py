@@ -113,6 +113,12 @@ class StoragePoolRef:
     (wipe); free again as it is (keep); deleted (delete)."""
     templates_only: bool = False
     """Holds templates' volumes (ISOs, images, kernels) and never a VM's disk."""
+    shared: bool | None = None
+    """Whether the pool of this name on each host is one storage, seen by them all: a
+    volume in it is claimed once and space reserved once, whichever host sees it. None
+    (the default): so for network pool types (netfs, gluster, rbd, iscsi, ...) whose
+    source is the same on the hosts; true: so for any type (a dir pool on an NFS mount
+    made outside libvirt); false: each host's pool is its own."""
 
 
 @dataclass(frozen=True)

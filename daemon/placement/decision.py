@@ -47,10 +47,14 @@ class Decision:
     """The host the storage is on (the dry run: the host a request would get)."""
     hosts: tuple[HostVerdict, ...] = field(default=())
     """Every host's verdict (the dry run), the chosen one first."""
+    failure: str | None = None
+    """Why no host that could hold the request had storage for it (action ``none``)."""
 
     @property
     def reason(self) -> str:
         """One line for the log: what was chosen, or why nothing could be."""
+        if self.failure is not None:
+            return self.failure
         if self.action == "reuse" and self.volume:
             return (f"reusing free volume {self.volume.pool}/{self.volume.name} "
                     f"({gib(self.volume.capacity)})")

@@ -48,6 +48,8 @@ def place_storage(
     template_paths: Iterable[str] = (),
     image_pool: str | None = None,
     explain: bool = False,
+    reuse: bool = True,
+    create: bool = True,
 ) -> Decision:
     """Decide where a request's volume comes from (see the module docstring).
 
@@ -55,7 +57,8 @@ def place_storage(
     step 1 does not apply (a free blank volume does not hold the image), and that pool
     comes first for step 2. Without ``explain``, verdicts are given for the pools only
     when nothing fits (they make the failure's reason); with it, for every candidate
-    volume and pool.
+    volume and pool. ``reuse`` / ``create`` off: that step is left out (placement over
+    several hosts runs step 1 on them all before step 2 on any).
     """
     listed = list(pools)
     pools = [p for p in listed if not p.templates_only]
@@ -70,7 +73,7 @@ def place_storage(
     verdicts: list[Verdict] = [
         Verdict("create", p.name, None, False, "holds templates only (templates_only)")
         for p in listed if p.templates_only] if explain else []
-    vol = None if image_pool is not None else inventory.best_free_volume(
+    vol = None if image_pool is not None or not reuse else inventory.best_free_volume(
         [p.name for p in pools], size_bytes, size_bytes + tolerance_bytes, is_template)
     if explain and image_pool is not None:
         verdicts += [Verdict("reuse", ref.name, v.name, False, "not for an appliance: a free "
@@ -81,6 +84,8 @@ def place_storage(
                                     is_template)
     elif vol is not None:
         return Decision("reuse", vol.pool, vol)
+    if not create:
+        return Decision("none", verdicts=tuple(verdicts))
 
     pending = _pending_reservations(reservations, request_id, inventory)
     chosen: PoolInfo | None = None

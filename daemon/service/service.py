@@ -20,6 +20,7 @@ from daemon.errors import HostUnreachable, InvalidInput, InvalidState, Permissio
 from daemon.errors import InUse, ProvisiondError, QuotaExceeded, RequestCancelled
 from daemon.errors import TooManyInProgress, UnknownName
 from daemon.placement import Decision
+from daemon.placement.shared import StorageMap
 from daemon.process.metrics import Metrics
 from daemon.service import reconcile
 from daemon.service.intake import ProvisioningRequest, new_request_row, pools_granting
@@ -29,9 +30,9 @@ from daemon.engine import Outcome
 from daemon.store import LogEntry, QuotaUsage, RequestRecord, RequestRecords, Store
 from daemon.store import VmRecord, VmRecords
 from daemon.virt.connection import DomainEvent, HostConnection, Opener, open_connection
-from daemon.workflows.provisioning import QuotaLedger, choose_host_for, place
+from daemon.workflows.placing import disk_sizes, host_figures, place_on_hosts
+from daemon.workflows.provisioning import QuotaLedger
 from daemon.workflows.provisioning import provisioning_workflow
-from daemon.workflows import appliance
 from daemon.workflows.vm import vm_workflow
 from statemachines.provisioning import TERMINAL, State
 from statemachines.vm import TABLE as VM_TABLE
@@ -67,6 +68,10 @@ class Service:
                     host.name, host.uri, opener=opener,
                     call_timeout=config.daemon.libvirt_call_timeout,
                     observe=self._observe_call))
+        self.storage = StorageMap(lambda name: connections.get(name), lambda: self.config)
+        """Which hosts' pools are the same storage (``daemon.placement.shared``)."""
+        for connection in connections.values():
+            connection.on_volume_change = self.storage.mirror
         self.hosts = Hosts(connections, clock=clock,
                            on_lost=lambda name, why: self.engine.host_lost(name, why),
                            on_back=lambda name, gap: self.engine.host_back(name, gap),
@@ -92,7 +97,7 @@ class Service:
         """Open every host (events first), then resume what was left in progress."""
         self.store.enable_group_commit()
         self.events.start()
-        await self.hosts.open_all(self.events.enqueue, self.store.claims_on)
+        await self.hosts.open_all(self.events.enqueue, self._claims_seen_by)
         self.engine.resume()
         # VMs at rest may have changed while no provisiond watched: look (in the
         # background; a slow host must not hold up the start).
@@ -103,6 +108,15 @@ class Service:
                 task.add_done_callback(self._background.discard)
         pruner = asyncio.create_task(self._prune_every(PRUNE_INTERVAL), name="prune")
         self._background.add(pruner)
+
+    def _claims_seen_by(self, host: str) -> dict[tuple[str, str], str]:
+        """The claims a host's inventory holds: on its own storage, and on shared storage
+        of a pool it lists (``StorageMap.hosts_seeing``)."""
+        claims = self.store.claims_on(host)
+        for where, pool, volume, holder in self.store.shared_claims():
+            if host in self.storage.hosts_seeing(where, pool):
+                claims[(pool, volume)] = holder
+        return claims
 
     async def prune(self) -> int:
         """Forget the deleted VMs older than ``daemon.retention_days``, a batch per loop
@@ -381,19 +395,15 @@ class Service:
         self._admit(identity.user, pool_name, req.size)  # a create would be refused
         size = self.config.sizes[req.size]
         hardware = self.config.hardware_pool_of(pool_name)
-        chosen, hosts = await choose_host_for(self._context, hardware, size.cpus, size.memory)
-        if not hosts:
-            raise HostUnreachable(f"no host of hardware pool {hardware.name} is reachable")
-        if chosen is None:
-            return Decision("none", hosts=tuple(hosts))
-        host = self.hosts.connection(chosen)
         template = self.config.templates[req.template]
-        size_bytes = size.storage_bytes
-        if template.kind == "appliance":
-            size_bytes = max(size_bytes, (await appliance.image_of(host, template)).capacity)
-        decision = place(self._context, host, hardware, size_bytes, "(dry run)",
-                         template=template, explain=True)
-        return dataclasses.replace(decision, host=chosen, hosts=tuple(hosts))
+        figures = await host_figures(self._context, hardware)
+        if not any(f.reachable for f in figures):
+            raise HostUnreachable(f"no host of hardware pool {hardware.name} is reachable")
+        reachable = [f.name for f in figures if f.reachable]
+        sizes, refused = await disk_sizes(self._context, reachable, template,
+                                          size.storage_size_in_gb)
+        return place_on_hosts(self._context, hardware, figures, size.cpus, size.memory, sizes,
+                              refused, "(dry run)", template=template, explain=True).decision
 
     async def reconcile(self, who: Identity, apply: bool) -> tuple[list[str],
                                                                    list[reconcile.Orphan]]:
@@ -446,6 +456,29 @@ class StepContext:
         """Whether the host's connection works now."""
         return self._service.hosts.reachable(name)
 
+    @property
+    def storage(self) -> StorageMap:
+        """Which hosts' pools are the same storage; claims held on all of them."""
+        return self._service.storage
+
+    async def wait_for_any_host(self, names: list[str], timeout: float) -> str | None:
+        """Wait until one of these hosts is reachable: its name; None after ``timeout``."""
+        hosts = self._service.hosts
+
+        async def up(name: str) -> str | None:
+            return name if await hosts.wait_up(name, timeout) else None
+
+        waits = [asyncio.ensure_future(up(name)) for name in names]
+        try:
+            for first in asyncio.as_completed(waits):
+                name = await first
+                if name is not None:
+                    return name
+            return None
+        finally:
+            for wait in waits:
+                wait.cancel()
+
     def repeating(self, request_id: str) -> bool:
         """Whether the request's current step ran before."""
         return self._service.engine.repeating(request_id)
@@ -488,6 +521,11 @@ class VmStepContext:
     def config(self) -> Config:
         """The configuration in force."""
         return self._service.config
+
+    @property
+    def storage(self) -> StorageMap:
+        """Which hosts' pools are the same storage; claims held on all of them."""
+        return self._service.storage
 
     def host(self, name: str | None) -> HostConnection:
         """A configured host's connection."""

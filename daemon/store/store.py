@@ -35,7 +35,7 @@ import sqlite_utils
 from daemon.errors import AlreadyClaimed, StaleState
 from daemon.store.records import LogEntry, QuotaUsage, RequestRecord, Reservation, VmRecord
 from daemon.store.schema import MIGRATIONS
-from statemachines.provisioning import HOLDS_QUOTA, IN_PROGRESS, State
+from statemachines.provisioning import HOLDS_QUOTA, IN_PROGRESS, ON_HOST, State
 from statemachines.vm import TABLE as VM_TABLE
 from statemachines.vm import VmState
 
@@ -297,8 +297,9 @@ class Store:
 
     def host_usage(self) -> dict[str, tuple[int, int]]:
         """(vCPUs, memory in KiB) by host of what provisiond placed there: requests bound to
-        a host that hold their quota (in progress, or done until their VM is deleted)."""
-        states = sorted(HOLDS_QUOTA)
+        a host (``ON_HOST``: in progress past the host choice, or done until their VM is
+        deleted)."""
+        states = sorted(ON_HOST)
         rows = self.db.execute(
             "SELECT host, COALESCE(SUM(cpus), 0), COALESCE(SUM(memory_kib), 0) FROM requests"
             f" WHERE host IS NOT NULL AND state IN ({','.join('?' * len(states))})"
@@ -468,7 +469,8 @@ class Store:
     # -- claims and reservations
 
     def claim_volume(self, host: str, pool: str, volume: str, request_id: str) -> None:
-        """Claim a volume for a request; raises AlreadyClaimed if another request holds it."""
+        """Claim a volume for a request; raises AlreadyClaimed if another request holds it.
+        ``host`` is the volume's location (a host's name, or shared storage's key)."""
         try:
             with self.atomic():
                 self.db.conn.execute(
@@ -482,10 +484,17 @@ class Store:
                 return
             raise AlreadyClaimed(f"{pool}/{volume} is claimed by request {holder and holder[0]}")
 
-    def claims_on(self, host: str) -> dict[tuple[str, str], str]:
-        """Claimed volumes on a host: (pool, volume) -> request id."""
+    def claims_on(self, location: str) -> dict[tuple[str, str], str]:
+        """Claimed volumes at a location (a host's name, or shared storage's key; see
+        ``daemon.placement.shared``): (pool, volume) -> request id."""
         return {(r["pool"], r["volume"]): r["request_id"] for r in self.db.query(
-            "SELECT pool, volume, request_id FROM volume_claims WHERE host = ?", [host])}
+            "SELECT pool, volume, request_id FROM volume_claims WHERE host = ?", [location])}
+
+    def shared_claims(self) -> list[tuple[str, str, str, str]]:
+        """Claims on shared storage: (location, pool, volume, request id)."""
+        return [(r["host"], r["pool"], r["volume"], r["request_id"]) for r in self.db.query(
+            "SELECT host, pool, volume, request_id FROM volume_claims"
+            " WHERE host LIKE 'shared:%'")]
 
     def reserve_space(self, reservation: Reservation) -> None:
         """Hold space in a pool for a request's new volume (replaces its earlier one)."""
@@ -527,13 +536,18 @@ class Store:
         for held in self._reservations_by_host().values():
             held.pop(request_id, None)
 
-    def release_storage(self, request_id: str) -> None:
-        """Drop a request's volume claims and space reservations."""
+    def release_storage(self, request_id: str) -> list[tuple[str, str, str]]:
+        """Drop a request's volume claims and space reservations; return the claims
+        dropped: (location, pool, volume)."""
         with self.atomic():
+            released = [(r[0], r[1], r[2]) for r in self.db.execute(
+                "SELECT host, pool, volume FROM volume_claims WHERE request_id = ?",
+                [request_id]).fetchall()]
             self.db.conn.execute("DELETE FROM volume_claims WHERE request_id = ?", [request_id])
             self.db.conn.execute("DELETE FROM pool_reservations WHERE request_id = ?",
                                  [request_id])
             self._forget_reservation(request_id)
+        return released
 
 
 class RequestRecords:

@@ -119,7 +119,7 @@ def _read_pool(conn: Any, name: str) -> PoolInfo | None:
 
 
 def _pool_info(pool: Any) -> PoolInfo:
-    pool_type = domain_xml.pool_type_of(pool.XMLDesc(0))
+    pool_type, source, target = domain_xml.pool_facts_of(pool.XMLDesc(0))
     active = bool(pool.isActive())
     _state, capacity, allocation, available = pool.info()
     volumes: list[VolumeInfo] = []
@@ -133,7 +133,7 @@ def _pool_info(pool: Any) -> PoolInfo:
                 if not _is_not_found(exc):
                     raise
     return PoolInfo(pool.name(), pool_type, active, capacity, allocation, available,
-                    tuple(volumes))
+                    tuple(volumes), source, target)
 
 
 def _volume_info(pool_name: str, vol: Any) -> VolumeInfo:

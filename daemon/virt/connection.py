@@ -14,7 +14,7 @@ import socket
 import threading
 import time
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator, Sequence, TypeVar
+from typing import Any, Awaitable, Callable, Iterator, Sequence, TypeVar
 
 import libvirt
 
@@ -164,10 +164,13 @@ class HostConnection:
         self._callback_ids: list[int] = []
         self._pool_callback_ids: list[int] = []
         self._on_event: Callable[[object], None] | None = None
-        self._caps: tuple[str, str] | None = None
-        self._capacity: tuple[int, int] | None = None
+        self._caps: asyncio.Future[tuple[str, str]] | None = None
+        self._capacity: asyncio.Future[tuple[int, int]] | None = None
         self._pool_handles: dict[str, Any] = {}
         """Storage pool objects by name, of the open connection (one look-up each)."""
+        self.on_volume_change: Callable[[str, str, str, VolumeInfo | None], None] | None = None
+        """Told (host, pool, name, the volume or None) after this host created or deleted a
+        volume (so that hosts sharing the storage see it too)."""
 
     # -- connection
 
@@ -316,6 +319,7 @@ class HostConnection:
         """Unsubscribe and close the connection, ignoring errors of a dead one."""
         conn, self._conn = self._conn, None
         self._pool_handles = {}  # a new dict: calls still running keep the old one
+        self._caps = self._capacity = None  # the host may come back upgraded or resized
         if conn is None:
             return
         for cid in self._callback_ids:
@@ -361,20 +365,42 @@ class HostConnection:
     # -- queries
 
     async def capabilities(self) -> tuple[str, str]:
-        """(domain type, arch) for new domains on this host; cached."""
+        """(domain type, arch) for new domains on this host; read once per connection."""
         if self._caps is None:
-            caps_xml = await self._call("cannot read host capabilities",
-                                        self._conn.getCapabilities)
-            self._caps = domain_xml.capabilities_summary(caps_xml)
-        return self._caps
+            self._caps = self._once(self._read_capabilities())
+        return await asyncio.shield(self._caps)
+
+    async def _read_capabilities(self) -> tuple[str, str]:
+        caps_xml = await self._call("cannot read host capabilities",
+                                    self._conn.getCapabilities)
+        return domain_xml.capabilities_summary(caps_xml)
 
     async def node_capacity(self) -> tuple[int, int]:
-        """(cpus, memory in KiB) of the host, from libvirt's node info; read once."""
+        """(cpus, memory in KiB) of the host, from libvirt's node info; read once per
+        connection (requests asking at once share the one call)."""
         if self._capacity is None:
-            info = await self._call(f"cannot read the node info of {self.name}",
-                                    self._conn.getInfo)
-            self._capacity = (int(info[2]), int(info[1]) * 1024)  # memory is in MiB
-        return self._capacity
+            self._capacity = self._once(self._read_capacity())
+        return await asyncio.shield(self._capacity)
+
+    async def _read_capacity(self) -> tuple[int, int]:
+        info = await self._call(f"cannot read the node info of {self.name}",
+                                self._conn.getInfo)
+        return int(info[2]), int(info[1]) * 1024  # memory is in MiB
+
+    def _once(self, read: Awaitable[T]) -> asyncio.Future[T]:
+        """A read shared by every caller until the connection changes; a failed one is
+        forgotten, so the next caller asks again."""
+        task = asyncio.ensure_future(read)
+
+        def forget_failure(done: asyncio.Future[T]) -> None:
+            if done.cancelled() or done.exception() is not None:
+                if self._caps is done:
+                    self._caps = None
+                if self._capacity is done:
+                    self._capacity = None
+
+        task.add_done_callback(forget_failure)
+        return task
 
     async def read_inventory(self, pool_names: list[str]) -> HostInventory:
         """A fresh read of the named pools (and their volumes) and of all domains' disks."""
@@ -413,7 +439,7 @@ class HostConnection:
         """Create a volume from XML in ``pool``."""
         vol = await self._call(f"cannot create a volume in pool {pool}", _create_volume,
                                self._conn, self._pool_handles, pool, xml)
-        self.inventory.add_volume(vol)
+        self._volume_added(vol)
         return vol
 
     async def clone_volume(self, pool: str, xml: str, source_pool: str,
@@ -421,7 +447,7 @@ class HostConnection:
         """Create a volume from XML in ``pool`` as a full copy of another volume."""
         vol = await self._call(f"cannot copy {source_pool}/{source_name} into pool {pool}",
                                _clone_volume, self._conn, pool, xml, source_pool, source_name)
-        self.inventory.add_volume(vol)
+        self._volume_added(vol)
         return vol
 
     async def upload_volume(self, pool: str, name: str, data: bytes) -> bool:
@@ -434,7 +460,14 @@ class HostConnection:
         deleted = await self._call(f"cannot delete volume {pool}/{name}", _delete_volume,
                                    self._conn, self._pool_handles, pool, name)
         self.inventory.remove_volume(pool, name)
+        if self.on_volume_change is not None:
+            self.on_volume_change(self.name, pool, name, None)
         return deleted
+
+    def _volume_added(self, vol: VolumeInfo) -> None:
+        self.inventory.add_volume(vol)
+        if self.on_volume_change is not None:
+            self.on_volume_change(self.name, vol.pool, vol.name, vol)
 
     async def define_domain(self, uuid: str, name: str, xml: str,
                             disks: Sequence[tuple[str | None, str | None, str | None]] |

@@ -195,9 +195,22 @@ def disks_of(domain_xml: str) -> list[tuple[str | None, str | None, str | None]]
     return out
 
 
-def pool_type_of(pool_xml: str) -> str:
-    """The ``type`` attribute of a storage pool XML."""
-    return ET.fromstring(pool_xml).get("type", "")
+def pool_facts_of(pool_xml: str) -> tuple[str, str, str]:
+    """(type, source, target path) of a storage pool XML. ``source`` is the ``<source>``
+    element as one canonical line (hosts, directory, devices, name, ...: equal for two
+    pools on the same storage, whatever the order libvirt lists them in), "" if none."""
+    root = ET.fromstring(pool_xml)
+    parts: list[str] = []
+    source = root.find("source")
+    if source is not None:
+        for element in source.iter():
+            if element is source:
+                continue
+            attrs = ",".join(f"{k}={v}" for k, v in sorted(element.attrib.items()))
+            text = (element.text or "").strip()
+            parts.append(f"{element.tag}[{attrs}]{text}")
+    return (root.get("type", ""), ";".join(sorted(parts)),
+            (root.findtext("target/path") or "").strip())
 
 
 _UNITS = {"b": 1, "bytes": 1, "k": 1024, "kib": 1024, "m": 1024**2, "mib": 1024**2,

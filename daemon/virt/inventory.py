@@ -32,6 +32,11 @@ class PoolInfo:
     allocation: int
     available: int
     volumes: tuple[VolumeInfo, ...] = ()
+    source: str = ""
+    """Where its storage is, as ``domain_xml.pool_facts_of`` canonicalises ``<source>``:
+    two hosts' pools with the same type and source are the same storage."""
+    target: str = ""
+    """The pool's target path on its host (a file-based pool's directory)."""
 
 
 @dataclass(frozen=True)

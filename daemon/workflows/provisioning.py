@@ -18,19 +18,19 @@ from typing import Any, ContextManager, Protocol
 from daemon.auth import CLOUD_CREATE, Identity, admission_refusal, holds
 from daemon.config import Config, HardwarePool, Template
 from daemon.config.model import BootFile
-from daemon.placement.hosts import HostFigures, HostVerdict, choose_host
+from daemon.placement.shared import StorageMap
 from daemon.workflows import appliance
+from daemon.workflows.placing import disk_sizes, host_figures, hosts_said, place_on_hosts
 from daemon.engine.workflow import Outcome, Workflow
 from daemon.errors import HostUnreachable, NoHostCapacity, NoStorage, PermissionDenied
 from daemon.errors import ProvisiondError
 from daemon.errors import QuotaExceeded, UnknownName, VirtError, VirtTimeout
-from daemon.placement import Decision, place_storage
 from daemon.process.metrics import Metrics
 from daemon.store import QuotaUsage, RequestRecord, Reservation
 from daemon.virt import domain_xml
 from daemon.virt.connection import DomainEvent, HostConnection, PoolEvent
 from daemon.virt.inventory import gib
-from statemachines.provisioning import HOLDS_QUOTA, TABLE, State, Trigger
+from statemachines.provisioning import HOLDS_QUOTA, ON_HOST, TABLE, State, Trigger
 from statemachines.vm import TABLE as VM_TABLE
 from statemachines.vm import VmState
 
@@ -48,7 +48,7 @@ class ProvisioningStore(Protocol):
     def claim_volume(self, host: str, pool: str, volume: str, request_id: str) -> None: ...
     def reserve_space(self, reservation: Reservation) -> None: ...
     def drop_reservation(self, request_id: str) -> None: ...
-    def release_storage(self, request_id: str) -> None: ...
+    def release_storage(self, request_id: str) -> list[tuple[str, str, str]]: ...
     def reservations_on(self, host: str) -> list[Reservation]: ...
     def update_request(self, request_id: str, **updates: Any) -> None: ...
     def append_log(self, request_id: str, kind: str, state: State, trigger: str,
@@ -77,6 +77,13 @@ class ProvisioningContext(Protocol):
 
     def host_reachable(self, name: str) -> bool:
         """Whether the host's connection works now."""
+
+    @property
+    def storage(self) -> StorageMap:
+        """Which hosts' pools are the same storage; claims held on all of them."""
+
+    async def wait_for_any_host(self, names: list[str], timeout: float) -> str | None:
+        """Wait until one of these hosts is reachable: its name; None after ``timeout``."""
 
     def repeating(self, request_id: str) -> bool:
         """Whether this step ran before for the request and may have acted already."""
@@ -119,91 +126,86 @@ async def authorize(ctx: ProvisioningContext, req: RequestRecord) -> Outcome:
                    f"{req.owner} holds CLOUD_CREATE on {req.resource_pool}; quota holds")
 
 
-async def choose_host_for(ctx: ProvisioningContext, hardware: HardwarePool, cpus: int,
-                          memory_kib: int) -> tuple[str | None, list[HostVerdict]]:
-    """The host of the hardware pool that gets a request of this size, and every host's
-    verdict (``daemon.placement.hosts``); (None, []) when no host is reachable."""
-    capacities: dict[str, tuple[int, int] | None] = {}
-    for h in hardware.hosts:  # each read once per connection: no await after the first
-        try:
-            capacities[h.name] = (await ctx.host(h.name).node_capacity()
-                                  if ctx.host_reachable(h.name) else None)
-        except ProvisiondError:
-            capacities[h.name] = None
-    if all(c is None for c in capacities.values()):
-        return None, []
-    # From here to the caller's outcome: no await (the usage read and the choice agree).
-    usage = ctx.host_usage()
-    figures = [HostFigures(name, capacity is not None, *(capacity or (0, 0)),
-                           *usage.get(name, (0, 0)))
-               for name, capacity in capacities.items()]
-    return choose_host(figures, cpus, memory_kib, policy=hardware.host_policy,
-                       cpu_ratio=hardware.cpu_allocation_ratio,
-                       ram_ratio=hardware.ram_allocation_ratio)
-
-
 async def start_storage_search(ctx: ProvisioningContext, req: RequestRecord) -> Outcome:
-    """authorized: choose the host (``choose_host_for``) and start looking for storage
-    there. With no host reachable, the first one: the request waits for it."""
-    hardware = _hardware_pool(ctx, req)
-    chosen, verdicts = await choose_host_for(ctx, hardware, req.cpus, req.memory_kib)
-    if not verdicts:
-        host = hardware.hosts[0].name
-        return Outcome(Trigger.SEARCH_STORAGE, f"no host of {req.hardware_pool} is reachable: "
-                       f"waiting for {host}", {"host": host})
-    said = "; ".join(f"{v.host}: {v.reason}" for v in verdicts)
-    if chosen is None:
-        raise NoHostCapacity(f"no host of {req.hardware_pool} can hold {req.cpus} vcpus and "
-                             f"{req.memory_kib} KiB: {said}")
-    return Outcome(Trigger.SEARCH_STORAGE, f"host {chosen}: {said}", {"host": chosen})
+    """authorized: go and look for a host and storage (``search_storage`` chooses both)."""
+    return Outcome(Trigger.SEARCH_STORAGE,
+                   f"looking for a host of {req.hardware_pool} and storage on it")
 
 
 async def search_storage(ctx: ProvisioningContext, req: RequestRecord) -> Outcome:
-    """storage-searching: claim a free volume, or reserve room for a new one, or fail."""
+    """storage-searching: choose the host and claim a free volume there, or reserve
+    room for a new one (``place_on_hosts``), or fail with every host's reason."""
     hardware = _hardware_pool(ctx, req)
-    host = ctx.host(req.host)
-    if not ctx.host_reachable(host.name):
-        raise HostUnreachable(f"host {host.name} is unreachable")
     template = appliance.template_of(ctx, req)
-    size_bytes = (appliance.disk_bytes(req, await appliance.image_of(host, template))
-                  if appliance.is_appliance(template) else req.storage_gb * 1024**3)
-    decision = place(ctx, host, hardware, size_bytes, req.id, template=template)
-    if decision.action == "none":
-        # Look again before failing: the inventory may lag (a pool restarted with libvirtd,
-        # volumes changed outside provisiond: libvirt has no volume events).
-        await host.refresh_pools([p.name for p in hardware.storage_pools])
-        decision = place(ctx, host, hardware, size_bytes, req.id, template=template)
+    figures = await host_figures(ctx, hardware)
+    if not any(f.reachable for f in figures):
+        names = [f.name for f in figures]
+        timeout = ctx.config.daemon.host_wait_timeout
+        ctx.store.append_log(req.id, "note", State.STORAGE_SEARCHING, "host-unreachable",
+                             f"no host of {req.hardware_pool} is reachable; waiting up to "
+                             f"{timeout:g} s for one of {', '.join(names)}")
+        back = await ctx.wait_for_any_host(names, timeout)
+        if back is None:
+            raise HostUnreachable(f"no host of {req.hardware_pool} is reachable")
+        ctx.store.append_log(req.id, "note", State.STORAGE_SEARCHING, "host-back",
+                             f"host {back} is reachable; choosing a host and storage")
+        figures = await host_figures(ctx, hardware)
+    reachable = [f.name for f in figures if f.reachable]
+    sizes, refused = await disk_sizes(ctx, reachable, template, req.storage_gb)
+    placement = place_on_hosts(ctx, hardware, figures, req.cpus, req.memory_kib, sizes,
+                               refused, req.id, template=template)
+    if placement.host is None and placement.decision.failure:
+        # Look again before failing: the inventories may lag (a pool restarted with
+        # libvirtd, volumes changed outside provisiond: libvirt has no volume events).
+        await asyncio.gather(*(_refresh(ctx.host(name), hardware) for name in sizes),
+                             return_exceptions=True)
+        figures = await host_figures(ctx, hardware)
+        placement = place_on_hosts(ctx, hardware, figures, req.cpus, req.memory_kib, sizes,
+                                   refused, req.id, template=template)
     # From here to the engine recording the outcome: no await.
+    decision = placement.decision
     ctx.metrics.placements.labels(
         {"reuse": "reused", "create": "created"}.get(decision.action, "no_storage")).inc()
-    store = ctx.store
+    if placement.host is None:
+        if decision.failure is None:
+            raise NoHostCapacity(f"no host of {req.hardware_pool} can hold {req.cpus} vcpus "
+                                 f"and {req.memory_kib} KiB: " + "; ".join(
+                                     f"{v.host}: {v.reason}" for v in placement.hosts))
+        raise NoStorage(decision.reason)
+    host = ctx.host(placement.host)
+    said = f"on host {host.name}, " + hosts_said(placement.hosts)
+    store, storage = ctx.store, ctx.storage
     if decision.action == "reuse":
         assert decision.volume is not None
         vol = decision.volume
+        where = storage.location(host.name, vol.pool)
 
         def claim() -> None:
-            store.claim_volume(host.name, vol.pool, vol.name, req.id)
-            host.inventory.hold(vol.pool, vol.name, req.id)
+            store.claim_volume(where, vol.pool, vol.name, req.id)
+            storage.hold(where, vol.pool, vol.name, req.id)
 
-        return Outcome(Trigger.REUSE_VOLUME, decision.reason, {
-            "volume_pool": vol.pool, "volume_name": vol.name, "volume_path": vol.path,
-            "volume_format": vol.format, "volume_owned": False, **_domain_of(req)}, claim)
-    if decision.action == "create":
-        assert decision.pool is not None
-        pool = decision.pool
-        name = domain_xml.volume_name_for(req.id, decision.volume_format)
+        return Outcome(Trigger.REUSE_VOLUME, f"{decision.reason} {said}", {
+            "host": host.name, "volume_pool": vol.pool, "volume_name": vol.name,
+            "volume_path": vol.path, "volume_format": vol.format, "volume_owned": False,
+            **_domain_of(req)}, claim)
+    assert decision.pool is not None
+    pool = decision.pool
+    name = domain_xml.volume_name_for(req.id, decision.volume_format)
+    where = storage.location(host.name, pool)
 
-        def reserve() -> None:
-            store.reserve_space(Reservation(req.id, host.name, pool, name,
-                                            decision.new_volume_bytes))
-            # Claim the name too: once created, the volume must not look free to others.
-            store.claim_volume(host.name, pool, name, req.id)
-            host.inventory.hold(pool, name, req.id)
+    def reserve() -> None:
+        store.reserve_space(Reservation(req.id, where, pool, name, decision.new_volume_bytes))
+        # Claim the name too: once created, the volume must not look free to others.
+        store.claim_volume(where, pool, name, req.id)
+        storage.hold(where, pool, name, req.id)
 
-        return Outcome(Trigger.CREATE_STORAGE, decision.reason, {
-            "volume_pool": pool, "volume_name": name,
-            "volume_format": decision.volume_format, "volume_owned": True}, reserve)
-    raise NoStorage(decision.reason)
+    return Outcome(Trigger.CREATE_STORAGE, f"{decision.reason} {said}", {
+        "host": host.name, "volume_pool": pool, "volume_name": name,
+        "volume_format": decision.volume_format, "volume_owned": True}, reserve)
+
+
+async def _refresh(host: HostConnection, hardware: HardwarePool) -> None:
+    await host.refresh_pools([p.name for p in hardware.storage_pools])
 
 
 async def create_storage(ctx: ProvisioningContext, req: RequestRecord) -> Outcome:
@@ -393,12 +395,8 @@ async def rollback(ctx: ProvisioningContext, req: RequestRecord) -> None:
     had_claim = req.volume_pool is not None
     store = ctx.store
     with store.atomic():
-        store.release_storage(req.id)
-        if had_claim and req.host is not None and req.volume_pool and req.volume_name:
-            try:
-                ctx.host(req.host).inventory.release(req.volume_pool, req.volume_name)
-            except VirtError:
-                pass  # a host no longer configured has no inventory to update
+        for where, pool, volume in store.release_storage(req.id):
+            ctx.storage.release(where, pool, volume)
         store.update_request(req.id, cleaned_up=1)
         if had_claim and not req.volume_owned:
             undone.append(f"released volume {req.volume_pool}/{req.volume_name}")
@@ -430,32 +428,6 @@ def record_event(ctx: ProvisioningContext, event: object, waiting: str | None) -
 
 
 # --------------------------------------------------------------------------- shared
-
-
-def place(ctx: ProvisioningContext, host: HostConnection, hardware: HardwarePool,
-          size_bytes: int, request_id: str, *, template: Template | None = None,
-          explain: bool = False) -> Decision:
-    """The seed's placement rule on the host's live inventory (no libvirt call); with
-    ``explain``, every candidate's verdict too (the dry run). An appliance's disk is
-    never a reused blank volume, and goes to its image's pool first."""
-    templates = ctx.config.templates.values()
-    image_pool = (template.volume.pool if template is not None and template.kind ==
-                  "appliance" and template.volume is not None else None)
-    return place_storage(
-        host.inventory, hardware.storage_pools, size_bytes=size_bytes, request_id=request_id,
-        tolerance_bytes=hardware.reuse_tolerance_gb * 1024**3,
-        reservations=ctx.store.reservations_on(host.name),
-        template_volumes=[(f.volume.pool, f.volume.name) for t in templates
-                          for f in _files_of(t) if f.volume],
-        template_paths=[f.path for t in templates for f in _files_of(t) if f.path],
-        image_pool=image_pool, explain=explain)
-
-
-def _files_of(template: Template) -> list[BootFile]:
-    """Everything a template is made of on a host (ISO, image, kernel, initrd): never a
-    free volume for a VM's disk."""
-    files = [BootFile(template.path, template.volume), template.kernel, template.initrd]
-    return [f for f in files if f is not None]
 
 
 def _hardware_pool(ctx: ProvisioningContext, req: RequestRecord) -> HardwarePool:
@@ -505,11 +477,11 @@ class QuotaLedger:
 
     def on_transition(self, req: RequestRecord, left: State, entered: State) -> None:
         """Count a request in when it passes the quota, out when it fails; on its host from
-        when it is bound to one (storage-searching on) until it fails."""
+        when it is bound to one (leaving storage-searching) until it fails."""
         if (left in HOLDS_QUOTA) != (entered in HOLDS_QUOTA):
             self._add(req, 1 if entered in HOLDS_QUOTA else -1)
-        if (left in _ON_HOST) != (entered in _ON_HOST):
-            self._add_to_host(req, 1 if entered in _ON_HOST else -1)
+        if (left in ON_HOST) != (entered in ON_HOST):
+            self._add_to_host(req, 1 if entered in ON_HOST else -1)
 
     def on_vm_transition(self, vm: Any, left: VmState, entered: VmState) -> None:
         """A deleted VM gives its share of its pool's quota, and its host's room, back."""
@@ -535,9 +507,6 @@ class QuotaLedger:
                     usage.storage_gb + sign * what.storage_gb)
 
 
-_ON_HOST = HOLDS_QUOTA - {State.AUTHORIZED}
-"""States whose requests take room on their host: bound to it from storage-searching on
-(as ``Store.host_usage`` counts them)."""
 
 
 def provisioning_workflow(ctx: ProvisioningContext, records: Any,

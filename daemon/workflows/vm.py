@@ -16,6 +16,7 @@ from typing import Any, ContextManager, Protocol
 from daemon.config import Config
 from daemon.engine.workflow import Outcome, Workflow
 from daemon.errors import HostUnreachable, ProvisiondError, VirtError
+from daemon.placement.shared import StorageMap
 from daemon.store import VmRecord
 from daemon.virt.connection import DomainEvent, HostConnection
 from statemachines.vm import TABLE, VmState, VmTrigger
@@ -41,7 +42,7 @@ class VmStore(Protocol):
     """The store's methods the VM steps use (the ``Store`` has them all)."""
 
     def atomic(self) -> ContextManager[None]: ...
-    def release_storage(self, request_id: str) -> None: ...
+    def release_storage(self, request_id: str) -> list[tuple[str, str, str]]: ...
     def append_log(self, request_id: str, kind: str, state: Any, trigger: str,
                    detail: str | None = None) -> None: ...
     def find_by_domain_uuid(self, domain_uuid: str) -> Any: ...
@@ -59,6 +60,10 @@ class VmContext(Protocol):
     @property
     def store(self) -> VmStore:
         """Claims and notes."""
+
+    @property
+    def storage(self) -> StorageMap:
+        """Which hosts' pools are the same storage; claims held on all of them."""
 
     def host(self, name: str | None) -> HostConnection:
         """A configured host's connection."""
@@ -210,8 +215,8 @@ async def release(ctx: VmContext, vm: VmRecord, host: HostConnection,
     def give_back() -> None:
         if keep_claim or not (vm.volume_pool and vm.volume_name):
             return
-        store.release_storage(vm.id)
-        host.inventory.release(vm.volume_pool, vm.volume_name)
+        for where, pool, volume in store.release_storage(vm.id):
+            ctx.storage.release(where, pool, volume)
 
     return Outcome(VmTrigger.DELETED, "; ".join(done), writes=give_back)
 

@@ -147,8 +147,11 @@ async def test_500_concurrent_requests_share_scarce_storage_exactly(make_harness
     rows = list(h.store.db.query("SELECT host, pool, volume, request_id FROM volume_claims"))
     assert len(rows) == len({(r["host"], r["pool"], r["volume"]) for r in rows}) == len(done)
     assert Counter(r["request_id"] for r in rows) == Counter(r.id for r in done)
-    claims = h.store.claims_on("testhost")
+    claims = {(r["pool"], r["volume"]): r["request_id"] for r in rows}
     assert set(claims) == set(volumes)
+    # An iscsi target is storage other hosts could log in to: its LUNs are claimed under
+    # the target's key, the rest under the host's name.
+    assert {r["host"].split("@")[0] for r in rows} == {"testhost", "shared:pool-luns"}
     assert all(claims[(r.volume_pool, r.volume_name)] == r.id for r in done)
     # Space reserved, if any is still held, only for volumes that were created.
     assert {x.request_id for x in h.store.reservations_on("testhost")} <= {r.id for r in created}

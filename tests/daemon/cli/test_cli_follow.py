@@ -121,7 +121,7 @@ def test_follow_streams_a_live_request_until_done(make_daemon, late_host: LateHo
     waited = next(t for t in transitions if "storage-searching -> defining" in t)
     assert took_seconds(waited) >= 1.0  # TOOK is the time the request spent waiting
     assert any(re.search(r"\bevent\s+defining\s+libvirt:DEFINED\b", line) for line in lines)
-    assert any(re.search(r"\bnote\s+storage-searching\s+resync\b", line) for line in lines)
+    assert any(re.search(r"\bnote\s+storage-searching\s+host-back\b", line) for line in lines)
     assert re.fullmatch(r"requested -> done in \+\d+\.\d{3}s", lines[-1])
     assert lines.count(lines[1]) == 1  # each entry printed once
 

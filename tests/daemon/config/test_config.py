@@ -462,3 +462,16 @@ def test_a_template_volume_in_a_pool_the_hardware_pool_does_not_list_is_refused(
     assert problems_of(cfg) == [
         "cfg/pools.yml: hardware_pools.hw.storage_pools[3].templates_only: expected true or "
         "false, got 'yes'"]
+
+
+def test_a_pool_may_be_declared_shared_by_the_hosts(cfg: Path) -> None:
+    refs = load_config(cfg).hardware_pools["hw"].storage_pools
+    assert all(ref.shared is None for ref in refs)  # by default: decided by type and source
+    edit_yaml(cfg.parent / "pools.yml",
+              lambda d: hw_pool(d)["storage_pools"][1].update(shared=True))
+    assert load_config(cfg).hardware_pools["hw"].storage_pools[1].shared is True
+    edit_yaml(cfg.parent / "pools.yml",
+              lambda d: hw_pool(d)["storage_pools"][1].update(shared="nfs"))
+    assert problems_of(cfg) == [
+        "cfg/pools.yml: hardware_pools.hw.storage_pools[1].shared: expected true or false, "
+        "got 'nfs'"]

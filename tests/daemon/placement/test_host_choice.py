@@ -64,8 +64,9 @@ async def test_requests_spread_over_hosts_and_never_beyond_one(make_harness, tmp
     assert sorted(r.host for r in placed) == ["h0", "h0", "h1", "h1", "h1", "h1"]
     assert placed[0].host == "h1"  # 4 GiB free against 2: spread
     first = next(e.detail for e in h.store.get_log(placed[0].id)
-                 if e.to_state == "storage-searching")
-    assert first.startswith("host h1: h1: chosen (spread): 4.0 GiB and 4 vcpus free; h0: ")
+                 if e.kind == "transition" and e.from_state == "storage-searching")
+    assert first.startswith("creating a 1 GiB volume in pool pool-dir on host h1, chosen "
+                            "(spread): 4.0 GiB and 4 vcpus free; other hosts: h0: ")
     dry = await h.service.explain(ALICE, ProvisioningRequest("ipxe", "one", "rp"))
     assert dry.action == "none" and dry.host is None
     assert dry.reason.startswith("no host can hold it: h0: 1.0 GiB asked")

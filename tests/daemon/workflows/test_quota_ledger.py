@@ -52,9 +52,10 @@ def test_a_host_holds_a_request_from_its_binding_until_it_fails_or_its_vm_is_del
     ledger = QuotaLedger(lambda pool, owner: QuotaUsage(0, 0, 0, 0), lambda: {})
     assert ledger.host_usage() == {}
     ledger.on_transition(Bound(), State.REQUESTED, State.AUTHORIZED)  # no host yet
-    assert ledger.host_usage() == {}
     ledger.on_transition(Bound(), State.AUTHORIZED, State.STORAGE_SEARCHING)
-    ledger.on_transition(Bound(), State.AUTHORIZED, State.STORAGE_SEARCHING)
+    assert ledger.host_usage() == {}  # the host is chosen as storage-searching ends
+    ledger.on_transition(Bound(), State.STORAGE_SEARCHING, State.STORAGE_CREATING)
+    ledger.on_transition(Bound(), State.STORAGE_SEARCHING, State.DEFINING)
     assert ledger.host_usage() == {"h1": (4, 2048)}
     ledger.on_transition(Bound(), State.STORAGE_CREATING, State.FAILED)
     ledger.on_vm_transition(Bound(), VmState.DELETING, VmState.DELETED)
