@@ -110,6 +110,12 @@ class Hosts:
         up = self._up.get(name)
         return up is not None and up.is_set()
 
+    def reachable_connections(self, names: list[str]) -> dict[str, HostConnection]:
+        """The connections of those of these hosts that are reachable now."""
+        up = self._up
+        return {name: self._connections[name] for name in names
+                if name in up and up[name].is_set()}
+
     def lost(self, name: str, why: str) -> None:
         """Mark a host down and start reconnecting (once)."""
         task = self._reconnects.get(name)

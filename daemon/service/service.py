@@ -30,7 +30,7 @@ from daemon.engine import Outcome
 from daemon.store import LogEntry, QuotaUsage, RequestRecord, RequestRecords, Store
 from daemon.store import VmRecord, VmRecords
 from daemon.virt.connection import DomainEvent, HostConnection, Opener, open_connection
-from daemon.workflows.placing import disk_sizes, host_figures, place_on_hosts
+from daemon.workflows.placing import disk_sizes, host_capacities, place_on_hosts
 from daemon.workflows.provisioning import QuotaLedger
 from daemon.workflows.provisioning import provisioning_workflow
 from daemon.workflows.vm import vm_workflow
@@ -396,14 +396,15 @@ class Service:
         size = self.config.sizes[req.size]
         hardware = self.config.hardware_pool_of(pool_name)
         template = self.config.templates[req.template]
-        figures = await host_figures(self._context, hardware)
-        if not any(f.reachable for f in figures):
+        capacities = await host_capacities(self._context, hardware)
+        reachable = [name for name, c in capacities.items() if c is not None]
+        if not reachable:
             raise HostUnreachable(f"no host of hardware pool {hardware.name} is reachable")
-        reachable = [f.name for f in figures if f.reachable]
         sizes, refused = await disk_sizes(self._context, reachable, template,
                                           size.storage_size_in_gb)
-        return place_on_hosts(self._context, hardware, figures, size.cpus, size.memory, sizes,
-                              refused, "(dry run)", template=template, explain=True).decision
+        return place_on_hosts(self._context, hardware, capacities, size.cpus, size.memory,
+                              sizes, refused, "(dry run)", template=template,
+                              explain=True).decision
 
     async def reconcile(self, who: Identity, apply: bool) -> tuple[list[str],
                                                                    list[reconcile.Orphan]]:
@@ -455,6 +456,10 @@ class StepContext:
     def host_reachable(self, name: str) -> bool:
         """Whether the host's connection works now."""
         return self._service.hosts.reachable(name)
+
+    def reachable_hosts(self, names: list[str]) -> dict[str, HostConnection]:
+        """The connections of those of these hosts that are reachable now."""
+        return self._service.hosts.reachable_connections(names)
 
     @property
     def storage(self) -> StorageMap:

@@ -166,6 +166,7 @@ class HostConnection:
         self._on_event: Callable[[object], None] | None = None
         self._caps: asyncio.Future[tuple[str, str]] | None = None
         self._capacity: asyncio.Future[tuple[int, int]] | None = None
+        self._capacity_read: tuple[int, int] | None = None
         self._pool_handles: dict[str, Any] = {}
         """Storage pool objects by name, of the open connection (one look-up each)."""
         self.on_volume_change: Callable[[str, str, str, VolumeInfo | None], None] | None = None
@@ -319,7 +320,8 @@ class HostConnection:
         """Unsubscribe and close the connection, ignoring errors of a dead one."""
         conn, self._conn = self._conn, None
         self._pool_handles = {}  # a new dict: calls still running keep the old one
-        self._caps = self._capacity = None  # the host may come back upgraded or resized
+        # The host may come back upgraded or resized.
+        self._caps = self._capacity = self._capacity_read = None
         if conn is None:
             return
         for cid in self._callback_ids:
@@ -382,10 +384,16 @@ class HostConnection:
             self._capacity = self._once(self._read_capacity())
         return await asyncio.shield(self._capacity)
 
+    def known_capacity(self) -> tuple[int, int] | None:
+        """``node_capacity`` if it has been read on this connection, without waiting."""
+        return self._capacity_read
+
     async def _read_capacity(self) -> tuple[int, int]:
         info = await self._call(f"cannot read the node info of {self.name}",
                                 self._conn.getInfo)
-        return int(info[2]), int(info[1]) * 1024  # memory is in MiB
+        capacity = int(info[2]), int(info[1]) * 1024  # memory is in MiB
+        self._capacity_read = capacity
+        return capacity
 
     def _once(self, read: Awaitable[T]) -> asyncio.Future[T]:
         """A read shared by every caller until the connection changes; a failed one is

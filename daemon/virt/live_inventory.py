@@ -232,6 +232,15 @@ class LiveInventory:
         entry = self._pools.get(pool)
         return entry is not None and name in entry.volumes
 
+    def any_free_between(self, low: int, high: int) -> bool:
+        """Whether some pool may hold a free volume of a capacity in [low, high] (a cheap
+        look before ``best_free_volume``: no such capacity, no need to look further)."""
+        if not self._capacities:
+            return False
+        start = bisect.bisect_left(self._capacities, low)
+        return any(self._free[c] and any(self._free[c].values())
+                   for c in self._capacities[start:bisect.bisect_right(self._capacities, high)])
+
     def best_free_volume(self, pool_order: list[str], low: int, high: int,
                          excluded: Callable[[VolumeInfo], bool]) -> VolumeInfo | None:
         """The free volume with the smallest capacity in [low, high]; ties go to the

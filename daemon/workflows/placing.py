@@ -1,8 +1,8 @@
 """Choosing a request's host and storage together, over a hardware pool's hosts.
 
 ``place_on_hosts`` decides on the live inventories with no libvirt call and no await
-(the step that calls it records the claim in the same transaction); ``host_figures``
-and ``disk_sizes`` read what it needs first. The dry run calls the same functions.
+(the step that calls it records the claim in the same transaction); ``host_capacities``
+and ``disk_sizes`` read what it needs from libvirt first. The dry run calls the same functions.
 """
 
 from __future__ import annotations
@@ -23,20 +23,36 @@ if TYPE_CHECKING:
     from daemon.workflows.provisioning import ProvisioningContext
 
 
-async def host_figures(ctx: ProvisioningContext, hardware: HardwarePool) -> list[HostFigures]:
-    """Each host of the hardware pool as host choice sees it: its node info (read once
-    per connection) and what provisiond placed there."""
+async def host_capacities(ctx: ProvisioningContext,
+                          hardware: HardwarePool) -> dict[str, tuple[int, int] | None]:
+    """Each host's (cpus, memory in KiB) from its node info (read once per connection),
+    None for a host that is unreachable now."""
+    names = [h.name for h in hardware.hosts]
+    up = ctx.reachable_hosts(names)
     capacities: dict[str, tuple[int, int] | None] = {}
-    for h in hardware.hosts:  # each read once per connection: no await after the first
-        try:
-            capacities[h.name] = (await ctx.host(h.name).node_capacity()
-                                  if ctx.host_reachable(h.name) else None)
-        except ProvisiondError:
-            capacities[h.name] = None
+    for name in names:
+        host = up.get(name)
+        capacity = host.known_capacity() if host is not None else None
+        if host is not None and capacity is None:
+            try:
+                capacity = await host.node_capacity()
+            except ProvisiondError:
+                pass
+        capacities[name] = capacity
+    return capacities
+
+
+def _figures(ctx: ProvisioningContext,
+             capacities: dict[str, tuple[int, int] | None]) -> list[HostFigures]:
+    """The hosts as host choice sees them: capacity, and what provisiond placed there
+    (read here, with no await before the decision is recorded)."""
     usage = ctx.host_usage()
-    return [HostFigures(name, capacity is not None, *(capacity or (0, 0)),
-                        *usage.get(name, (0, 0)))
-            for name, capacity in capacities.items()]
+    figures = []
+    for name, capacity in capacities.items():
+        used = usage.get(name, (0, 0))
+        figures.append(HostFigures(name, False) if capacity is None else
+                       HostFigures(name, True, capacity[0], capacity[1], used[0], used[1]))
+    return figures
 
 
 async def disk_sizes(ctx: ProvisioningContext, hosts: list[str], template: Template | None,
@@ -68,7 +84,7 @@ class Placement:
 
 
 def place_on_hosts(ctx: ProvisioningContext, hardware: HardwarePool,
-                   figures: list[HostFigures], cpus: int, memory_kib: int,
+                   capacities: dict[str, tuple[int, int] | None], cpus: int, memory_kib: int,
                    sizes: dict[str, int], refused: dict[str, str], request_id: str, *,
                    template: Template | None = None, explain: bool = False) -> Placement:
     """The host and the storage for a request, on the live inventories (no libvirt call,
@@ -77,11 +93,12 @@ def place_on_hosts(ctx: ProvisioningContext, hardware: HardwarePool,
     host the policy prefers), else a new volume in the earliest pool with room on any
     of them (ties: the host the policy prefers). Storage several hosts share is one
     storage: its volume is found once, on the first host the policy prefers."""
-    ranked, verdicts = rank_hosts(figures, cpus, memory_kib, policy=hardware.host_policy,
+    ranked, verdicts = rank_hosts(_figures(ctx, capacities), cpus, memory_kib,
+                                  policy=hardware.host_policy,
                                   cpu_ratio=hardware.cpu_allocation_ratio,
                                   ram_ratio=hardware.ram_allocation_ratio)
     if refused:
-        verdicts = [dataclasses.replace(v, fits=False, refusal=refused[v.host])
+        verdicts = [v._replace(fits=False, refusal=refused[v.host])
                     if v.host in refused else v for v in verdicts]
         ranked = [name for name in ranked if name not in refused]
     inputs = _placement_inputs(ctx, template)
@@ -93,8 +110,12 @@ def place_on_hosts(ctx: ProvisioningContext, hardware: HardwarePool,
     best: tuple[tuple[int, ...], str, Decision] | None = None
     # Step 1 on every host that can hold it: the best-fitting free volume (never for an
     # appliance, whose disk must hold its image).
+    tolerance = hardware.reuse_tolerance_gb * 1024**3
     for rank, name in enumerate(ranked if inputs.image_pool is None else ()):
-        decision = place(ctx, ctx.host(name), hardware, sizes[name], request_id,
+        host = ctx.host(name)
+        if not host.inventory.any_free_between(sizes[name], sizes[name] + tolerance):
+            continue
+        decision = place(ctx, host, hardware, sizes[name], request_id,
                          template=template, create=False, inputs=inputs)
         if decision.action == "reuse":
             assert decision.volume is not None

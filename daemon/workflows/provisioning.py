@@ -20,7 +20,7 @@ from daemon.config import Config, HardwarePool, Template
 from daemon.config.model import BootFile
 from daemon.placement.shared import StorageMap
 from daemon.workflows import appliance
-from daemon.workflows.placing import disk_sizes, host_figures, hosts_said, place_on_hosts
+from daemon.workflows.placing import disk_sizes, host_capacities, hosts_said, place_on_hosts
 from daemon.engine.workflow import Outcome, Workflow
 from daemon.errors import HostUnreachable, NoHostCapacity, NoStorage, PermissionDenied
 from daemon.errors import ProvisiondError
@@ -77,6 +77,9 @@ class ProvisioningContext(Protocol):
 
     def host_reachable(self, name: str) -> bool:
         """Whether the host's connection works now."""
+
+    def reachable_hosts(self, names: list[str]) -> dict[str, HostConnection]:
+        """The connections of those of these hosts that are reachable now."""
 
     @property
     def storage(self) -> StorageMap:
@@ -137,9 +140,9 @@ async def search_storage(ctx: ProvisioningContext, req: RequestRecord) -> Outcom
     room for a new one (``place_on_hosts``), or fail with every host's reason."""
     hardware = _hardware_pool(ctx, req)
     template = appliance.template_of(ctx, req)
-    figures = await host_figures(ctx, hardware)
-    if not any(f.reachable for f in figures):
-        names = [f.name for f in figures]
+    capacities = await host_capacities(ctx, hardware)
+    if all(c is None for c in capacities.values()):
+        names = list(capacities)
         timeout = ctx.config.daemon.host_wait_timeout
         ctx.store.append_log(req.id, "note", State.STORAGE_SEARCHING, "host-unreachable",
                              f"no host of {req.hardware_pool} is reachable; waiting up to "
@@ -149,18 +152,17 @@ async def search_storage(ctx: ProvisioningContext, req: RequestRecord) -> Outcom
             raise HostUnreachable(f"no host of {req.hardware_pool} is reachable")
         ctx.store.append_log(req.id, "note", State.STORAGE_SEARCHING, "host-back",
                              f"host {back} is reachable; choosing a host and storage")
-        figures = await host_figures(ctx, hardware)
-    reachable = [f.name for f in figures if f.reachable]
+        capacities = await host_capacities(ctx, hardware)
+    reachable = [name for name, c in capacities.items() if c is not None]
     sizes, refused = await disk_sizes(ctx, reachable, template, req.storage_gb)
-    placement = place_on_hosts(ctx, hardware, figures, req.cpus, req.memory_kib, sizes,
+    placement = place_on_hosts(ctx, hardware, capacities, req.cpus, req.memory_kib, sizes,
                                refused, req.id, template=template)
     if placement.host is None and placement.decision.failure:
         # Look again before failing: the inventories may lag (a pool restarted with
         # libvirtd, volumes changed outside provisiond: libvirt has no volume events).
         await asyncio.gather(*(_refresh(ctx.host(name), hardware) for name in sizes),
                              return_exceptions=True)
-        figures = await host_figures(ctx, hardware)
-        placement = place_on_hosts(ctx, hardware, figures, req.cpus, req.memory_kib, sizes,
+        placement = place_on_hosts(ctx, hardware, capacities, req.cpus, req.memory_kib, sizes,
                                    refused, req.id, template=template)
     # From here to the engine recording the outcome: no await.
     decision = placement.decision
