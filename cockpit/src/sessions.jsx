@@ -1,0 +1,195 @@
+/* The serial console (xterm.js) and the graphical display (noVNC), each over the daemon's
+ * WebSocket on its Unix socket: a Cockpit websocket-stream1 channel opened by the bridge as
+ * the logged-in user. */
+import React, { useEffect, useRef, useState } from "react";
+import { Alert, Button, Flex, FlexItem } from "@patternfly/react-core";
+import { Terminal } from "@xterm/xterm";
+import { FitAddon } from "@xterm/addon-fit";
+import "@xterm/xterm/css/xterm.css";
+import RFBModule from "@novnc/novnc/lib/rfb";
+
+import { Section } from "./util.jsx";
+
+const RFB = RFBModule.default || RFBModule;
+
+/* What the daemon's close codes mean (daemon/api/sessions.py). */
+function closed(event) {
+    if (event.wasClean)
+        return "Disconnected.";
+    return `Disconnected: ${event.reason || "the connection was lost"}.`;
+}
+
+/* A session's state machine: idle -> connecting -> connected -> idle (with a message). */
+function useSession(client, request, kind, attach) {
+    const [status, setStatus] = useState("idle");
+    const [message, setMessage] = useState(null);
+    const [refused, setRefused] = useState(false);
+    const socket = useRef(null);
+    const detach = useRef(null);
+    const path = `/v1/requests/${request.id}/${kind}`;
+
+    function disconnect() {
+        if (socket.current) {
+            const s = socket.current;
+            socket.current = null;
+            s.close();
+        }
+        if (detach.current) {
+            detach.current();
+            detach.current = null;
+        }
+        setStatus("idle");
+    }
+
+    function connect(force = false) {
+        disconnect();
+        setMessage(null);
+        setRefused(false);
+        setStatus("connecting");
+        const target = path + (force ? "?force=true" : "");
+        const ws = client.websocket(target);
+        socket.current = ws;
+        let opened = false;
+        ws.listen("open", () => {
+            opened = true;
+            setStatus("connected");
+        });
+        ws.listen("close", event => {
+            if (socket.current !== ws)
+                return;
+            socket.current = null;
+            if (detach.current) {
+                detach.current();
+                detach.current = null;
+            }
+            setStatus("idle");
+            if (opened) {
+                setMessage({ variant: event.wasClean ? "info" : "warning", text: closed(event) });
+            } else {
+                // Refused before the upgrade: ask the daemon why, in its own words.
+                client.whyRefused(target).then(why => {
+                    setRefused(true);
+                    setMessage({ variant: "danger", text: why || event.reason || "The connection was refused." });
+                });
+            }
+        });
+        detach.current = attach(ws);
+    }
+
+    useEffect(() => disconnect, [request.id]); // eslint-disable-line react-hooks/exhaustive-deps
+    return { status, message, refused, connect, disconnect, socket };
+}
+
+export function Console({ client, request }) {
+    const box = useRef(null);
+    const term = useRef(null);
+    const name = request.name;
+
+    function attach(ws) {
+        const terminal = new Terminal({
+            screenReaderMode: true, convertEol: false, cursorBlink: true, rows: 24, cols: 80,
+            fontFamily: "RedHatMono, monospace", fontSize: 14,
+        });
+        const fit = new FitAddon();
+        terminal.loadAddon(fit);
+        box.current.replaceChildren();
+        terminal.open(box.current);
+        terminal.textarea?.setAttribute("aria-label", `Serial console input of VM ${name}`);
+        try { fit.fit() } catch (e) { /* not laid out yet */ }
+        const decoder = new TextDecoder();
+        ws.onmessage = event => terminal.write(decoder.decode(new Uint8Array(event.data), { stream: true }));
+        const input = terminal.onData(data => ws.send(data));
+        const binary = terminal.onBinary(data => ws.send(Uint8Array.from(data, c => c.charCodeAt(0))));
+        term.current = terminal;
+        terminal.focus();
+        return () => {
+            input.dispose();
+            binary.dispose();
+            terminal.dispose();
+            term.current = null;
+        };
+    }
+
+    const session = useSession(client, request, "console", attach);
+    const running = request.vm?.state === "running";
+
+    return (
+        <Section id="console" title="Serial console" level="h3">
+            <Flex spaceItems={{ default: "spaceItemsSm" }} className="pd-session-bar">
+                <FlexItem>
+                    {session.status === "idle"
+                        ? <Button variant="secondary" aria-label={`Connect to the serial console of VM ${name}`}
+                                  isDisabled={!running} onClick={() => session.connect(false)}>Connect</Button>
+                        : <Button variant="secondary" aria-label={`Disconnect from the serial console of VM ${name}`}
+                                  onClick={session.disconnect}>Disconnect</Button>}
+                </FlexItem>
+                {session.refused && (
+                    <FlexItem>
+                        <Button variant="warning" aria-label={`Take over the serial console of VM ${name}`}
+                                onClick={() => session.connect(true)}>Take over</Button>
+                    </FlexItem>
+                )}
+                <FlexItem className="pd-muted" aria-live="polite" data-testid="console-status">
+                    {!running && session.status === "idle" ? "The VM is not running." : session.status === "connecting" ? "Connecting…" : session.status === "connected" ? "Connected: you are typing into the VM's serial console." : ""}
+                </FlexItem>
+            </Flex>
+            {session.message && <Alert isInline variant={session.message.variant} title={session.message.text} data-testid="console-message" />}
+            <div ref={box} className="pd-terminal" role="region" aria-label={`Serial console of VM ${name}`}
+                 data-testid="console-terminal" hidden={session.status === "idle"} />
+        </Section>
+    );
+}
+
+export function Display({ client, request }) {
+    const box = useRef(null);
+    const rfb = useRef(null);
+    const name = request.name;
+
+    function attach(ws) {
+        box.current.replaceChildren();
+        let display;
+        try {
+            display = new RFB(box.current, ws, { shared: true });
+        } catch (e) {
+            ws.close();
+            return () => {};
+        }
+        display.scaleViewport = true;
+        display.focusOnClick = true;
+        display.addEventListener("securityfailure", e => console.warn("VNC security failure", e.detail));
+        rfb.current = display;
+        return () => {
+            try { display.disconnect() } catch (e) { /* already gone */ }
+            rfb.current = null;
+        };
+    }
+
+    const session = useSession(client, request, "display", attach);
+    const running = request.vm?.state === "running";
+
+    return (
+        <Section id="display" title="Graphical display" level="h3">
+            <Flex spaceItems={{ default: "spaceItemsSm" }} className="pd-session-bar">
+                <FlexItem>
+                    {session.status === "idle"
+                        ? <Button variant="secondary" aria-label={`Connect to the display of VM ${name}`}
+                                  isDisabled={!running} onClick={() => session.connect(false)}>Connect</Button>
+                        : <Button variant="secondary" aria-label={`Disconnect from the display of VM ${name}`}
+                                  onClick={session.disconnect}>Disconnect</Button>}
+                </FlexItem>
+                {session.status === "connected" && (
+                    <FlexItem>
+                        <Button variant="secondary" aria-label={`Send Ctrl+Alt+Del to VM ${name}`}
+                                onClick={() => rfb.current && rfb.current.sendCtrlAltDel()}>Send Ctrl+Alt+Del</Button>
+                    </FlexItem>
+                )}
+                <FlexItem className="pd-muted" aria-live="polite" data-testid="display-status">
+                    {!running && session.status === "idle" ? "The VM is not running." : session.status === "connecting" ? "Connecting…" : session.status === "connected" ? "Connected." : ""}
+                </FlexItem>
+            </Flex>
+            {session.message && <Alert isInline variant={session.message.variant} title={session.message.text} data-testid="display-message" />}
+            <div ref={box} className="pd-display" role="application" aria-label={`Graphical display of VM ${name}`}
+                 data-testid="display-screen" hidden={session.status === "idle"} />
+        </Section>
+    );
+}
