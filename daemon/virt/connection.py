@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import logging
 import socket
 import threading
 import time
@@ -62,6 +63,9 @@ from daemon.virt.inventory import DiskUse, HostInventory, VolumeInfo
 from daemon.virt.live_inventory import LiveInventory
 
 T = TypeVar("T")
+log = logging.getLogger("provisiond.virt")
+CLOSE_GRACE = 5.0
+"""How long closing a connection waits for the libvirt calls still running on it."""
 Opener = Callable[[str], "libvirt.virConnect"]
 
 
@@ -156,6 +160,9 @@ class HostConnection:
         self.opener = opener
         self.call_timeout = call_timeout
         self.workers = workers
+        self._running: set[concurrent.futures.Future[Any]] = set()
+        """The calls submitted to the worker threads and not finished (even if their
+        caller gave up waiting)."""
         self._executor = concurrent.futures.ThreadPoolExecutor(
             max_workers=workers, thread_name_prefix=f"libvirt-{name}")
         self._conn: Any = None
@@ -331,6 +338,17 @@ class HostConnection:
         self._callback_ids.clear()
         self._pool_callback_ids.clear()
         _quietly(conn.unregisterCloseCallback)
+        # A call still running on a worker thread uses the connection: closing it under
+        # that call frees what the call is using (a crash, seen once at SIGTERM). Wait a
+        # little for those calls; a connection they still hold is left to them.
+        running = [asyncio.wrap_future(call) for call in list(self._running)]
+        if running:
+            _done, pending = await asyncio.wait(running, timeout=CLOSE_GRACE)
+            if pending:
+                log.warning("host %s: %d libvirt calls still running after %g s; its old "
+                            "connection is left open for them", self.name, len(pending),
+                            CLOSE_GRACE)
+                return
         _quietly(conn.close)
 
     async def close(self) -> None:
@@ -348,12 +366,13 @@ class HostConnection:
             with map_libvirt_errors(action):
                 return fn(*args)
 
-        loop = asyncio.get_running_loop()
         started = time.perf_counter()
         ok = False
+        call = self._executor.submit(run)
+        self._running.add(call)
+        call.add_done_callback(self._running.discard)
         try:
-            result = await asyncio.wait_for(loop.run_in_executor(self._executor, run),
-                                            self.call_timeout)
+            result = await asyncio.wait_for(asyncio.wrap_future(call), self.call_timeout)
             ok = True
             return result
         except asyncio.TimeoutError:

@@ -276,3 +276,35 @@ async def test_a_host_that_cannot_be_opened_is_a_virt_error() -> None:
         assert not host.connected
     finally:
         await host.close()
+
+
+class _SlowInfo:
+    """A real connection whose getInfo takes a while; notes the order of events."""
+
+    def __init__(self, conn: Any, events: list[str]) -> None:
+        self._conn, self._events = conn, events
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._conn, name)
+
+    def getInfo(self) -> Any:
+        time.sleep(0.5)
+        self._events.append("getInfo returned")
+        return self._conn.getInfo()
+
+    def close(self) -> int:
+        self._events.append("closed")
+        return self._conn.close()
+
+
+async def test_closing_waits_for_a_call_still_running_on_the_connection() -> None:
+    events: list[str] = []
+    host = HostConnection("testhost", BASIC_URI,
+                          opener=lambda uri: _SlowInfo(libvirt.open(uri), events))
+    await host.open(lambda _e: None)
+    asking = asyncio.ensure_future(host.node_capacity())
+    await asyncio.sleep(0.1)  # the call is running on a worker thread
+    asking.cancel()  # its caller gives up: the call goes on, on the connection
+    await host.close()
+    # Closed after the call returned, not under it (a use after free in libvirt).
+    assert events == ["getInfo returned", "closed"]
