@@ -55,6 +55,7 @@ def _why_orphan(record: RequestRecord | None) -> str | None:
 async def find_orphans(service: "Service", hosts: list[str]) -> list[Orphan]:
     """Orphans on the given hosts (only the storage pools of their hardware pools)."""
     orphans: list[Orphan] = []
+    seen: set[tuple[str, str, str]] = set()  # shared storage is listed once, not per host
     for host_name in hosts:
         host = service.hosts[host_name]
         pools = sorted({p.name for hw in service.config.hardware_pools.values()
@@ -72,8 +73,10 @@ async def find_orphans(service: "Service", hosts: list[str]) -> list[Orphan]:
         for pool in inventory.pools.values():
             for vol in pool.volumes:
                 match = VOLUME_NAME_RE.match(vol.name)
-                if match is None:
+                where = (service.storage.location(host_name, pool.name), pool.name, vol.name)
+                if match is None or where in seen:
                     continue
+                seen.add(where)
                 record = service.store.get_request(match.group(1))
                 why = _why_orphan(record)
                 seed = match.group(2) is not None
