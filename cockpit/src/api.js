@@ -35,10 +35,21 @@ function text(data) {
     return decoder.decode(data);
 }
 
+const PROBLEMS = {
+    "not-found": "no such socket",
+    "access-denied": "permission denied (is your user in the socket's group?)",
+    "disconnected": "the connection closed before an answer",
+    "protocol-error": "not an HTTP answer (is this provisiond's socket?)",
+};
+
+export function problemMessage(problem) {
+    return PROBLEMS[problem] || cockpit.message({ problem });
+}
+
 function apiError(error, content) {
     const body = text(content);
     if (error && error.problem)
-        return new ApiError(cockpit.message(error), { problem: error.problem });
+        return new ApiError(problemMessage(error.problem), { problem: error.problem });
     try {
         const parsed = JSON.parse(body);
         if (parsed && parsed.error && parsed.error.message)
@@ -108,54 +119,24 @@ export class Client {
     reconcile(apply) { return this.call("POST", "/v1/reconcile", { apply }) }
 
     /* A WebSocket of the daemon (console, display) as a WebSocket-like object. */
-    websocket(path) { return new ChannelSocket(this.socket, path) }
-
-    /* Why a WebSocket of the daemon was refused: the daemon answers a refusal before the
-     * upgrade, with its JSON error; Cockpit's websocket-stream1 channel only says that the
-     * handshake failed. This sends the same handshake on a raw stream and reads the answer. */
-    whyRefused(path) {
-        return new Promise(resolve => {
-            const channel = cockpit.channel({ payload: "stream", unix: this.socket, binary: true, superuser: false });
-            const chunks = [];
-            let done = false;
-            const finish = (message) => {
-                if (done)
-                    return;
-                done = true;
-                channel.close();
-                resolve(message);
-            };
-            channel.addEventListener("message", (ev, data) => {
-                chunks.push(text(data));
-                const all = chunks.join("");
-                const head = all.split("\r\n\r\n", 1)[0];
-                if (!all.includes("\r\n\r\n"))
-                    return;
-                if (/^HTTP\/1\.1 101/.test(head))
-                    return finish(null); // it would open now: nothing to explain
-                const length = /content-length:\s*(\d+)/i.exec(head);
-                const body = all.slice(head.length + 4);
-                if (length && body.length < parseInt(length[1], 10))
-                    return;
-                try {
-                    finish(JSON.parse(body).error.message);
-                } catch (e) {
-                    finish(head.split("\r\n")[0]);
-                }
-            });
-            channel.addEventListener("close", (ev, options) => finish(options.problem ? cockpit.message(options) : null));
-            const key = btoa(String.fromCharCode(...crypto.getRandomValues(new Uint8Array(16))));
-            channel.send(encoder.encode(`GET ${path} HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\n` +
-                `Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: ${key}\r\n\r\n`));
-            setTimeout(() => finish(null), 10000);
-        });
-    }
+    websocket(path) { return new StreamWebSocket(this.socket, path) }
 }
 
-/* A WebSocket to the daemon's Unix socket: Cockpit's websocket-stream1 channel (the bridge
- * is the WebSocket client), shaped like a browser WebSocket so that noVNC can attach it
- * and xterm can be fed from it. Binary messages both ways. */
-export class ChannelSocket {
+/* A WebSocket (RFC 6455) to the daemon's Unix socket, spoken here over a raw Cockpit
+ * "stream" channel that the bridge opens as the logged-in user; shaped like a browser
+ * WebSocket so that noVNC can attach it and xterm be fed from it.
+ *
+ * Why not Cockpit's websocket-stream1 channel: Debian 12's bridge (cockpit 287) builds
+ * the URL ws://<unix path><path> for a Unix socket, which its own URL parser refuses (the
+ * channel closes with "internal-error" before connecting), and later bridges (the Python
+ * one) have no websocket-stream1 at all. A stream channel works on every Cockpit, and
+ * here a refusal (404, 409, 501) comes with the daemon's own JSON message, a close with
+ * its code and reason. */
+const OPEN = 1;
+const CLOSING = 2;
+const CLOSED = 3;
+
+export class StreamWebSocket {
     constructor(socket, path) {
         this.binaryType = "arraybuffer";
         this.protocol = "";
@@ -164,38 +145,23 @@ export class ChannelSocket {
         this.onmessage = null;
         this.onclose = null;
         this.onerror = null;
-        this.problem = null;
         this.listeners = { open: [], close: [] };
-        this.channel = cockpit.channel({
-            payload: "websocket-stream1", unix: socket, path, binary: true, superuser: false,
-        });
-        this.channel.addEventListener("ready", () => {
-            this.readyState = 1; // OPEN
-            if (this.onopen)
-                this.onopen({ type: "open" });
-            this.listeners.open.forEach(fn => fn({ type: "open" }));
-        });
-        this.channel.addEventListener("message", (ev, data) => {
-            if (this.onmessage) {
-                const bytes = data instanceof Uint8Array ? data : encoder.encode(data);
-                const buffer = bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.byteLength);
-                this.onmessage({ type: "message", data: buffer });
-            }
-        });
+        this.buffer = new Uint8Array(0);
+        this.fragments = [];
+        this.closeSent = false;
+        this.ended = false;
+        this.channel = cockpit.channel({ payload: "stream", unix: socket, binary: true, superuser: false });
+        this.channel.addEventListener("message", (ev, data) => this.received(data));
         this.channel.addEventListener("close", (ev, options) => {
-            const opened = this.readyState === 1 || this.readyState === 2;
-            this.readyState = 3; // CLOSED
-            this.problem = options.problem || null;
-            if (this.problem && this.onerror)
-                this.onerror({ type: "error", problem: this.problem, opened });
-            const event = {
-                type: "close", code: this.problem ? 1006 : 1000, wasClean: !this.problem,
-                reason: this.problem ? cockpit.message(options) : "", opened,
-            };
-            if (this.onclose)
-                this.onclose(event);
-            this.listeners.close.forEach(fn => fn(event));
+            if (options.problem)
+                this.end(1006, `${problemMessage(options.problem)} (${socket})`, false);
+            else
+                this.end(1006, "the daemon closed the connection", false);
         });
+        const key = btoa(String.fromCharCode(...crypto.getRandomValues(new Uint8Array(16))));
+        this.channel.send(encoder.encode(`GET ${path} HTTP/1.1\r\nHost: localhost\r\n` +
+            "Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n" +
+            `Sec-WebSocket-Key: ${key}\r\n\r\n`));
     }
 
     /* Listeners of our own: noVNC takes the on* properties over. */
@@ -203,8 +169,144 @@ export class ChannelSocket {
         this.listeners[type].push(fn);
     }
 
+    received(data) {
+        const bytes = data instanceof Uint8Array ? data : encoder.encode(data);
+        const joined = new Uint8Array(this.buffer.length + bytes.length);
+        joined.set(this.buffer);
+        joined.set(bytes, this.buffer.length);
+        this.buffer = joined;
+        if (this.readyState === 0)
+            this.handshake();
+        if (this.readyState === OPEN || this.readyState === CLOSING)
+            this.frames();
+    }
+
+    /* The answer to the upgrade: 101, or the daemon's refusal with its JSON error. */
+    handshake() {
+        const b = this.buffer;
+        let end = -1;
+        for (let i = 0; i + 3 < b.length; i++) {
+            if (b[i] === 13 && b[i + 1] === 10 && b[i + 2] === 13 && b[i + 3] === 10) {
+                end = i;
+                break;
+            }
+        }
+        if (end < 0)
+            return;
+        const head = decoder.decode(b.subarray(0, end));
+        const status = parseInt((/^HTTP\/1\.[01] (\d{3})/.exec(head) || [])[1] || "0", 10);
+        if (status === 101) {
+            this.buffer = b.subarray(end + 4);
+            this.readyState = OPEN;
+            if (this.onopen)
+                this.onopen({ type: "open" });
+            this.listeners.open.forEach(fn => fn({ type: "open" }));
+            return;
+        }
+        const length = parseInt((/\r\ncontent-length:\s*(\d+)/i.exec(head) || [])[1] || "0", 10);
+        const body = b.subarray(end + 4);
+        if (body.length < length)
+            return; // more to come
+        let message = head.split("\r\n")[0];
+        try {
+            message = JSON.parse(decoder.decode(body.subarray(0, length))).error.message;
+        } catch (e) { /* not the API's error: the status line says what happened */ }
+        this.end(status || 1006, message, false, status);
+    }
+
+    frames() {
+        for (;;) {
+            const b = this.buffer;
+            if (b.length < 2)
+                return;
+            const fin = (b[0] & 0x80) !== 0;
+            const opcode = b[0] & 0x0f;
+            const masked = (b[1] & 0x80) !== 0;
+            let length = b[1] & 0x7f;
+            let offset = 2;
+            if (length === 126) {
+                if (b.length < 4)
+                    return;
+                length = (b[2] << 8) | b[3];
+                offset = 4;
+            } else if (length === 127) {
+                if (b.length < 10)
+                    return;
+                length = 0;
+                for (let i = 2; i < 10; i++)
+                    length = length * 256 + b[i];
+                offset = 10;
+            }
+            const maskOffset = offset;
+            if (masked)
+                offset += 4;
+            if (b.length < offset + length)
+                return;
+            let payload = b.slice(offset, offset + length);
+            if (masked)
+                payload = payload.map((x, i) => x ^ b[maskOffset + (i % 4)]);
+            this.buffer = b.subarray(offset + length);
+            if (opcode === 0x8) { // close
+                const code = payload.length >= 2 ? (payload[0] << 8) | payload[1] : 1005;
+                const reason = decoder.decode(payload.subarray(2));
+                if (!this.closeSent)
+                    this.sendFrame(0x8, payload.subarray(0, 2));
+                this.end(code, reason, code === 1000 || code === 1001);
+                return;
+            } else if (opcode === 0x9) { // ping: the daemon's heartbeat wants a pong
+                this.sendFrame(0xA, payload);
+            } else if (opcode === 0xA) { // pong
+                continue;
+            } else {
+                this.fragments.push(payload);
+                if (fin) {
+                    const total = this.fragments.reduce((n, f) => n + f.length, 0);
+                    const message = new Uint8Array(total);
+                    let at = 0;
+                    for (const f of this.fragments) {
+                        message.set(f, at);
+                        at += f.length;
+                    }
+                    this.fragments = [];
+                    if (this.onmessage && this.readyState === OPEN)
+                        this.onmessage({ type: "message", data: message.buffer });
+                }
+            }
+        }
+    }
+
+    sendFrame(opcode, payload) {
+        if (this.ended)
+            return;
+        if (opcode === 0x8)
+            this.closeSent = true;
+        const length = payload.length;
+        const head = length < 126 ? 2 : length < 65536 ? 4 : 10;
+        const frame = new Uint8Array(head + 4 + length);
+        frame[0] = 0x80 | opcode;
+        if (length < 126) {
+            frame[1] = 0x80 | length;
+        } else if (length < 65536) {
+            frame[1] = 0x80 | 126;
+            frame[2] = length >> 8;
+            frame[3] = length & 0xff;
+        } else {
+            frame[1] = 0x80 | 127;
+            let n = length;
+            for (let i = 9; i >= 2; i--) {
+                frame[i] = n % 256;
+                n = Math.floor(n / 256);
+            }
+        }
+        const mask = crypto.getRandomValues(new Uint8Array(4));
+        frame.set(mask, head);
+        for (let i = 0; i < length; i++)
+            frame[head + 4 + i] = payload[i] ^ mask[i % 4];
+        this.channel.send(frame);
+    }
+
     send(data) {
-        if (this.readyState !== 1)
+        if (this.readyState !== OPEN)
             return;
         if (typeof data === "string")
             data = encoder.encode(data);
@@ -212,14 +314,36 @@ export class ChannelSocket {
             data = new Uint8Array(data);
         else if (ArrayBuffer.isView(data) && !(data instanceof Uint8Array))
             data = new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
-        this.channel.send(data);
+        this.sendFrame(0x2, data);
     }
 
     close() {
-        if (this.readyState >= 2)
+        if (this.readyState >= CLOSING)
             return;
-        this.readyState = 2; // CLOSING
+        if (this.readyState === OPEN) {
+            this.readyState = CLOSING;
+            this.sendFrame(0x8, new Uint8Array([0x03, 0xe8])); // 1000
+            setTimeout(() => this.end(1000, "closed by you", true), 2000); // if no answer
+        } else {
+            this.end(1000, "closed by you", true);
+        }
+    }
+
+    /* The one close event: code and reason as the daemon gave them (or the refusal's
+     * status and message when it never opened). */
+    end(code, reason, wasClean, status = null) {
+        if (this.ended)
+            return;
+        const opened = this.readyState === OPEN || this.readyState === CLOSING;
+        this.ended = true;
+        this.readyState = CLOSED;
         this.channel.close();
+        const event = { type: "close", code, reason, wasClean, opened, status };
+        if (!wasClean && this.onerror)
+            this.onerror({ type: "error", reason });
+        if (this.onclose)
+            this.onclose(event);
+        this.listeners.close.forEach(fn => fn(event));
     }
 }
 

@@ -78,7 +78,11 @@ export function App() {
     }, []);
 
     useEffect(() => {
-        connect().then(setConn).catch(setConnError);
+        connect().then(c => {
+            // for the browser's console and the tests: the client the page uses
+            window.provisiondPage = { client: c.client };
+            setConn(c);
+        }).catch(setConnError);
         cockpit.user().then(u => setUser(u.name)).catch(() => {});
         fetch("states.json").then(r => {
             if (!r.ok)
@@ -132,7 +136,6 @@ export function App() {
     }, [client, notify, loadRequests]);
 
     function created(request, start) {
-        notify("success", `Request ${request.name} accepted`);
         loadRequests();
         loadCatalog();
         if (start)
@@ -151,7 +154,7 @@ export function App() {
         body = <EmptyState titleText="Connecting to provisiond" headingLevel="h2" icon={Spinner} />;
     } else {
         const details = selected
-            ? <RequestDetails client={client} id={selected} vmTable={vmTable} notify={notify}
+            ? <RequestDetails client={client} id={selected} vmTable={vmTable}
                               onBack={() => go([tab])} onChanged={() => { loadRequests(); loadCatalog() }} />
             : null;
         body = (

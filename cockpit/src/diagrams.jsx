@@ -31,10 +31,8 @@ function Diagram({ table }) {
                     if (!gone && box.current) {
                         box.current.innerHTML = svg;
                         const el = box.current.querySelector("svg");
-                        if (el) {
+                        if (el)
                             el.setAttribute("aria-hidden", "true");
-                            el.style.maxWidth = "100%";
-                        }
                     }
                 })
                 .catch(e => !gone && setError(String(e.message || e)));

@@ -10,7 +10,7 @@ import { Table, Caption, Thead, Tbody, Tr, Th, Td } from "@patternfly/react-tabl
 import { TERMINAL_STATES, VM_BUSY_STATES } from "./api.js";
 import { Console, Display } from "./sessions.jsx";
 import {
-    ErrorAlert, RequestState, Section, VmState, allowed, between, memory, when,
+    Clock, ErrorAlert, RequestState, Section, VmState, allowed, between, memory, when,
 } from "./util.jsx";
 
 export function inProgress(request) {
@@ -106,10 +106,11 @@ const OPERATION_WORDS = {
     start: "Start", stop: "Stop", "force-stop": "Force stop", reboot: "Reboot", delete: "Delete",
 };
 
-function Actions({ client, request, vmTable, onChanged, notify }) {
+function Actions({ client, request, vmTable, onChanged }) {
     const [busy, setBusy] = useState(null);
     const [error, setError] = useState(null);
     const [confirm, setConfirm] = useState(null);
+    const [accepted, setAccepted] = useState(null);
     const name = request.name;
     const vmState = request.vm?.state;
 
@@ -117,12 +118,13 @@ function Actions({ client, request, vmTable, onChanged, notify }) {
         setConfirm(null);
         setBusy(operation);
         setError(null);
+        setAccepted(null);
         const call = operation === "cancel"
             ? client.cancel(request.id)
             : client.operate(request.id, operation === "force-stop" ? "stop" : operation, operation === "force-stop");
         call.then(answer => {
             setBusy(null);
-            notify("info", `${OPERATION_WORDS[operation] || "Cancel"} accepted for VM ${name}`);
+            setAccepted(`${OPERATION_WORDS[operation] || "Cancel"} accepted for VM ${name}`);
             onChanged(answer);
         }).catch(e => { setBusy(null); setError(e) });
     }
@@ -153,6 +155,7 @@ function Actions({ client, request, vmTable, onChanged, notify }) {
                     </FlexItem>
                 )}
             </Flex>
+            <p className="pd-muted pd-accepted" aria-live="polite" data-testid="action-status">{accepted || ""}</p>
             <ErrorAlert error={error} title={`The operation on VM ${name} was refused`} onClose={() => setError(null)} />
             {confirm && (
                 <Modal isOpen variant="small" onClose={() => setConfirm(null)} aria-labelledby="confirm-title">
@@ -185,14 +188,14 @@ function Timeline({ entries, request }) {
             </p>
             <Table aria-label={`Timeline of ${request.name}`} variant="compact" className="pd-table pd-timeline">
                 <Thead>
-                    <Tr><Th>Time</Th><Th>Kind</Th><Th>From</Th><Th>To</Th><Th>Trigger</Th><Th>Time in state</Th><Th>Detail</Th></Tr>
+                    <Tr><Th>Time</Th><Th>Kind</Th><Th>From</Th><Th>To</Th><Th>Trigger</Th><Th modifier="nowrap">Time in state</Th><Th>Detail</Th></Tr>
                 </Thead>
                 <Tbody>
                     {entries.map((e, i) => {
                         const previous = entries.slice(0, i).reverse().find(p => p.kind === "transition");
                         return (
                             <Tr key={i} className={`pd-log-${e.kind}`} data-testid="timeline-entry" data-kind={e.kind} data-to={e.to || ""}>
-                                <Td dataLabel="Time">{when(e.at)}</Td>
+                                <Td dataLabel="Time" className="pd-nowrap"><Clock iso={e.at} /></Td>
                                 <Td dataLabel="Kind">{e.kind}</Td>
                                 <Td dataLabel="From">{e.from || ""}</Td>
                                 <Td dataLabel="To">{e.kind === "transition" ? <strong>{e.to}</strong> : e.to || ""}</Td>
@@ -303,7 +306,7 @@ function useFollow(client, id) {
     return { request, entries, error, refresh };
 }
 
-export function RequestDetails({ client, id, vmTable, onBack, notify, onChanged }) {
+export function RequestDetails({ client, id, vmTable, onBack, onChanged }) {
     const { request, entries, error, refresh } = useFollow(client, id);
     const name = request?.name || id;
     return (
@@ -328,7 +331,7 @@ export function RequestDetails({ client, id, vmTable, onBack, notify, onChanged 
                         <Fact term="Request id"><code>{request.id}</code></Fact>
                         <Fact term="Created">{when(request.created_at)}</Fact>
                     </DescriptionList>
-                    <Actions client={client} request={request} vmTable={vmTable} notify={notify}
+                    <Actions client={client} request={request} vmTable={vmTable}
                              onChanged={answer => { refresh(answer); onChanged() }} />
                     <Timeline entries={entries} request={request} />
                     <Addresses request={request} />

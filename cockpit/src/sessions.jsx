@@ -1,6 +1,6 @@
 /* The serial console (xterm.js) and the graphical display (noVNC), each over the daemon's
- * WebSocket on its Unix socket: a Cockpit websocket-stream1 channel opened by the bridge as
- * the logged-in user. */
+ * WebSocket on its Unix socket, spoken over a Cockpit stream channel that the bridge opens as
+ * the logged-in user (api.js: StreamWebSocket). */
 import React, { useEffect, useRef, useState } from "react";
 import { Alert, Button, Flex, FlexItem } from "@patternfly/react-core";
 import { Terminal } from "@xterm/xterm";
@@ -12,11 +12,15 @@ import { Section } from "./util.jsx";
 
 const RFB = RFBModule.default || RFBModule;
 
-/* What the daemon's close codes mean (daemon/api/sessions.py). */
+/* The daemon's close codes (daemon/api/sessions.py), with the reason it gave. */
+const CLOSE_CODES = {
+    1000: "closed", 1001: "provisiond is stopping", 1011: "libvirt failed while relaying",
+    4001: "another session took it over", 4002: "idle for too long",
+};
+
 function closed(event) {
-    if (event.wasClean)
-        return "Disconnected.";
-    return `Disconnected: ${event.reason || "the connection was lost"}.`;
+    const what = CLOSE_CODES[event.code] || `closed (code ${event.code})`;
+    return `Disconnected: ${what}${event.reason && event.reason !== what ? `: ${event.reason}` : ""}.`;
 }
 
 /* A session's state machine: idle -> connecting -> connected -> idle (with a message). */
@@ -66,11 +70,9 @@ function useSession(client, request, kind, attach) {
             if (opened) {
                 setMessage({ variant: event.wasClean ? "info" : "warning", text: closed(event) });
             } else {
-                // Refused before the upgrade: ask the daemon why, in its own words.
-                client.whyRefused(target).then(why => {
-                    setRefused(true);
-                    setMessage({ variant: "danger", text: why || event.reason || "The connection was refused." });
-                });
+                // Refused before the upgrade: the daemon's own words (409: in use, or not running)
+                setRefused(event.status === 409);
+                setMessage({ variant: "danger", text: event.reason || "The connection was refused." });
             }
         });
         detach.current = attach(ws);

@@ -19,6 +19,19 @@ export function when(iso) {
 }
 
 /* "12.3 s" between two ISO times */
+/* "16:07:36.365", the date in its title */
+export function Clock({ iso }) {
+    if (!iso)
+        return null;
+    const d = new Date(iso);
+    const pad = (n, w = 2) => String(n).padStart(w, "0");
+    return (
+        <time dateTime={iso} title={d.toLocaleString()}>
+            {`${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}.${pad(d.getMilliseconds(), 3)}`}
+        </time>
+    );
+}
+
 export function between(a, b) {
     if (!a || !b)
         return "";
