@@ -156,12 +156,17 @@ export function Display({ client, request }) {
             ws.close();
             return () => {};
         }
+        let connected = true;
+        display.addEventListener("disconnect", () => { connected = false });
         display.scaleViewport = true;
         display.focusOnClick = true;
         display.addEventListener("securityfailure", e => console.warn("VNC security failure", e.detail));
         rfb.current = display;
         return () => {
-            try { display.disconnect() } catch (e) { /* already gone */ }
+            if (connected) {
+                connected = false;
+                try { display.disconnect() } catch (e) { /* already gone */ }
+            }
             rfb.current = null;
         };
     }
