@@ -49,8 +49,7 @@ export function RequestTable({ requests, onOpen, showOwner = false, caption, lab
                 {requests.map(r => (
                     <Tr key={r.id} data-request-id={r.id} data-testid="request-row">
                         <Td dataLabel="Name">
-                            <Button variant="link" isInline onClick={() => onOpen(r.id)}
-                                    aria-label={`VM ${r.name}: details`}>
+                            <Button variant="link" isInline onClick={() => onOpen(r.id)}>
                                 {r.name}
                             </Button>
                         </Td>
