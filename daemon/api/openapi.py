@@ -264,6 +264,9 @@ SCHEMAS: dict[str, Schema] = {
                 required=[], description="Upper bounds; a missing one is unbounded."),
             "used": closed(LIMITS, description="What the pool's VMs and requests hold."),
             "used_by_you": closed(LIMITS, description="The caller's share of `used`."),
+            "you_administer": {"type": "boolean", "description": "Whether the caller holds "
+                               "CLOUD_ADMIN on the pool (sees and cancels everyone's "
+                               "requests there, runs the reconciler)."},
         })},
     }, description="What the caller may ask for: templates, sizes, and the resource pools "
                    "they hold CLOUD_CREATE on."),

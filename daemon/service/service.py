@@ -366,6 +366,7 @@ class Service:
         if not pools:
             raise PermissionDenied(f"{who.user} holds CLOUD_CREATE on no resource pool")
         cfg = self.config
+        administered = set(self.pools_granting(who, CLOUD_ADMIN))
         return {
             "user": who.user,
             "templates": [{"name": t.name, "kind": t.kind, "description": t.description,
@@ -381,6 +382,7 @@ class Service:
                 "quota": _quota_json(cfg.resource_pools[p].quota),
                 "used": dataclasses.asdict(self._ledger.usage(p)),
                 "used_by_you": dataclasses.asdict(self._ledger.usage(p, who.user)),
+                "you_administer": p in administered,
             } for p in pools],
         }
 

@@ -33,6 +33,15 @@ def test_health_and_catalog(daemon: Daemon) -> None:
     assert [p["name"] for p in catalog.body["resource_pools"]] == ["rp", "rp2"]
 
 
+def test_catalog_says_where_the_caller_is_an_admin(make_daemon) -> None:
+    daemon = make_daemon(resource_pools={
+        "rp": {"hardware_pool": "hw", "grants": {"CLOUD_CREATE": {"users": [ME]},
+                                                 "CLOUD_ADMIN": {"users": [ME]}}},
+        "rp2": {"hardware_pool": "hw", "grants": {"CLOUD_CREATE": {"users": [ME]}}}})
+    pools = daemon.call("GET", "/v1/catalog").body["resource_pools"]
+    assert {p["name"]: p["you_administer"] for p in pools} == {"rp": True, "rp2": False}
+
+
 def test_catalog_refuses_a_caller_who_may_create_nowhere(daemon: Daemon) -> None:
     reply = daemon.call("GET", "/v1/catalog", as_user=OTHER_USER)
     assert reply.status == 403
