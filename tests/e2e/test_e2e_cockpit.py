@@ -137,6 +137,9 @@ def echo(guest_pool: GuestPool) -> Daemon:
         sizes={"one": {"cpus": 1, "memory": 131072, "storage_size_in_gb": 1}},
         templates=templates, daemon={"stop_timeout": 3},
         hosts=[{"name": "e2e", "uri": guest_pool.libvirtd.uri, "domain_type": "qemu"}],
+        # As a host would be configured (the harness lifts the ratios for load tests):
+        # the timeline in the screenshots shows this host's real room.
+        hardware={"cpu_allocation_ratio": 4, "ram_allocation_ratio": 1},
         resource_pools={"rp": {"hardware_pool": "hw", "description": "The test's pool",
                                "quota": QUOTA,
                                "grants": {"CLOUD_CREATE": {"users": [ME, OTHER_USER]}}}})
