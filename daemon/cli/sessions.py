@@ -65,7 +65,11 @@ def _attach(ws: WebSocket) -> bool:
         saved = termios.tcgetattr(stdin)
         tty.setraw(stdin)
     try:
-        while True:
+        # What came with the handshake's answer is read already: select would not say so.
+        for message in ws.messages():
+            out.write(message)
+        out.flush()
+        while ws.close_code is None:
             ready = select.select([ws, stdin], [], [])[0]
             if ws in ready:
                 if not ws.feed():
@@ -84,6 +88,7 @@ def _attach(ws: WebSocket) -> bool:
                     ws.send(data)
                 if cut >= 0 or not data:
                     return True
+        return False
     finally:
         if saved is not None:
             import termios
@@ -209,7 +214,11 @@ def _relay(client: Client, target: str, conn: socket.socket) -> None:
         conn.close()
         return
     try:
-        while True:
+        # What came with the handshake's answer (often the VNC server's greeting) is read
+        # already: select would wait for more, and the viewer for its greeting.
+        for message in ws.messages():
+            conn.sendall(message)
+        while ws.close_code is None:
             ready = select.select([ws, conn], [], [])[0]
             if ws in ready:
                 if not ws.feed():

@@ -106,3 +106,36 @@ def test_a_refusal_is_the_apis_error(server: str) -> None:
         Client(server).websocket("/refuse")
     assert refused.value.status == 409 and refused.value.exit_code == 1
     assert "in use by bob" in refused.value.message
+
+
+class _OneSocket:
+    """A client whose ``websocket`` hands out one ready WebSocket."""
+
+    def __init__(self, ws: WebSocket) -> None:
+        self.ws = ws
+
+    def websocket(self, _target: str) -> WebSocket:
+        return self.ws
+
+
+def test_a_greeting_that_came_with_the_handshake_reaches_the_viewer_at_once() -> None:
+    import socket
+
+    from daemon.cli.sessions import _relay
+
+    # The daemon's side: the 101 answer and the VNC server's first frame arrived in one
+    # read, so the frame is in the buffer and nothing more comes on the socket.
+    daemon_end, client_end = socket.socketpair()
+    greeting = b"RFB 003.008\n"
+    ws = WebSocket(client_end, pending=bytes([0x82, len(greeting)]) + greeting)
+    viewer, relay_end = socket.socketpair()
+    viewer.settimeout(5)
+    relay = threading.Thread(target=_relay, args=(_OneSocket(ws), "/display", relay_end),
+                             daemon=True)
+    relay.start()
+    try:
+        assert viewer.recv(len(greeting)) == greeting  # not only once the daemon speaks again
+    finally:
+        daemon_end.close()
+        relay.join(5)
+        viewer.close()
