@@ -166,5 +166,5 @@ class Hosts:
         """Stop reconnecting and close every connection."""
         for task in [*self._reconnects.values(), *self._resyncs]:
             task.cancel()
-        for host in self._connections.values():
-            await host.close()
+        # At once: each may wait a little for calls still running on it.
+        await asyncio.gather(*(host.close() for host in self._connections.values()))

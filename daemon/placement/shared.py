@@ -30,10 +30,14 @@ SHARED_POOL_TYPES = frozenset(
 SHARED_PREFIX = "shared:"
 
 
-def location_of(host: str, ref: StoragePoolRef, info: PoolInfo | None) -> str:
-    """The key a host's pool records claims and reservations under (module docstring)."""
+def location_of(host: str, hardware_pool: str, ref: StoragePoolRef,
+                info: PoolInfo | None) -> str:
+    """The key a host's pool records claims and reservations under (module docstring):
+    ``shared:HARDWARE/POOL`` for a pool the configuration declares shared (within its
+    hardware pool), ``shared:POOL@TYPE:SOURCE`` for a network pool (whichever hardware
+    pool its hosts are in: the source names the storage), else the host's name."""
     if ref.shared is True:
-        return f"{SHARED_PREFIX}{ref.name}"
+        return f"{SHARED_PREFIX}{hardware_pool}/{ref.name}"
     if ref.shared is None and info is not None and info.type in SHARED_POOL_TYPES \
             and info.source:
         return f"{SHARED_PREFIX}{ref.name}@{info.type}:{info.source}"
@@ -58,29 +62,30 @@ class StorageMap:
                  config: Callable[[], Config]) -> None:
         self._hosts = hosts
         self._config = config
-        self._refs_of: tuple[Config, dict[str, dict[str, StoragePoolRef]]] | None = None
+        self._refs_of: tuple[Config, dict[str, dict[str, tuple[str, StoragePoolRef]]]] | \
+            None = None
 
-    def _refs(self) -> dict[str, dict[str, StoragePoolRef]]:
-        """host -> pool name -> its entry in the host's hardware pool (per configuration)."""
+    def _refs(self) -> dict[str, dict[str, tuple[str, StoragePoolRef]]]:
+        """host -> pool name -> (its hardware pool, its entry there), per configuration."""
         config = self._config()
         if self._refs_of is None or self._refs_of[0] is not config:
-            refs: dict[str, dict[str, StoragePoolRef]] = {}
+            refs: dict[str, dict[str, tuple[str, StoragePoolRef]]] = {}
             for hardware in config.hardware_pools.values():
                 for host in hardware.hosts:
                     pools = refs.setdefault(host.name, {})
                     for ref in hardware.storage_pools:
-                        pools.setdefault(ref.name, ref)
+                        pools.setdefault(ref.name, (hardware.name, ref))
             self._refs_of = (config, refs)
         return self._refs_of[1]
 
     def location(self, host: str, pool: str) -> str:
         """Where the host's pool keeps its volumes (its claims' and reservations' key)."""
-        ref = self._refs().get(host, {}).get(pool)
-        if ref is None:
+        found = self._refs().get(host, {}).get(pool)
+        if found is None:
             return host
-        found = self._inventory(host)
-        info = found.pool(pool) if found is not None else None
-        return location_of(host, ref, info[0] if info else None)
+        inventory = self._inventory(host)
+        info = inventory.pool(pool) if inventory is not None else None
+        return location_of(host, found[0], found[1], info[0] if info else None)
 
     def locations(self, host: str, pools: Iterable[str]) -> list[str]:
         """The distinct locations of a host's pools, in order."""
@@ -92,7 +97,27 @@ class StorageMap:
         is included: holding a claim there is harmless, missing it is not)."""
         if not is_shared(location):
             return [location]
-        return [host for host, pools in self._refs().items() if pool in pools]
+        declared = location[len(SHARED_PREFIX):].split("@", 1)[0]
+        hardware = declared.split("/", 1)[0] if "@" not in location else None
+        return [host for host, pools in self._refs().items() if pool in pools
+                and (hardware is None or pools[pool][0] == hardware)]
+
+    def user_elsewhere(self, host: str, volume: VolumeInfo) -> str | None:
+        """A domain of another host that uses this volume of shared storage, named with
+        its host (each host's inventory knows its own domains only); None if none does."""
+        location = self.location(host, volume.pool)
+        if not is_shared(location):
+            return None
+        for other in self.hosts_seeing(location, volume.pool):
+            inventory = self._inventory(other)
+            if other == host or inventory is None or \
+                    self.location(other, volume.pool) != location:
+                continue
+            seen = inventory.volume(volume.pool, volume.name)
+            user = inventory.user_of(seen) if seen is not None else None
+            if user is not None:
+                return f"{user} on host {other}"
+        return None
 
     def hold(self, location: str, pool: str, volume: str, holder: str) -> None:
         """A claim recorded: the volume is not free on any host that sees it."""

@@ -50,6 +50,7 @@ def place_storage(
     explain: bool = False,
     reuse: bool = True,
     create: bool = True,
+    used_elsewhere: Callable[[VolumeInfo], str | None] | None = None,
 ) -> Decision:
     """Decide where a request's volume comes from (see the module docstring).
 
@@ -58,7 +59,9 @@ def place_storage(
     comes first for step 2. Without ``explain``, verdicts are given for the pools only
     when nothing fits (they make the failure's reason); with it, for every candidate
     volume and pool. ``reuse`` / ``create`` off: that step is left out (placement over
-    several hosts runs step 1 on them all before step 2 on any).
+    several hosts runs step 1 on them all before step 2 on any). ``used_elsewhere``: the
+    domain of another host using a volume of storage the hosts share, if any (this
+    host's inventory knows its own domains only).
     """
     listed = list(pools)
     pools = [p for p in listed if not p.templates_only]
@@ -70,18 +73,22 @@ def place_storage(
     def is_template(vol: VolumeInfo) -> bool:
         return (vol.pool, vol.name) in templates or vol.path in paths
 
+    def excluded(vol: VolumeInfo) -> bool:
+        return is_template(vol) or (used_elsewhere is not None and
+                                    used_elsewhere(vol) is not None)
+
     verdicts: list[Verdict] = [
         Verdict("create", p.name, None, False, "holds templates only (templates_only)")
         for p in listed if p.templates_only] if explain else []
     vol = None if image_pool is not None or not reuse else inventory.best_free_volume(
-        [p.name for p in pools], size_bytes, size_bytes + tolerance_bytes, is_template)
+        [p.name for p in pools], size_bytes, size_bytes + tolerance_bytes, excluded)
     if explain and image_pool is not None:
         verdicts += [Verdict("reuse", ref.name, v.name, False, "not for an appliance: a free "
                              "blank volume does not hold its image")
                      for ref in pools for v in inventory.pool_volumes(ref.name)]
     elif explain:
         verdicts += _reuse_verdicts(inventory, pools, size_bytes, tolerance_bytes,
-                                    is_template)
+                                    is_template, used_elsewhere)
     elif vol is not None:
         return Decision("reuse", vol.pool, vol)
     if not create:
@@ -118,7 +125,8 @@ def place_storage(
 
 
 def _reuse_verdicts(inventory: LiveInventory, pools: list[StoragePoolRef], size_bytes: int,
-                    tolerance_bytes: int, is_template: Callable[[VolumeInfo], bool]
+                    tolerance_bytes: int, is_template: Callable[[VolumeInfo], bool],
+                    used_elsewhere: Callable[[VolumeInfo], str | None] | None
                     ) -> list[Verdict]:
     """The dry run's stage 1: each volume of each pool, taken or refused, and why."""
     verdicts = []
@@ -130,6 +138,9 @@ def _reuse_verdicts(inventory: LiveInventory, pools: list[StoragePoolRef], size_
             continue
         for vol in inventory.pool_volumes(ref.name):
             why = _volume_refusal(vol, inventory, is_template, size_bytes, tolerance_bytes)
+            elsewhere = used_elsewhere(vol) if used_elsewhere and why is None else None
+            if elsewhere is not None:
+                why = f"in use by domain {elsewhere}"
             verdicts.append(Verdict("reuse", ref.name, vol.name, why is None,
                                     why or f"free, {gib(vol.capacity)}"))
     return verdicts

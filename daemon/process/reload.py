@@ -55,6 +55,7 @@ def reload_config(service: Service) -> bool:
                         record.id, " and ".join(gone),
                         extra={"request_id": record.id, "state": str(record.state)})
     service.config = new  # one assignment: every step and handler sees old or new, never a mix
+    service.relocate_claims()  # a pool newly declared shared: its claims under one key
     log.info("configuration reloaded from %s (%d sizes, %d templates, %d hardware pools, "
              "%d resource pools)", new.source, len(new.sizes), len(new.templates),
              len(new.hardware_pools), len(new.resource_pools))

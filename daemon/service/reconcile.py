@@ -86,7 +86,7 @@ async def find_orphans(service: "Service", hosts: list[str]) -> list[Orphan]:
                            "a second volume for a request that holds another")
                 if why is None:
                     continue
-                user = inventory.user_of(vol)
+                user = inventory.user_of(vol) or service.storage.user_elsewhere(host_name, vol)
                 if user is not None and user not in orphan_domains:
                     why += f"; kept: in use by domain {user}"
                 orphans.append(Orphan(host_name, "volume", vol.name, match.group(1), why,

@@ -98,6 +98,7 @@ class Service:
         self.store.enable_group_commit()
         self.events.start()
         await self.hosts.open_all(self.events.enqueue, self._claims_seen_by)
+        self.relocate_claims()
         self.engine.resume()
         # VMs at rest may have changed while no provisiond watched: look (in the
         # background; a slow host must not hold up the start).
@@ -108,6 +109,20 @@ class Service:
                 task.add_done_callback(self._background.discard)
         pruner = asyncio.create_task(self._prune_every(PRUNE_INTERVAL), name="prune")
         self._background.add(pruner)
+
+    def relocate_claims(self) -> None:
+        """Claims and reservations recorded under a host's name for storage that is now
+        shared (a database of an older provisiond, or a pool newly declared ``shared``)
+        move to the storage's key, and are held on every host that sees it: another host
+        must not hand out what this one claimed."""
+        moved = self.store.relocate_storage(
+            [name for name in self.hosts if self.hosts.reachable(name)],
+            self.storage.location)
+        for where, pool, volume, holder in moved:
+            self.storage.hold(where, pool, volume, holder)
+        if moved:
+            log.info("%d claims moved to the key of the storage several hosts share",
+                     len(moved))
 
     def _claims_seen_by(self, host: str) -> dict[tuple[str, str], str]:
         """The claims a host's inventory holds: on its own storage, and on shared storage

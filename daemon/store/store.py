@@ -32,7 +32,8 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import sqlite_utils
 
-from daemon.errors import AlreadyClaimed, StaleState
+from daemon.errors import StaleState
+from daemon.store.claims import StorageClaims
 from daemon.store.records import LogEntry, QuotaUsage, RequestRecord, Reservation, VmRecord
 from daemon.store.schema import MIGRATIONS
 from statemachines.provisioning import HOLDS_QUOTA, IN_PROGRESS, ON_HOST, State
@@ -84,7 +85,7 @@ def create_private(path: Path) -> None:
         os.close(fd)
 
 
-class Store:
+class Store(StorageClaims):
     """All persistent state of provisiond, behind methods; no SQL outside this class."""
 
     def __init__(self, path: Path | str, *, clock: Callable[[], float] = time.time) -> None:
@@ -465,89 +466,6 @@ class Store:
                                      ids)
                 self.db.conn.execute(f"DELETE FROM requests WHERE id IN ({marks})", ids)
         return len(ids)
-
-    # -- claims and reservations
-
-    def claim_volume(self, host: str, pool: str, volume: str, request_id: str) -> None:
-        """Claim a volume for a request; raises AlreadyClaimed if another request holds it.
-        ``host`` is the volume's location (a host's name, or shared storage's key)."""
-        try:
-            with self.atomic():
-                self.db.conn.execute(
-                    "INSERT INTO volume_claims (host, pool, volume, request_id, at)"
-                    " VALUES (?, ?, ?, ?, ?)", (host, pool, volume, request_id, self.clock()))
-        except sqlite3.IntegrityError:
-            holder = self.db.execute(
-                "SELECT request_id FROM volume_claims WHERE host = ? AND pool = ? AND volume = ?",
-                (host, pool, volume)).fetchone()
-            if holder and holder[0] == request_id:
-                return
-            raise AlreadyClaimed(f"{pool}/{volume} is claimed by request {holder and holder[0]}")
-
-    def claims_on(self, location: str) -> dict[tuple[str, str], str]:
-        """Claimed volumes at a location (a host's name, or shared storage's key; see
-        ``daemon.placement.shared``): (pool, volume) -> request id."""
-        return {(r["pool"], r["volume"]): r["request_id"] for r in self.db.query(
-            "SELECT pool, volume, request_id FROM volume_claims WHERE host = ?", [location])}
-
-    def shared_claims(self) -> list[tuple[str, str, str, str]]:
-        """Claims on shared storage: (location, pool, volume, request id)."""
-        return [(r["host"], r["pool"], r["volume"], r["request_id"]) for r in self.db.query(
-            "SELECT host, pool, volume, request_id FROM volume_claims"
-            " WHERE host LIKE 'shared:%'")]
-
-    def reserve_space(self, reservation: Reservation) -> None:
-        """Hold space in a pool for a request's new volume (replaces its earlier one)."""
-        with self.atomic():
-            self._reserve(reservation)
-
-    def _reserve(self, reservation: Reservation) -> None:
-        self.db.conn.execute(
-            "INSERT OR REPLACE INTO pool_reservations (request_id, host, pool, volume, bytes, at)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
-            (reservation.request_id, reservation.host, reservation.pool, reservation.volume,
-             reservation.bytes, self.clock()))
-        self._forget_reservation(reservation.request_id)
-        self._reservations_by_host().setdefault(reservation.host, {})[
-            reservation.request_id] = reservation
-
-    def drop_reservation(self, request_id: str) -> None:
-        """A request's volume exists: its reservation has done its job."""
-        with self.atomic():
-            self.db.conn.execute("DELETE FROM pool_reservations WHERE request_id = ?",
-                                 [request_id])
-            self._forget_reservation(request_id)
-
-    def reservations_on(self, host: str) -> list[Reservation]:
-        """Space held in the pools of a host by live requests."""
-        return list(self._reservations_by_host().get(host, {}).values())
-
-    def _reservations_by_host(self) -> dict[str, dict[str, Reservation]]:
-        # Kept in memory: placement asks for them once per request.
-        if self._reservations is None:
-            by_host: dict[str, dict[str, Reservation]] = {}
-            for r in self.db.query("SELECT request_id, host, pool, volume, bytes"
-                                   " FROM pool_reservations ORDER BY rowid"):
-                by_host.setdefault(r["host"], {})[r["request_id"]] = Reservation(**r)
-            self._reservations = by_host
-        return self._reservations
-
-    def _forget_reservation(self, request_id: str) -> None:
-        for held in self._reservations_by_host().values():
-            held.pop(request_id, None)
-
-    def release_storage(self, request_id: str) -> list[tuple[str, str, str]]:
-        """Drop a request's volume claims and space reservations; return the claims
-        dropped: (location, pool, volume)."""
-        with self.atomic():
-            released = [(r[0], r[1], r[2]) for r in self.db.execute(
-                "SELECT host, pool, volume FROM volume_claims WHERE request_id = ?",
-                [request_id]).fetchall()]
-            self.db.conn.execute("DELETE FROM volume_claims WHERE request_id = ?", [request_id])
-            self.db.conn.execute("DELETE FROM pool_reservations WHERE request_id = ?",
-                                 [request_id])
-            self._forget_reservation(request_id)
-        return released
 
 
 class RequestRecords:

@@ -196,19 +196,22 @@ def disks_of(domain_xml: str) -> list[tuple[str | None, str | None, str | None]]
 
 
 def pool_facts_of(pool_xml: str) -> tuple[str, str, str]:
-    """(type, source, target path) of a storage pool XML. ``source`` is the ``<source>``
-    element as one canonical line (hosts, directory, devices, name, ...: equal for two
-    pools on the same storage, whatever the order libvirt lists them in), "" if none."""
+    """(type, source, target path) of a storage pool XML. ``source`` names the storage
+    itself, as one canonical line: the ``<source>``'s hosts (and ports), directory,
+    devices and name, sorted; not how a host reaches it (format, auth, initiator, ...),
+    which may differ from host to host for the same storage. "" if it names nothing."""
     root = ET.fromstring(pool_xml)
     parts: list[str] = []
     source = root.find("source")
     if source is not None:
-        for element in source.iter():
-            if element is source:
-                continue
-            attrs = ",".join(f"{k}={v}" for k, v in sorted(element.attrib.items()))
-            text = (element.text or "").strip()
-            parts.append(f"{element.tag}[{attrs}]{text}")
+        for host in source.findall("host"):
+            port = host.get("port")
+            parts.append(f"host={host.get('name', '')}" + (f":{port}" if port else ""))
+        for tag in ("dir", "device"):
+            parts += [f"{tag}={e.get('path', '')}" for e in source.findall(tag)]
+        name = (source.findtext("name") or "").strip()
+        if name:
+            parts.append(f"name={name}")
     return (root.get("type", ""), ";".join(sorted(parts)),
             (root.findtext("target/path") or "").strip())
 

@@ -45,12 +45,14 @@ async def host_capacities(ctx: ProvisioningContext,
 def _figures(ctx: ProvisioningContext,
              capacities: dict[str, tuple[int, int] | None]) -> list[HostFigures]:
     """The hosts as host choice sees them: capacity, and what provisiond placed there
-    (read here, with no await before the decision is recorded)."""
+    (read here, with no await before the decision is recorded; a host lost since its
+    capacity was read is unreachable)."""
     usage = ctx.host_usage()
+    up = ctx.reachable_hosts(list(capacities))
     figures = []
     for name, capacity in capacities.items():
         used = usage.get(name, (0, 0))
-        figures.append(HostFigures(name, False) if capacity is None else
+        figures.append(HostFigures(name, False) if capacity is None or name not in up else
                        HostFigures(name, True, capacity[0], capacity[1], used[0], used[1]))
     return figures
 
@@ -208,7 +210,8 @@ def place(ctx: ProvisioningContext, host: HostConnection, hardware: HardwarePool
         reservations=[r for where in ctx.storage.locations(host.name, [p.name for p in pools])
                       for r in ctx.store.reservations_on(where)] if create or explain else [],
         template_volumes=inputs.template_volumes, template_paths=inputs.template_paths,
-        image_pool=inputs.image_pool, explain=explain, reuse=reuse, create=create)
+        image_pool=inputs.image_pool, explain=explain, reuse=reuse, create=create,
+        used_elsewhere=lambda vol: ctx.storage.user_elsewhere(host.name, vol))
 
 
 def _files_of(template: Template) -> list[BootFile]:

@@ -128,7 +128,7 @@ async def test_a_shared_pool_is_one_pool_for_all_fifty_hosts(make_harness,
     rows = list(h.store.db.query("SELECT host, pool, volume FROM volume_claims"))
     assert len(rows) == len({(r["pool"], r["volume"]) for r in rows}) == 30
     assert {r["host"] for r in rows} == {
-        "shared:pool-shared@netfs:dir[path=/export/vms];format[type=nfs];host[name=nfs.example]"}
+        "shared:pool-shared@netfs:dir=/export/vms;host=nfs.example"}
     # Every host sees every claim and every new volume.
     for name in h.service.hosts:
         inventory = h.service.hosts[name].inventory
@@ -147,3 +147,61 @@ async def test_a_shared_pool_is_one_pool_for_all_fifty_hosts(make_harness,
                                                               victim.volume_name)
     again = await h.run(size="ten")
     assert again.state == State.DONE and again.volume_owned, again.reason
+
+
+def _connection_of(h: Any, host: str) -> Any:
+    """The raw libvirt connection the harness opened to a fleet host."""
+    return next(c for c in h.connections if f"/{host}.xml" in c.getURI())
+
+
+async def test_a_shared_volume_another_hosts_domain_uses_is_not_free(make_harness,
+                                                                      tmp_path: Path) -> None:
+    hosts = write_fleet(tmp_path / "fleet", 4, seed=5, shared_volumes=2)
+    h = await make_harness(hosts=hosts,
+                           storage_pools=[{"name": "pool-shared", "overcommit": 3}],
+                           sizes={"ten": {"cpus": 1, "memory": GIB_KIB,
+                                          "storage_size_in_gb": SHARED_VOLUME_GIB}})
+    # Someone defines a domain on host-02 with free-000 as its disk, behind provisiond.
+    busy = shared_volume_name(0)
+    _connection_of(h, "host-02").defineXML(
+        "<domain type='test'><name>theirs</name><memory>65536</memory><os><type>hvm</type>"
+        "</os><devices><disk type='volume' device='disk'><source pool='pool-shared' "
+        f"volume='{busy}'/><target dev='vda'/></disk></devices></domain>")
+    for _ in range(100):  # its DEFINED event reaches host-02's inventory
+        inventory = h.service.hosts["host-02"].inventory
+        if inventory.user_of(inventory.volume("pool-shared", busy)) == "theirs":
+            break
+        await asyncio.sleep(0.02)
+    from daemon.service import ProvisioningRequest
+    from tests.conftest import ALICE
+
+    dry = await h.service.explain(ALICE, ProvisioningRequest("ipxe", "ten", "rp"))
+    said = {v.volume: v.reason for v in dry.verdicts if v.stage == "reuse"}
+    if dry.host != "host-02":
+        assert said[busy] == "in use by domain theirs on host host-02"
+    records = await run_all(h, 3, "ten")
+    assert all(r.state == State.DONE for r in records)
+    # Whichever host each landed on, none took the disk of host-02's domain.
+    assert busy not in {r.volume_name for r in records}
+    assert sorted(r.volume_name for r in records if not r.volume_owned) == [
+        shared_volume_name(1)]
+
+
+async def test_claims_an_older_daemon_recorded_under_a_host_move_to_the_shared_key(
+        make_harness, tmp_path: Path) -> None:
+    hosts = write_fleet(tmp_path / "fleet", 3, seed=5, shared_volumes=2)
+    h = await make_harness(hosts=hosts, storage_pools=["pool-shared"],
+                           sizes={"ten": {"cpus": 1, "memory": GIB_KIB,
+                                          "storage_size_in_gb": SHARED_VOLUME_GIB}})
+    # As a database of an older provisiond has it: the claim under the host's name.
+    h.store.claim_volume("host-00", "pool-shared", shared_volume_name(0), "r-older")
+    h.service.relocate_claims()  # what the start (and a reload) does
+    rows = list(h.store.db.query("SELECT host, volume, request_id FROM volume_claims"))
+    assert rows == [{"host": "shared:pool-shared@netfs:dir=/export/vms;host=nfs.example",
+                     "volume": shared_volume_name(0), "request_id": "r-older"}]
+    for name in h.service.hosts:  # held wherever the volume is seen
+        inventory = h.service.hosts[name].inventory
+        assert inventory.holder_of(inventory.volume("pool-shared",
+                                                    shared_volume_name(0))) == "r-older"
+    records = await run_all(h, 2, "ten")
+    assert [r.volume_name for r in records if not r.volume_owned] == [shared_volume_name(1)]
