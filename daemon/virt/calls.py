@@ -1,14 +1,14 @@
 """The blocking libvirt calls: run in a host's worker threads, never on the loop.
 
-They keep no libvirt object beyond their own frame. Each returns plain data
-(``daemon.virt.inventory``) or a bool; ``HostConnection`` maps their errors.
+Each returns plain data (``daemon.virt.inventory``) or a bool; ``HostConnection`` maps
+their errors. The only libvirt objects kept beyond a call are a connection's ``Handles``.
 """
 
 from __future__ import annotations
 
 import time
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import libvirt
@@ -24,6 +24,37 @@ NOT_FOUND_CODES = {
 
 def _is_not_found(exc: libvirt.libvirtError) -> bool:
     return exc.get_error_code() in NOT_FOUND_CODES
+
+
+HANDLES_MAX = 10000
+"""Domain (or volume) handles a connection keeps at most; past that they are dropped and
+looked up again."""
+
+
+@dataclass
+class Handles:
+    """A connection's libvirt objects, each looked up (or made) once: storage pools by
+    name, domains by UUID, volumes by (pool, name). A handle only names its object:
+    libvirtd finds a domain by its UUID and a volume by its pool's name and its own at
+    every call, so a call on a handle is the call after a look-up, one round trip less,
+    and fails as not found if the object is gone. (A pool is found by its UUID: one
+    defined again under its name needs a new handle.) Dropped with the connection."""
+
+    pools: dict[str, Any] = field(default_factory=dict)
+    domains: dict[str, Any] = field(default_factory=dict)
+    volumes: dict[tuple[str, str], Any] = field(default_factory=dict)
+
+    def keep_domain(self, uuid: str, dom: Any) -> None:
+        """Keep a domain's handle."""
+        if len(self.domains) >= HANDLES_MAX:
+            self.domains.clear()
+        self.domains[uuid] = dom
+
+    def keep_volume(self, pool: str, name: str, vol: Any) -> None:
+        """Keep a volume's handle."""
+        if len(self.volumes) >= HANDLES_MAX:
+            self.volumes.clear()
+        self.volumes[(pool, name)] = vol
 
 
 @dataclass(frozen=True)
@@ -179,29 +210,35 @@ def _find_volume(conn: Any, pool_name: str, name: str) -> VolumeInfo | None:
     return _volume_info(pool_name, vol)
 
 
-def _create_volume(conn: Any, handles: dict[str, Any], pool_name: str, xml: str) -> VolumeInfo:
-    pool = handles.get(pool_name)
+def _create_volume(conn: Any, handles: Handles, pool_name: str, xml: str) -> VolumeInfo:
+    pools = handles.pools
+    pool = pools.get(pool_name)
     if pool is None:
-        pool = handles[pool_name] = conn.storagePoolLookupByName(pool_name)
+        pool = pools[pool_name] = conn.storagePoolLookupByName(pool_name)
     try:
         vol = pool.createXML(xml, 0)
     except libvirt.libvirtError as exc:
         if exc.get_error_code() != libvirt.VIR_ERR_NO_STORAGE_POOL:
             raise
         # Undefined and defined again under the same name before its event arrived.
-        handles.pop(pool_name, None)
-        pool = handles[pool_name] = conn.storagePoolLookupByName(pool_name)
+        pools.pop(pool_name, None)
+        pool = pools[pool_name] = conn.storagePoolLookupByName(pool_name)
         vol = pool.createXML(xml, 0)
     # What libvirt made of it: the size it rounded to, where it put the file.
-    return _volume_info(pool_name, vol)
+    info = _volume_info(pool_name, vol)
+    handles.keep_volume(pool_name, info.name, vol)
+    return info
 
 
-def _clone_volume(conn: Any, pool_name: str, xml: str, source_pool: str,
+def _clone_volume(conn: Any, handles: Handles, pool_name: str, xml: str, source_pool: str,
                   source_name: str) -> VolumeInfo:
     """A new volume in ``pool_name`` with the content of another (``createXMLFrom``)."""
     pool = conn.storagePoolLookupByName(pool_name)
     source = conn.storagePoolLookupByName(source_pool).storageVolLookupByName(source_name)
-    return _volume_info(pool_name, pool.createXMLFrom(xml, source, 0))
+    vol = pool.createXMLFrom(xml, source, 0)
+    info = _volume_info(pool_name, vol)
+    handles.keep_volume(pool_name, info.name, vol)
+    return info
 
 
 def _upload_volume(conn: Any, pool_name: str, name: str, data: bytes) -> bool:
@@ -229,17 +266,29 @@ def _upload_volume(conn: Any, pool_name: str, name: str, data: bytes) -> bool:
     return True
 
 
-def _delete_volume(conn: Any, handles: dict[str, Any], pool_name: str, name: str) -> bool:
-    cached = handles.get(pool_name)
+def _delete_volume(conn: Any, handles: Handles, pool_name: str, name: str) -> bool:
+    vol = handles.volumes.pop((pool_name, name), None)
+    if vol is not None:
+        try:
+            vol.delete(0)
+            return True
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() == libvirt.VIR_ERR_NO_STORAGE_VOL:
+                return False  # as the look-up would have said
+            if exc.get_error_code() != libvirt.VIR_ERR_NO_STORAGE_POOL:
+                raise
+            # No pool of that name (now): as without the volume's handle.
+    pools = handles.pools
+    cached = pools.get(pool_name)
     pool = cached if cached is not None else conn.storagePoolLookupByName(pool_name)
-    handles[pool_name] = pool
+    pools[pool_name] = pool
     try:
         vol = pool.storageVolLookupByName(name)
     except libvirt.libvirtError as exc:
         if cached is not None and exc.get_error_code() == libvirt.VIR_ERR_NO_STORAGE_POOL:
             # Undefined and defined again under the same name before its event arrived:
             # look the pool up again (an error of that look-up stands, as without a handle).
-            handles.pop(pool_name, None)
+            pools.pop(pool_name, None)
             return _delete_volume(conn, handles, pool_name, name)
         if _is_not_found(exc):
             return False
@@ -294,28 +343,57 @@ def _domain_named(conn: Any, name: str) -> bool:
     return True
 
 
-def _define_domain(conn: Any, xml: str) -> None:
-    conn.defineXML(xml)
+def _define_domain(conn: Any, handles: Handles, uuid: str, xml: str) -> None:
+    dom = conn.defineXML(xml)
+    if isinstance(dom, libvirt.virDomain):  # what libvirt answers (a test's fake may not)
+        handles.keep_domain(uuid, dom)
 
 
-def _undefine_domain(conn: Any, uuid: str, of_request: str | None) -> str | None:
+_NS = f"{{{domain_xml.METADATA_NS}}}"
+_REQUEST_ID = f"./metadata/{_NS}request/{_NS}request-id"
+"""Where a domain's XML names the request it was made for."""
+
+
+def _undefine_domain(conn: Any, handles: Handles, uuid: str,
+                     of_request: str | None) -> str | None:
     """Stop (if running) and undefine a domain; its name, or None if there is none (or,
-    with ``of_request``, if its metadata names another request: not ours to remove)."""
-    dom = _lookup_domain(conn, uuid)
-    if dom is None:
-        return None
-    if of_request is not None:
+    with ``of_request``, if its metadata names another request: not ours to remove).
+
+    With the domain's handle at hand, one call (its XML) says whether it runs, whose it
+    is and its name; else the look-up says whether it runs (its id) and its metadata whose
+    it is."""
+    dom = handles.domains.get(uuid)
+    if dom is not None:
         try:
-            meta_xml = dom.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT,
-                                    domain_xml.METADATA_NS)
-        except libvirt.libvirtError:
-            meta_xml = ""
-        if domain_xml.parse_request_metadata(meta_xml).get("request_id") != of_request:
+            root = ET.fromstring(dom.XMLDesc(0))
+        except libvirt.libvirtError as exc:
+            if not _is_not_found(exc):
+                raise
+            handles.domains.pop(uuid, None)
             return None
-    name = dom.name()
-    if dom.ID() != -1:  # active: the look-up answered with its id (isActive is one more call)
+        name = root.findtext("name")
+        active = root.get("id", "-1") != "-1"  # a running domain's XML carries its id
+        owner = root.findtext(_REQUEST_ID)
+    else:
+        dom = _lookup_domain(conn, uuid)
+        if dom is None:
+            return None
+        name = dom.name()
+        active = dom.ID() != -1  # the look-up answered with its id (isActive: one more call)
+        owner = None
+        if of_request is not None:
+            try:
+                meta_xml = dom.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT,
+                                        domain_xml.METADATA_NS)
+            except libvirt.libvirtError:
+                meta_xml = ""
+            owner = domain_xml.parse_request_metadata(meta_xml).get("request_id")
+    if of_request is not None and owner != of_request:
+        return None
+    if active:
         dom.destroy()
     dom.undefine()
+    handles.domains.pop(uuid, None)
     return str(name)
 
 
@@ -328,13 +406,23 @@ POWER_STATES = {
 """libvirt's domain states as a VM's lifecycle reads them (shutting down is still on)."""
 
 
-def _domain_power(conn: Any, uuid: str, action: str) -> str | None:
+def _domain_power(conn: Any, handles: Handles, uuid: str, action: str) -> str | None:
     """Act on a domain (start, shutdown, destroy, reboot); its power state before, or None
     if it does not exist. Starting a running domain or stopping a stopped one is a no-op."""
-    dom = _lookup_domain(conn, uuid)
+    dom = handles.domains.get(uuid)
     if dom is None:
+        dom = _lookup_domain(conn, uuid)
+        if dom is None:
+            return None
+        handles.keep_domain(uuid, dom)
+    try:
+        power = dom.state()[0]
+    except libvirt.libvirtError as exc:
+        if not _is_not_found(exc):
+            raise
+        handles.domains.pop(uuid, None)
         return None
-    state = POWER_STATES.get(dom.state()[0], "shutoff")
+    state = POWER_STATES.get(power, "shutoff")
     active = state != "shutoff" and state != "crashed"
     if action == "start" and not active:
         dom.create()

@@ -23,6 +23,7 @@ from daemon.errors import HostUnreachable, NotSupported, VirtError, VirtTimeout
 from daemon.virt import domain_xml
 from daemon.virt.calls import (
     DomainInfo,
+    Handles,
     _domain_power,
     _interface_addresses,
     _open_console,
@@ -174,8 +175,8 @@ class HostConnection:
         self._caps: asyncio.Future[tuple[str, str]] | None = None
         self._capacity: asyncio.Future[tuple[int, int]] | None = None
         self._capacity_read: tuple[int, int] | None = None
-        self._pool_handles: dict[str, Any] = {}
-        """Storage pool objects by name, of the open connection (one look-up each)."""
+        self._handles = Handles()
+        """The open connection's pools, domains and volumes, each looked up once."""
         self.on_volume_change: Callable[[str, str, str, VolumeInfo | None], None] | None = None
         """Told (host, pool, name, the volume or None) after this host created or deleted a
         volume (so that hosts sharing the storage see it too)."""
@@ -264,6 +265,7 @@ class HostConnection:
     async def note_domain_event(self, uuid: str, event: str, detail: int) -> None:
         """Keep the inventory current after a domain event (someone else's, too)."""
         if event == "UNDEFINED":
+            self._handles.domains.pop(uuid, None)
             self.inventory.remove_domain(uuid)
         elif event == "DEFINED" and (detail != libvirt.VIR_DOMAIN_EVENT_DEFINED_ADDED
                                      or not self.inventory.knows_domain(uuid)):
@@ -275,8 +277,11 @@ class HostConnection:
 
     async def note_pool_event(self, pool: str, event: str) -> None:
         """Keep the inventory current after a pool event (re-read that pool)."""
-        self._pool_handles.pop(pool, None)  # the name may now stand for another pool
+        self._handles.pools.pop(pool, None)  # the name may now stand for another pool
         if event in ("UNDEFINED", "DELETED"):
+            volumes = self._handles.volumes
+            for key in [key for key in volumes if key[0] == pool]:
+                volumes.pop(key, None)
             self.inventory.apply_pools(self.inventory.begin_read(), {pool: None})
             return
         await self.refresh_pools([pool])
@@ -326,7 +331,7 @@ class HostConnection:
     async def disconnect(self) -> None:
         """Unsubscribe and close the connection, ignoring errors of a dead one."""
         conn, self._conn = self._conn, None
-        self._pool_handles = {}  # a new dict: calls still running keep the old one
+        self._handles = Handles()  # new ones: calls still running keep the old ones
         # The host may come back upgraded or resized.
         self._caps = self._capacity = self._capacity_read = None
         if conn is None:
@@ -465,7 +470,7 @@ class HostConnection:
     async def create_volume(self, pool: str, xml: str) -> VolumeInfo:
         """Create a volume from XML in ``pool``."""
         vol = await self._call(f"cannot create a volume in pool {pool}", _create_volume,
-                               self._conn, self._pool_handles, pool, xml)
+                               self._conn, self._handles, pool, xml)
         self._volume_added(vol)
         return vol
 
@@ -473,7 +478,8 @@ class HostConnection:
                            source_name: str) -> VolumeInfo:
         """Create a volume from XML in ``pool`` as a full copy of another volume."""
         vol = await self._call(f"cannot copy {source_pool}/{source_name} into pool {pool}",
-                               _clone_volume, self._conn, pool, xml, source_pool, source_name)
+                               _clone_volume, self._conn, self._handles, pool, xml,
+                               source_pool, source_name)
         self._volume_added(vol)
         return vol
 
@@ -485,7 +491,7 @@ class HostConnection:
     async def delete_volume(self, pool: str, name: str) -> bool:
         """Delete a volume; False if it did not exist."""
         deleted = await self._call(f"cannot delete volume {pool}/{name}", _delete_volume,
-                                   self._conn, self._pool_handles, pool, name)
+                                   self._conn, self._handles, pool, name)
         self.inventory.remove_volume(pool, name)
         if self.on_volume_change is not None:
             self.on_volume_change(self.name, pool, name, None)
@@ -506,7 +512,8 @@ class HostConnection:
         self.inventory.set_domain(uuid, _disk_uses(name, xml) if disks is None else tuple(
             DiskUse(name, path, pool, volume) for path, pool, volume in disks))
         try:
-            await self._call("cannot define the domain", _define_domain, self._conn, xml)
+            await self._call("cannot define the domain", _define_domain, self._conn,
+                             self._handles, uuid, xml)
         except BaseException:
             self.inventory.remove_domain(uuid)
             raise
@@ -515,7 +522,7 @@ class HostConnection:
         """Stop (if running) and undefine a domain, in one look-up; its name, or None if
         it did not exist (or, with ``of_request``, is not that request's: left alone)."""
         name = await self._call(f"cannot undefine domain {uuid}", _undefine_domain,
-                                self._conn, uuid, of_request)
+                                self._conn, self._handles, uuid, of_request)
         if name is not None or of_request is None:
             self.inventory.remove_domain(uuid)
         return name
@@ -524,7 +531,7 @@ class HostConnection:
         """Start, shutdown, destroy or reboot a domain; its power state before the call
         (running, paused, shutoff, crashed), or None if it does not exist."""
         return await self._call(f"cannot {action} domain {uuid}", _domain_power, self._conn,
-                                uuid, action)
+                                self._handles, uuid, action)
 
     async def power_states(self) -> dict[str, str]:
         """Every domain's power state by UUID (running, paused, shutoff, crashed)."""

@@ -125,6 +125,77 @@ async def test_a_defined_domain_is_found_with_its_request_metadata() -> None:
         await host.close()
 
 
+class Calls:
+    """Counts the libvirt binding's calls by name (the round trips a step makes)."""
+
+    NAMES = (("virConnect", "lookupByUUIDString"), ("virDomain", "metadata"),
+             ("virStoragePool", "storageVolLookupByName"))
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.count: dict[str, int] = {}
+        for cls, name in self.NAMES:
+            original = getattr(getattr(libvirt, cls), name)
+
+            def counted(*args: Any, _name: str = name, _original: Any = original) -> Any:
+                self.count[_name] = self.count.get(_name, 0) + 1
+                return _original(*args)
+
+            monkeypatch.setattr(getattr(libvirt, cls), name, counted)
+
+
+async def test_a_vm_made_on_the_connection_goes_without_a_look_up(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    host = HostConnection("testhost", BASIC_URI)
+    try:
+        await host.open(lambda _e: None)
+        domain_type, arch = await host.capabilities()
+        spec = domain_spec(9, domain_type, arch)
+        await host.create_volume("pool-dir", domain_xml.build_volume_xml(
+            "provisiond-r9.qcow2", GiB, "qcow2"))
+        await host.define_domain(spec.uuid, spec.name, domain_xml.build_domain_xml(spec))
+        assert await host.power(spec.uuid, "start") == "shutoff"
+        calls = Calls(monkeypatch)
+        # Its handle: its XML says it runs and whose it is (another request's is left).
+        assert await host.undefine_domain(spec.uuid, of_request="req-008") is None
+        assert await host.power(spec.uuid, "destroy") == "running"
+        assert await host.power(spec.uuid, "start") == "shutoff"
+        assert await host.undefine_domain(spec.uuid, of_request="req-009") == "vm-009"
+        assert await host.delete_volume("pool-dir", "provisiond-r9.qcow2") is True
+        assert calls.count == {}  # no look-up, no metadata call: one round trip each less
+        assert await host.find_domain(spec.uuid) is None
+        assert await host.find_volume("pool-dir", "provisiond-r9.qcow2") is None
+        assert await host.undefine_domain(spec.uuid, of_request="req-009") is None
+        assert await host.delete_volume("pool-dir", "provisiond-r9.qcow2") is False
+    finally:
+        await host.close()
+
+
+async def test_handles_of_what_went_behind_provisiond_s_back_say_it_is_gone() -> None:
+    host = HostConnection("testhost", BASIC_URI)
+    try:
+        await host.open(lambda _e: None)
+        domain_type, arch = await host.capabilities()
+        spec = domain_spec(10, domain_type, arch)
+        await host.define_domain(spec.uuid, spec.name, domain_xml.build_domain_xml(spec))
+        await host.create_volume("pool-dir", domain_xml.build_volume_xml(
+            "provisiond-r10.qcow2", GiB, "qcow2"))
+        conn = host._conn  # virsh undefine, virsh vol-delete: no event reaches the handles
+        conn.lookupByUUIDString(spec.uuid).undefine()
+        conn.storagePoolLookupByName("pool-dir").storageVolLookupByName(
+            "provisiond-r10.qcow2").delete(0)
+        assert await host.power(spec.uuid, "start") is None
+        assert await host.undefine_domain(spec.uuid, of_request="req-010") is None
+        assert await host.delete_volume("pool-dir", "provisiond-r10.qcow2") is False
+        # Defined again behind its back (same UUID): looked up, and its metadata checked.
+        conn.defineXML(domain_xml.build_domain_xml(spec))
+        conn.lookupByUUIDString(spec.uuid).create()
+        assert await host.undefine_domain(spec.uuid, of_request="req-011") is None
+        assert await host.undefine_domain(spec.uuid, of_request="req-010") == "vm-010"
+        assert await host.find_domain(spec.uuid) is None
+    finally:
+        await host.close()
+
+
 # --------------------------------------------------------------------------- inventory
 
 
