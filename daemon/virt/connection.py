@@ -115,8 +115,9 @@ def _in_own_thread(fn: Callable[[], T], discard: Callable[[T], None]) -> asyncio
 
     def settle(result: T | None, error: BaseException | None) -> None:
         if future.done():
-            if error is None:
-                discard(result)  # type: ignore[arg-type]
+            if error is None:  # discarding talks to the slow host too: not on the loop
+                threading.Thread(target=discard, args=(result,), daemon=True,
+                                 name=f"libvirt-discard-{fn.__name__}").start()
         elif error is None:
             future.set_result(result)  # type: ignore[arg-type]
         else:
@@ -167,6 +168,8 @@ class HostConnection:
         self._executor = concurrent.futures.ThreadPoolExecutor(
             max_workers=workers, thread_name_prefix=f"libvirt-{name}")
         self._conn: Any = None
+        self._opening = False
+        """Whether an attempt to open is running on its thread (it may hang)."""
         self.inventory = LiveInventory(name)
         """The host's pools, volumes and disks in use, kept current (see live_inventory)."""
         self._callback_ids: list[int] = []
@@ -198,10 +201,20 @@ class HostConnection:
         """
         ensure_event_loop_registered()
         self._on_event = on_event
+        if self._opening:  # one attempt hanging at a time, not one more per reconnect
+            raise HostUnreachable(f"cannot connect to {self.uri}: the previous attempt has "
+                                  "not answered yet")
+        self._opening = True
+
+        def attempt() -> tuple[Any, list[int], list[int]]:
+            try:
+                return self._open_and_subscribe()
+            finally:
+                self._opening = False
+
         try:
             conn, domain_ids, pool_ids = await asyncio.wait_for(
-                _in_own_thread(self._open_and_subscribe, _close_subscribed),
-                self.call_timeout)
+                _in_own_thread(attempt, _close_subscribed), self.call_timeout)
         except asyncio.TimeoutError:
             raise HostUnreachable(f"cannot connect to {self.uri}: no answer within "
                                   f"{self.call_timeout:g} s") from None

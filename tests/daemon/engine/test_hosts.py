@@ -23,12 +23,14 @@ class HangingOpener:
         self.opened: list[Any] = []
 
         self.closed: list[Any] = []
+        self.proxies: list[Any] = []
 
     def __call__(self, uri: str) -> Any:
         self.release.wait(30)
         conn = libvirt.open(uri)
         self.opened.append(conn)
-        return _Closing(conn, self.closed)
+        self.proxies.append(_Closing(conn, self.closed))
+        return self.proxies[-1]
 
 
 class _Closing:
@@ -42,6 +44,7 @@ class _Closing:
 
     def close(self) -> int:
         self._closed.append(self._conn)
+        self.closed_on = threading.current_thread()
         return self._conn.close()
 
 
@@ -124,12 +127,20 @@ async def test_an_open_that_answers_after_the_timeout_is_closed() -> None:
         except Exception as exc:  # noqa: BLE001 - checked below
             error = exc
         assert "no answer within 0.2 s" in getattr(error, "message", "")
+        # A reconnect while that attempt still hangs does not start another one.
+        try:
+            await host.open(lambda _e: None)
+        except Exception as exc:  # noqa: BLE001 - checked below
+            again = exc
+        assert "the previous attempt has not answered yet" in getattr(again, "message", "")
         hanging.release.set()
         for _ in range(200):
             if hanging.closed:
                 break
             await asyncio.sleep(0.01)
         assert hanging.closed == hanging.opened != []  # closed when it came: not leaked
+        # ... and not on the event loop's thread (closing talks to the slow host too).
+        assert hanging.proxies[0].closed_on is not threading.main_thread()
     finally:
         hanging.release.set()
         await host.close()
