@@ -175,15 +175,31 @@ async def finish_install(ctx: VmContext, vm: VmRecord) -> Outcome:
 
 
 async def delete(ctx: VmContext, vm: VmRecord) -> Outcome:
-    """deleting: force off, undefine, then give the storage back (see ``release``)."""
+    """deleting: force off, undefine, then give the storage back (see ``release``).
+
+    The domain's UNDEFINED event is the operation's own, like start's STARTED: expected,
+    so that the listener leaves it alone, but not awaited (nothing here needs it, and
+    libvirt sends it after the undefine has returned). If the step fails once the domain
+    is gone, the event is looked at when the operation has ended, as the listener would
+    have (the VM, back to stopped, is then found vanished)."""
     host = ctx.host(vm.host)
-    assert vm.domain_uuid is not None
-    name = await host.undefine_domain(vm.domain_uuid, of_request=vm.id)
-    if name is not None:
-        done = [f"undefined domain {name}"]
-    else:
-        done = [f"domain {vm.domain_name} was already gone"]
-    return await release(ctx, vm, host, done)
+    uuid = vm.domain_uuid
+    assert uuid is not None
+    undefined = ctx.expect_domain_event(host.name, uuid, "UNDEFINED", vm.id)
+    try:
+        name = await host.undefine_domain(uuid, of_request=vm.id)
+        if name is not None:
+            done = [f"undefined domain {name}"]
+        else:
+            done = [f"domain {vm.domain_name} was already gone"]
+        return await release(ctx, vm, host, done)
+    except ProvisiondError:
+        if undefined.done() and not undefined.cancelled() and undefined.exception() is None:
+            event = undefined.result()
+            ctx.after_operation(vm.id, lambda: on_event(ctx, event, None))
+        raise
+    finally:
+        ctx.forget_domain_event(host.name, uuid, "UNDEFINED")
 
 
 async def release(ctx: VmContext, vm: VmRecord, host: HostConnection,

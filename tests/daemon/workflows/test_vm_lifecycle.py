@@ -143,6 +143,27 @@ async def test_keep_and_delete_policies_release_a_reused_volume_as_the_pool_says
         assert h.store.claims_on("testhost") == {}
 
 
+async def test_a_delete_that_fails_once_its_domain_is_gone_is_taken_up_again(make_harness):
+    # The delete's own UNDEFINED event is left alone while the step runs; when the step
+    # fails after the undefine (libvirt refuses to delete the volume), the VM, back to
+    # stopped, is found vanished and given back once more, as for an event behind its back.
+    h = await make_harness(faults={"delete": "refused"}, sizes={
+        "seven": {"cpus": 1, "memory": 1024, "storage_size_in_gb": 7}})
+    done = await h.run(size="seven")  # a volume of its own
+    await h.service.operate(ALICE, done.id, "delete")
+    for _ in range(500):
+        if transitions(h, done.id)[-4:] == ["deleting", "stopped", "deleting", "stopped"]:
+            break
+        await asyncio.sleep(0.01)
+    moves = [(e.to_state, e.trigger) for e in h.store.get_log(done.id)
+             if e.kind == "transition"]
+    assert moves[-4:] == [("deleting", "delete"), ("stopped", "fail"),
+                          ("deleting", "vanished"), ("stopped", "fail")], moves
+    assert await settle(h, done.id) == VmState.STOPPED
+    assert "refused" in h.store.get_vm(done.id).reason
+    assert done.volume_name in h.volume_names(done.volume_pool)  # still there: delete again
+
+
 async def test_what_libvirt_does_behind_provisiond_s_back_moves_the_vm(harness):
     h = harness
     done = await h.run(size="small")
