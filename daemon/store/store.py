@@ -285,14 +285,20 @@ class Store(StorageClaims):
              trigger, at, detail),
         )
 
+    def _query(self, sql: str, params: Sequence[Any] = ()) -> Iterator[dict[str, Any]]:
+        # One statement: sqlite_utils' query() wraps each one in a savepoint (three).
+        cursor = self.db.conn.execute(sql, params)
+        keys = [d[0] for d in cursor.description]
+        return (dict(zip(keys, row)) for row in cursor)
+
     def get_request(self, request_id: str) -> RequestRecord | None:
         """A request by id, or None."""
-        rows = list(self.db.query("SELECT * FROM requests WHERE id = ?", [request_id]))
+        rows = list(self._query("SELECT * FROM requests WHERE id = ?", [request_id]))
         return RequestRecord.from_row(rows[0]) if rows else None
 
     def find_by_idempotency_key(self, owner: str, key: str) -> RequestRecord | None:
         """The request an owner made earlier with this idempotency key, or None."""
-        rows = list(self.db.query(
+        rows = list(self._query(
             "SELECT * FROM requests WHERE owner = ? AND idempotency_key = ?", [owner, key]))
         return RequestRecord.from_row(rows[0]) if rows else None
 
@@ -311,7 +317,7 @@ class Store(StorageClaims):
     def holder_of_name(self, name: str, hardware_pool: str) -> RequestRecord | None:
         """The request whose VM has (or will have) this name in the hardware pool: not
         failed, and its VM not deleted; None if the name is free there."""
-        rows = list(self.db.query(
+        rows = list(self._query(
             "SELECT * FROM requests WHERE name = ? AND hardware_pool = ? AND state != ?"
             " AND (vm_state IS NULL OR vm_state != 'deleted') LIMIT 1",
             [name, hardware_pool, str(State.FAILED)]))
@@ -366,7 +372,7 @@ class Store(StorageClaims):
         sql += " ORDER BY created_at, id"
         if limit is not None:
             sql += f" LIMIT {int(limit)}"
-        return [RequestRecord.from_row(r) for r in self.db.query(sql, params)]
+        return [RequestRecord.from_row(r) for r in self._query(sql, params)]
 
     def count_by_state(self) -> dict[str, int]:
         """How many requests are in each state."""
@@ -379,24 +385,24 @@ class Store(StorageClaims):
 
     def failed_needing_cleanup(self) -> list[RequestRecord]:
         """Failed requests whose rollback has not finished."""
-        return [RequestRecord.from_row(r) for r in self.db.query(
+        return [RequestRecord.from_row(r) for r in self._query(
             "SELECT * FROM requests WHERE state = ? AND cleaned_up = 0 ORDER BY created_at",
             [str(State.FAILED)])]
 
     def find_by_domain_uuid(self, domain_uuid: str) -> RequestRecord | None:
         """The request whose domain has this UUID, or None."""
-        rows = list(self.db.query("SELECT * FROM requests WHERE domain_uuid = ?", [domain_uuid]))
+        rows = list(self._query("SELECT * FROM requests WHERE domain_uuid = ?", [domain_uuid]))
         return RequestRecord.from_row(rows[0]) if rows else None
 
     def requests_on_pool(self, host: str, pool: str) -> list[RequestRecord]:
         """Live and done requests whose volume is in this pool of this host."""
-        return [RequestRecord.from_row(r) for r in self.db.query(
+        return [RequestRecord.from_row(r) for r in self._query(
             "SELECT * FROM requests WHERE host = ? AND volume_pool = ? AND state != ?",
             [host, pool, str(State.FAILED)])]
 
     def get_log(self, request_id: str) -> list[LogEntry]:
         """A request's log, oldest first."""
-        return [LogEntry(**r) for r in self.db.query(
+        return [LogEntry(**r) for r in self._query(
             "SELECT * FROM state_log WHERE request_id = ? ORDER BY id", [request_id])]
 
     def quota_usage(self, resource_pool: str, owner: str | None = None, *,
@@ -441,8 +447,8 @@ class Store(StorageClaims):
 
     def get_vm(self, request_id: str) -> VmRecord | None:
         """The VM of a done request, or None."""
-        rows = list(self.db.query("SELECT * FROM requests WHERE id = ? AND vm_state IS NOT"
-                                  " NULL", [request_id]))
+        rows = list(self._query("SELECT * FROM requests WHERE id = ? AND vm_state IS NOT"
+                                " NULL", [request_id]))
         return VmRecord.from_row(rows[0]) if rows else None
 
     def vms(self, *, states: Sequence[VmState], host: str | None = None) -> list[VmRecord]:
@@ -450,7 +456,7 @@ class Store(StorageClaims):
         sql = (f"SELECT * FROM requests WHERE vm_state IN ({','.join('?' * len(states))})"
                + (" AND host = ?" if host is not None else "") + " ORDER BY created_at, id")
         params = [str(s) for s in states] + ([host] if host is not None else [])
-        return [VmRecord.from_row(r) for r in self.db.query(sql, params)]
+        return [VmRecord.from_row(r) for r in self._query(sql, params)]
 
     def prune_deleted(self, before: float, *, batch: int = 1000) -> int:
         """Forget deleted VMs' requests (and their logs) last moved before ``before``, a
