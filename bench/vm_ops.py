@@ -32,6 +32,8 @@ which also deletes the CD-ROM's volume, the ISO every VM shares).
 Order: provisiond, provctl, then provisiond is stopped (it would take in the baseline
 domains' events) and the raw calls and virsh run.
 Targets: provisiond within 1.2x of the raw calls with writes; provctl no slower than virsh.
+Under each provisiond figure, provisiond's own view of the same operations (its /metrics):
+the time in the operation's busy state and, for a delete, in each of its libvirt calls.
 """
 
 from __future__ import annotations
@@ -93,6 +95,35 @@ def through_provisiond(host: RealHost, ids: list[str]) -> dict[str, list[float]]
                                                  goal):
                     raise RuntimeError(f"{path}: VM is {answer['vm']}")
             out[op].append(time.perf_counter() - t0)
+    return out
+
+
+BUSY = {"start": "starting", "force-stop": "powering-off", "delete": "deleting"}
+"""Each operation's state while its step runs (provisiond's metrics time each state)."""
+CALLS = {"start": (), "force-stop": (), "delete": ("undefine_domain", "delete_volume")}
+"""The libvirt adapter calls of each operation's step shown (start's and forced stop's
+are one call, ``domain_power``, timed together: not shown)."""
+
+
+def server_view(host: RealHost) -> dict[str, str]:
+    """provisiond's own figures after the provisiond phase (its /metrics): per operation,
+    the mean time in its busy state (from the transition into it, its commit included, to
+    the one out of it) and, for a delete, the mean time of each libvirt call of its step
+    (as the loop sees it: a thread hop each way included)."""
+    metrics = host.metrics()
+
+    def mean(name: str, **labels: str) -> float | None:
+        found = {n: v for (n, lab), v in metrics.items()
+                 if all((k, x) in lab for k, x in labels.items())}
+        count = found.get(f"{name}_count")
+        return found[f"{name}_sum"] / count if count else None
+
+    out = {}
+    for op in OPERATIONS:
+        busy = mean("provisiond_state_seconds", state=BUSY[op])
+        calls = [(c, mean("provisiond_libvirt_call_seconds", call=c)) for c in CALLS[op]]
+        out[op] = f"{BUSY[op]} {ms(busy) if busy is not None else '-'} ms" + "".join(
+            f", {c} {ms(v) if v is not None else '-'} ms" for c, v in calls)
     return out
 
 
@@ -257,6 +288,7 @@ def main() -> int:
         host.fresh_provisiond()
         say(f"provisiond: {args.n} VMs, each started, forced off, deleted ...")
         prov = through_provisiond(host, provision(host, args.n))
+        inside = server_view(host)
         say(f"provctl: {args.n} VMs ...")
         provctl = through_provctl(host, provision(host, args.n))
         # the baselines run without provisiond (it would take in their domains' events)
@@ -272,6 +304,7 @@ def main() -> int:
     rows: list[Any] = []
     for op in OPERATIONS:
         print(f"  {op:<10} provisiond        {stats(prov[op])}")
+        print(f"  {op:<10}   in provisiond (means): {inside[op]}")
         print(f"  {op:<10} raw calls         {stats(raw[op])}")
         print(f"  {op:<10} raw calls+writes  {stats(raw_w[op])}")
         print(f"  {op:<10} provctl           {stats(provctl[op])}")
