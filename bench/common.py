@@ -113,16 +113,20 @@ def get_json(sock: str, url: str) -> Any:
         conn.close()
 
 
-def metric(sock: str, name: str, labels: str) -> float:
-    """One sample of /metrics, e.g. metric(sock, 'provisiond_requests', 'state="done"')."""
+def metrics_text(sock: str) -> str:
+    """provisiond's /metrics, as text."""
     conn = UnixHTTP(sock)
     try:
         conn.request("GET", "/metrics")
-        text = conn.getresponse().read().decode()
+        return conn.getresponse().read().decode()
     finally:
         conn.close()
+
+
+def metric(sock: str, name: str, labels: str) -> float:
+    """One sample of /metrics, e.g. metric(sock, 'provisiond_requests', 'state="done"')."""
     key = f"{name}{{{labels}}} "
-    for line in text.splitlines():
+    for line in metrics_text(sock).splitlines():
         if line.startswith(key):
             return float(line[len(key):])
     return 0.0

@@ -47,12 +47,12 @@ import libvirt
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import (  # noqa: E402
     Provisiond,
-    UnixHTTP,
     code_version,
     failed_reasons,
     interruptible,
     load_average,
     metric,
+    metrics_text,
     submit_requests,
     temp_dir,
     wait_all_terminal,
@@ -71,14 +71,8 @@ CALL_COUNT = re.compile(r'^provisiond_libvirt_call_seconds_count\{.*call="([^"]+
 
 def libvirt_calls(sock: str) -> Counter[str]:
     """libvirt calls made so far by call name, all hosts together, from /metrics."""
-    conn = UnixHTTP(sock)
-    try:
-        conn.request("GET", "/metrics")
-        text = conn.getresponse().read().decode()
-    finally:
-        conn.close()
     calls: Counter[str] = Counter()
-    for line in text.splitlines():
+    for line in metrics_text(sock).splitlines():
         found = CALL_COUNT.match(line)
         if found:
             calls[found.group(1)] += int(float(found.group(2)))
