@@ -30,7 +30,7 @@ from daemon.engine import Outcome
 from daemon.store import LogEntry, QuotaUsage, RequestRecord, RequestRecords, Store
 from daemon.store import VmRecord, VmRecords
 from daemon.virt.connection import DomainEvent, HostConnection, Opener, open_connection
-from daemon.workflows.placing import disk_sizes, host_capacities, place_on_hosts
+from daemon.workflows.placing import host_capacities, place_request
 from daemon.workflows.provisioning import QuotaLedger
 from daemon.workflows.provisioning import provisioning_workflow
 from daemon.workflows.vm import vm_workflow
@@ -414,14 +414,11 @@ class Service:
         hardware = self.config.hardware_pool_of(pool_name)
         template = self.config.templates[req.template]
         capacities = await host_capacities(self._context, hardware)
-        reachable = [name for name, c in capacities.items() if c is not None]
-        if not reachable:
+        if all(capacity is None for capacity in capacities.values()):
             raise HostUnreachable(f"no host of hardware pool {hardware.name} is reachable")
-        sizes, refused = await disk_sizes(self._context, reachable, template,
-                                          size.storage_size_in_gb)
-        return place_on_hosts(self._context, hardware, capacities, size.cpus, size.memory,
-                              sizes, refused, "(dry run)", template=template,
-                              explain=True).decision
+        return await place_request(self._context, hardware, capacities, template, size.cpus,
+                                   size.memory, size.storage_size_in_gb, "(dry run)",
+                                   explain=True)
 
     async def reconcile(self, who: Identity, apply: bool) -> tuple[list[str],
                                                                    list[reconcile.Orphan]]:

@@ -76,25 +76,30 @@ async def disk_sizes(ctx: ProvisioningContext, hosts: list[str], template: Templ
     return sizes, refused
 
 
-@dataclass(frozen=True)
-class Placement:
-    """Host choice and storage placement, decided together."""
-
-    host: str | None
-    decision: Decision
-    hosts: tuple[HostVerdict, ...]
+async def place_request(ctx: ProvisioningContext, hardware: HardwarePool,
+                        capacities: dict[str, tuple[int, int] | None],
+                        template: Template | None, cpus: int, memory_kib: int,
+                        storage_gb: int, request_id: str, *, explain: bool = False) -> Decision:
+    """Read what only libvirt knows (the disk's size on each reachable host), then decide
+    (``place_on_hosts``): nothing is awaited after the decision."""
+    reachable = [name for name, capacity in capacities.items() if capacity is not None]
+    sizes, refused = await disk_sizes(ctx, reachable, template, storage_gb)
+    return place_on_hosts(ctx, hardware, capacities, cpus, memory_kib, sizes, refused,
+                          request_id, template=template, explain=explain)
 
 
 def place_on_hosts(ctx: ProvisioningContext, hardware: HardwarePool,
                    capacities: dict[str, tuple[int, int] | None], cpus: int, memory_kib: int,
                    sizes: dict[str, int], refused: dict[str, str], request_id: str, *,
-                   template: Template | None = None, explain: bool = False) -> Placement:
+                   template: Template | None = None, explain: bool = False) -> Decision:
     """The host and the storage for a request, on the live inventories (no libvirt call,
     no await): among the hosts that can hold it (``daemon.placement.hosts``), first a
     free volume of the right size on any of them (best fit; ties: earlier pool, then the
     host the policy prefers), else a new volume in the earliest pool with room on any
     of them (ties: the host the policy prefers). Storage several hosts share is one
-    storage: its volume is found once, on the first host the policy prefers."""
+    storage: its volume is found once, on the first host the policy prefers. The
+    decision's ``host`` is None when no host can take it (``failure`` set: none that
+    could hold it had storage), and ``hosts`` has every host's verdict."""
     ranked, verdicts = rank_hosts(_figures(ctx, capacities), cpus, memory_kib,
                                   policy=hardware.host_policy,
                                   cpu_ratio=hardware.cpu_allocation_ratio,
@@ -142,19 +147,18 @@ def place_on_hosts(ctx: ProvisioningContext, hardware: HardwarePool,
                 break
     if best is None:
         if not ranked:  # no host can hold it: the hosts' verdicts say why
-            return Placement(None, Decision("none", hosts=tuple(verdicts)), tuple(verdicts))
+            return Decision("none", hosts=tuple(verdicts))
         failure = (failures[0].split(": ", 1)[1] if len(failures) == 1 else
                    "no host that can hold it has storage for it: " + "; ".join(failures))
         shown = (place(ctx, ctx.host(ranked[0]), hardware, sizes[ranked[0]], request_id,
                        template=template, explain=True) if explain else Decision("none"))
-        return Placement(None, dataclasses.replace(shown, hosts=tuple(verdicts),
-                                                   failure=failure), tuple(verdicts))
+        return dataclasses.replace(shown, hosts=tuple(verdicts), failure=failure)
     _key, chosen, decision = best
     if explain:
         decision = place(ctx, ctx.host(chosen), hardware, sizes[chosen], request_id,
                          template=template, explain=True)
-    hosts = tuple(chosen_first(chosen, hardware.host_policy, verdicts))
-    return Placement(chosen, dataclasses.replace(decision, host=chosen, hosts=hosts), hosts)
+    return dataclasses.replace(decision, host=chosen, hosts=tuple(
+        chosen_first(chosen, hardware.host_policy, verdicts)))
 
 
 LOGGED_HOSTS = 5

@@ -20,7 +20,7 @@ from daemon.config import Config, HardwarePool, Template
 from daemon.config.model import BootFile
 from daemon.placement.shared import StorageMap
 from daemon.workflows import appliance
-from daemon.workflows.placing import disk_sizes, host_capacities, hosts_said, place_on_hosts
+from daemon.workflows.placing import host_capacities, hosts_said, place_request
 from daemon.engine.workflow import Outcome, Workflow
 from daemon.errors import HostUnreachable, NoHostCapacity, NoStorage, PermissionDenied
 from daemon.errors import ProvisiondError
@@ -153,29 +153,27 @@ async def search_storage(ctx: ProvisioningContext, req: RequestRecord) -> Outcom
         ctx.store.append_log(req.id, "note", State.STORAGE_SEARCHING, "host-back",
                              f"host {back} is reachable; choosing a host and storage")
         capacities = await host_capacities(ctx, hardware)
-    reachable = [name for name, c in capacities.items() if c is not None]
-    sizes, refused = await disk_sizes(ctx, reachable, template, req.storage_gb)
-    placement = place_on_hosts(ctx, hardware, capacities, req.cpus, req.memory_kib, sizes,
-                               refused, req.id, template=template)
-    if placement.host is None and placement.decision.failure:
+    decision = await place_request(ctx, hardware, capacities, template, req.cpus,
+                                   req.memory_kib, req.storage_gb, req.id)
+    if decision.host is None and decision.failure:
         # Look again before failing: the inventories may lag (a pool restarted with
         # libvirtd, volumes changed outside provisiond: libvirt has no volume events).
-        await asyncio.gather(*(_refresh(ctx.host(name), hardware) for name in sizes),
+        await asyncio.gather(*(_refresh(ctx.host(name), hardware)
+                               for name, capacity in capacities.items() if capacity),
                              return_exceptions=True)
-        placement = place_on_hosts(ctx, hardware, capacities, req.cpus, req.memory_kib, sizes,
-                                   refused, req.id, template=template)
+        decision = await place_request(ctx, hardware, capacities, template, req.cpus,
+                                       req.memory_kib, req.storage_gb, req.id)
     # From here to the engine recording the outcome: no await.
-    decision = placement.decision
     ctx.metrics.placements.labels(
         {"reuse": "reused", "create": "created"}.get(decision.action, "no_storage")).inc()
-    if placement.host is None:
+    if decision.host is None:
         if decision.failure is None:
             raise NoHostCapacity(f"no host of {req.hardware_pool} can hold {req.cpus} vcpus "
                                  f"and {req.memory_kib} KiB: " + "; ".join(
-                                     f"{v.host}: {v.reason}" for v in placement.hosts))
+                                     f"{v.host}: {v.reason}" for v in decision.hosts))
         raise NoStorage(decision.reason)
-    host = ctx.host(placement.host)
-    said = f"on host {host.name}, " + hosts_said(placement.hosts)
+    host = ctx.host(decision.host)
+    said = f"on host {host.name}, " + hosts_said(decision.hosts)
     store, storage = ctx.store, ctx.storage
     if decision.action == "reuse":
         assert decision.volume is not None
