@@ -29,20 +29,11 @@ MAX_BODY_BYTES = 256 * 1024
 """Bodies past this answer 413 (the API's ``client_max_size``)."""
 
 ERROR_CODES: dict[int, tuple[str, ...]] = {
-    400: ("invalid",),
-    403: ("forbidden",),
-    404: ("not_found",),
-    405: ("method_not_allowed",),
-    409: ("wrong_state", "quota_exceeded", "in_use"),
-    413: ("too_large",),
-    415: ("unsupported_media_type",),
-    429: ("too_many_in_progress",),
-    500: ("internal",),
-    502: ("libvirt",),
-    503: ("host_unreachable",),
-    501: ("not_supported",),
-    504: ("libvirt_timeout",),
-    507: ("no_storage", "no_capacity"),
+    400: ("invalid",), 403: ("forbidden",), 404: ("not_found",), 405: ("method_not_allowed",),
+    409: ("wrong_state", "quota_exceeded", "in_use"), 413: ("too_large",),
+    415: ("unsupported_media_type",), 429: ("too_many_in_progress",), 500: ("internal",),
+    502: ("libvirt",), 503: ("host_unreachable",), 501: ("not_supported",),
+    504: ("libvirt_timeout",), 507: ("no_storage", "no_capacity"),
 }
 """Each error status with the ``error.code`` values it may carry."""
 
@@ -143,6 +134,12 @@ def json_body(schema_name: str, description: str, required: bool = True) -> dict
     """A JSON request body."""
     return {"required": required, "description": description,
             "content": json_content(ref("schemas", schema_name))}
+
+
+def wait_parameter(until: str) -> dict[str, Any]:
+    """The ``wait`` query parameter: seconds to wait at most for ``until``."""
+    return {"name": "wait", "in": "query", "description": f"Seconds to wait at most for {until}.",
+            "schema": {"type": "number", "minimum": 0, "maximum": 300}}
 
 
 # --------------------------------------------------------------------------- schemas
@@ -444,9 +441,7 @@ PATHS: dict[str, Any] = {
                            "or failed and rolled back), when `wait` seconds have passed, or "
                            "when the daemon stops, whichever is first: a client can wait for "
                            "a request without polling.",
-            "parameters": [{"name": "wait", "in": "query",
-                            "description": "Seconds to wait at most for the request to end.",
-                            "schema": {"type": "number", "minimum": 0, "maximum": 300}},
+            "parameters": [wait_parameter("the request to end"),
                            {"name": "addresses", "in": "query",
                             "description": "true: ask libvirt for the running VM's IP "
                                            "addresses (in `vm.addresses`).",
@@ -481,16 +476,21 @@ PATHS: dict[str, Any] = {
         "post": {
             "operationId": f"{operation}Vm", "tags": ["vms"], "summary": summary,
             "description": description + " Recorded before it acts; it runs in the "
-                           "background (follow it with `GET /v1/requests/{id}?wait=`). "
+                           "background (follow it with `GET /v1/requests/{id}?wait=`), or "
+                           "with `wait` the answer comes when it is over. "
                            "Refused with 409 where the VM's state does not allow it, and "
                            "while another operation of it runs." + (
                                "" if operation == "stop" else " Any body is ignored."),
+            "parameters": [wait_parameter("the operation to be over (the VM at rest, where "
+                                          "it went or where it stopped, with its reason)")],
             **({"requestBody": json_body("StopRequest", "Optional.", required=False)}
                if operation == "stop" else {}),
-            "responses": {"202": ok("Accepted; the request (and its VM) as it is now.",
-                                    REQUEST),
+            "responses": {"200": ok("With `wait`: the operation is over; the request (and "
+                                    "its VM) as it left it.", REQUEST),
+                          "202": ok("Accepted, and running; the request (and its VM) as "
+                                    "it is now.", REQUEST),
                           **(errors(400, 404, 409, 413, 415, 429, 503) if operation == "stop"
-                             else errors(404, 409, 429, 503))},
+                             else errors(400, 404, 409, 429, 503))},
         },
     } for operation, summary, description in (
         ("start", "Start the VM", "The domain is started; its STARTED event ends it."),

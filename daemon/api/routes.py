@@ -42,6 +42,7 @@ from daemon.process.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from daemon.service import IDEMPOTENCY_KEY_RE, ProvisioningRequest, Service
 from daemon.store import LogEntry, RequestRecord
 from statemachines.provisioning import State
+from statemachines.vm import TABLE as VM_TABLE
 
 log = logging.getLogger("provisiond.api")
 
@@ -64,6 +65,9 @@ DECODED_ENCODINGS = frozenset({"gzip", "deflate", "br", "zstd"})
 """The Content-Encodings aiohttp's parser undoes before the body is read (br and zstd only
 with their libraries: without them the parser refuses the request itself)."""
 JSON_CHARSETS = ("utf-8", "utf8")
+
+VM_BUSY = frozenset(state.value for state in VM_TABLE.in_progress)
+"""A VM's states while an operation of it runs."""
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -383,11 +387,18 @@ async def cancel_request(request: web.Request) -> web.Response:
 
 
 def vm_operation(operation: str) -> Handler:
-    """POST /v1/requests/{id}/OPERATION: start, stop, reboot or delete the request's VM."""
+    """POST /v1/requests/{id}/OPERATION[?wait=SECONDS]: start, stop, reboot or delete the
+    request's VM; with ``wait``, answered once the operation is over (200) or the seconds
+    have passed (202), whichever comes first."""
 
     async def handler(request: web.Request) -> web.Response:
         service = request.app[SERVICE]
         who = peer_identity(request)
+        for key in request.query:
+            if key != "wait":
+                raise InvalidInput(f"unknown query parameter {key!r} (expected: wait)",
+                                   field=key)
+        wait = query_number(request, "wait", 0, WAIT_MAX, unit=" seconds")
         force = False
         if operation == "stop" and request.can_read_body:
             body = await read_json(request)
@@ -400,7 +411,14 @@ def vm_operation(operation: str) -> Handler:
         # answer, so its step (a libvirt call, in a thread) starts before the answer is sent.
         await asyncio.sleep(0)
         await service.store.durable()  # 202 means recorded: it runs even after a crash
-        return web.json_response(request_json(record), status=202)
+        if wait:  # one call for clients that wait for the end (provctl --wait)
+            try:
+                record = await service.wait_terminal(record.id, timeout=wait)
+            except asyncio.TimeoutError:
+                record = service.store.get_request(record.id) or record
+        answer = request_json(record)
+        over = wait and (answer["vm"] or {}).get("state") not in VM_BUSY
+        return web.json_response(answer, status=200 if over else 202)
 
     handler.__doc__ = f"POST /v1/requests/{{id}}/{operation}."
     return handler

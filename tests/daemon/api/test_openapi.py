@@ -282,6 +282,14 @@ def test_every_answer_matches_the_document(daemon: Daemon, checker: OpenAPICheck
         return daemon.call("GET", f"/v1/requests/{rid}?wait=10").body["vm"]["state"]
 
     assert call("POST", f"/v1/requests/{rid}/stop").status == 409  # it is stopped
+    for operation in ("start", "stop", "reboot", "delete"):
+        for query, field in (("wait=soon", "wait"), ("wait=301", "wait"), ("watch=1", "watch")):
+            bad = call("POST", f"/v1/requests/{rid}/{operation}?{query}")
+            assert bad.status == 400 and bad.body["error"]["field"] == field, (operation, query)
+    started = call("POST", f"/v1/requests/{rid}/start?wait=10")  # one call: over when answered
+    assert started.status == 200 and started.body["vm"]["state"] == "running"
+    assert call("POST", f"/v1/requests/{rid}/stop?wait=10", {"force": True}
+                ).body["vm"]["state"] == "stopped"
     assert vm_after(call("POST", f"/v1/requests/{rid}/start")) == "running"
     assert call("POST", f"/v1/requests/{rid}/start").status == 409
     websocket = {"Connection": "Upgrade", "Upgrade": "websocket", "Sec-WebSocket-Version": "13",
@@ -297,6 +305,7 @@ def test_every_answer_matches_the_document(daemon: Daemon, checker: OpenAPICheck
     assert shown.status == 200 and shown.body["vm"]["addresses"] == []  # no NIC: none
     assert call("GET", f"/v1/requests/{rid}?addresses=maybe").status == 400
     assert vm_after(call("POST", f"/v1/requests/{rid}/reboot")) == "running"
+    assert call("POST", f"/v1/requests/{rid}/reboot?wait=10").status == 200
     assert call("POST", f"/v1/requests/{rid}/stop", {"force": "yes"}).status == 400
     assert call("POST", f"/v1/requests/{rid}/stop", raw=b'{"force": true}' + b" " * 270_000
                 ).status == 413
@@ -310,6 +319,8 @@ def test_every_answer_matches_the_document(daemon: Daemon, checker: OpenAPICheck
         assert call("POST", "/v1/requests/" + "0" * 32 + f"/{operation}").status == 404
     assert vm_after(call("POST", f"/v1/requests/{rid}/delete")) == "deleted"
     assert call("POST", f"/v1/requests/{rid}/delete").status == 202  # already: no error
+    again = call("POST", f"/v1/requests/{rid}/delete?wait=1")
+    assert again.status == 200 and again.body["vm"]["state"] == "deleted"
     assert call("POST", f"/v1/requests/{rid}/start").status == 409
 
     # explain and reconcile
