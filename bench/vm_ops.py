@@ -86,8 +86,10 @@ def through_provisiond(host: RealHost, ids: list[str]) -> dict[str, list[float]]
                                      ("force-stop", "stop", {"force": True}, "stopped"),
                                      ("delete", "delete", None, "deleted")):
             t0 = time.perf_counter()
-            status, answer = api.call("POST", f"/v1/requests/{request_id}/{path}", body)
-            if status != 202:
+            # One call: the answer comes when the operation is over (as provctl --wait asks).
+            status, answer = api.call("POST", f"/v1/requests/{request_id}/{path}?wait=60",
+                                      body)
+            if status not in (200, 202):
                 raise RuntimeError(f"{path}: {status} {answer}")
             while answer["vm"]["state"] != goal:
                 answer = host.state(request_id, wait=60)

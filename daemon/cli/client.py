@@ -6,17 +6,20 @@ provctl's exit code.
 
 from __future__ import annotations
 
-import json
 import os
+import sys
 
-from daemon.cli.contract import EXIT_BY_STATUS
+from daemon.cli.contract import EXIT_BY_STATUS, SYSTEM_SOCKET, default_socket_path
+from daemon.cli.jsontext import dumps, loads
 from daemon.cli.wire import NotHTTP, exchange, posix_path
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # annotations only: importing typing costs every run
-    from typing import Any, Sequence
+    from typing import Any, Callable, Sequence
 
     from daemon.cli.websocket import WebSocket
+
+PROG = "provctl"
 
 CALL_TIMEOUT = 30.0
 """Seconds for one API call: connecting, sending, and reading the whole answer."""
@@ -116,7 +119,7 @@ class Client:
         sent = {"Accept": "application/json", **(headers or {})}
         payload = None
         if body is not None:
-            payload = json.dumps(body).encode()
+            payload = dumps(body).encode()
             sent["Content-Type"] = "application/json"
         try:
             status, reason, raw = exchange(self.socket_path, self.timeout, method, path, sent,
@@ -190,10 +193,14 @@ class Client:
         """POST /v1/requests/{id}/cancel."""
         return self.call("POST", f"/v1/requests/{_seg(request_id)}/cancel")[1]
 
-    def operate(self, request_id: str, operation: str, force: bool = False) -> dict[str, Any]:
-        """POST /v1/requests/{id}/OPERATION: start, stop, reboot or delete its VM."""
+    def operate(self, request_id: str, operation: str, force: bool = False,
+                wait: float = 0) -> dict[str, Any]:
+        """POST /v1/requests/{id}/OPERATION: start, stop, reboot or delete its VM; with
+        ``wait``, answered once the operation is over (or after ``wait`` seconds)."""
         body = {"force": True} if force else None
-        return self.call("POST", f"/v1/requests/{_seg(request_id)}/{operation}", body)[1]
+        query = f"?wait={wait:g}" if wait > 0 else ""
+        return self.call("POST", f"/v1/requests/{_seg(request_id)}/{operation}{query}",
+                         body)[1]
 
     def explain(self, template: str, size: str, resource_pool: str | None = None
                 ) -> dict[str, Any]:
@@ -228,7 +235,7 @@ def _decode(raw: bytes) -> Any:
     if not raw.strip():
         return {}
     try:
-        return json.loads(raw)
+        return loads(raw)
     except ValueError:
         return _NOT_JSON
 
@@ -241,6 +248,47 @@ def _api_error(status: int, reason: str, raw: bytes, data: Any) -> ApiError:
     text = one_line(raw.decode("utf-8", "replace"))[:200]
     message = f"HTTP {status} {reason}" + (f": {text}" if text else "")
     return ApiError(status, None, message)
+
+
+def find_socket() -> str:
+    """The caller's own daemon's socket if there is one, else the system service's."""
+    own = default_socket_path()
+    try:
+        os.stat(own)
+    except (FileNotFoundError, NotADirectoryError):
+        if os.path.exists(SYSTEM_SOCKET):
+            return SYSTEM_SOCKET
+    except OSError:
+        # Not ours to look at (another user's $XDG_RUNTIME_DIR, kept by su or setpriv):
+        # connecting says so and exits 4, rather than quietly asking another daemon.
+        pass
+    return own
+
+
+def reporting_errors(command: Callable[[], int]) -> int:
+    """Run a provctl command; any error becomes one ``provctl: ...`` line and its exit
+    code, never a traceback."""
+    try:
+        return command()
+    except CliError as exc:
+        print(f"{PROG}: {exc.message}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader went away (e.g. `provctl list | head`): stop quietly.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_FAILED
+    except OSError as exc:  # this machine's trouble (a file, the terminal), not a bug
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"{PROG}: {exc.strerror or one_line(str(exc))}{where}", file=sys.stderr)
+        return EXIT_FAILED
+    except Exception as exc:  # this is a bug in provctl or the API
+        print(f"{PROG}: unexpected error: {type(exc).__name__}: {one_line(str(exc))}",
+              file=sys.stderr)
+        return EXIT_FAILED
 
 
 def one_line(text: str) -> str:

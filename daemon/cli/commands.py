@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -12,19 +11,17 @@ from daemon.cli.client import (
     EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_USAGE,
+    PROG,
     CliError,
     Client,
+    find_socket,
     one_line,
+    reporting_errors,
 )
-from daemon.cli.contract import (
-    SOCKET_ENV,
-    SYSTEM_SOCKET,
-    TERMINAL_STATES,
-    VM_BUSY_STATES,
-    VM_GOALS,
-    default_socket_path,
-)
-from daemon.cli.parser import PROG, build_parser, command_in
+from daemon.cli.contract import SOCKET_ENV, TERMINAL_STATES
+from daemon.cli.jsontext import dumps, pretty
+from daemon.cli.operations import operate
+from daemon.cli.parser import build_parser, command_in
 from daemon.cli.render import (
     Timeline,
     render_catalog,
@@ -50,7 +47,7 @@ ROLLBACK_GRACE = 2.0
 
 
 def _print_json(data: Any) -> None:
-    print(json.dumps(data, indent=2))
+    print(pretty(data))
 
 
 def _out(args: argparse.Namespace, data: Any, human: Callable[[Any], str]) -> None:
@@ -112,43 +109,6 @@ def cmd_create(client: Client, args: argparse.Namespace) -> int:
     if code != EXIT_OK or not args.start:
         return code
     return operate(client, str(req.get("id")), "start", wait=args.wait, as_json=args.json)
-
-
-def operate(client: Client, request_id: str, operation: str, *, force: bool = False,
-            wait: bool = False, as_json: bool = False) -> int:
-    """Ask for a VM operation; with ``wait``, follow it until the VM rests (exit 0 when it
-    got where the operation goes, 1 otherwise)."""
-    req = client.operate(request_id, operation, force)
-    vm = req.get("vm") or {}
-    if not wait:
-        if as_json:
-            _print_json(req)
-        else:
-            print(f"{operation}{' --force' if force else ''} accepted for VM {req.get('name')}"
-                  f" (request {req.get('id', request_id)}; VM now {vm.get('state')})")
-        return EXIT_OK
-    if not as_json:
-        print(f"{operation}: VM {req.get('name')} ({vm.get('state')}) ...", flush=True)
-    try:
-        while vm.get("state") in VM_BUSY_STATES or vm.get("state") is None:
-            req = client.get(request_id, wait=30)  # answered when the operation is over
-            vm = req.get("vm") or {}
-            if vm.get("state") is None:
-                break
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted; the operation goes on (see: {PROG} show {request_id})",
-              file=sys.stderr)
-        return EXIT_INTERRUPTED
-    if as_json:
-        _print_json(req)
-    state = vm.get("state")
-    if state == VM_GOALS[operation]:
-        if not as_json:
-            print(f"{state}: VM {req.get('name')}")
-        return EXIT_OK
-    reason = one_line(vm.get("reason") or "no reason given")
-    print(f"{PROG}: VM {req.get('name')} is {state}: {reason}", file=sys.stderr)
-    return EXIT_FAILED
 
 
 def cmd_operate(client: Client, args: argparse.Namespace) -> int:
@@ -275,7 +235,7 @@ def follow_log(client: Client, request_id: str, *, as_json: bool = False) -> int
                 print(timeline.header(), flush=True)
                 header = False
             for entry in entries[len(seen):]:
-                print(json.dumps(entry) if as_json else timeline.line(entry), flush=True)
+                print(dumps(entry) if as_json else timeline.line(entry), flush=True)
                 if entry.get("kind") == "transition" and entry.get("to") in TERMINAL_STATES:
                     terminal = entry.get("to")
                     failed_at = time.monotonic()
@@ -369,43 +329,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def find_socket() -> str:
-    """The caller's own daemon's socket if there is one, else the system service's."""
-    own = default_socket_path()
-    try:
-        os.stat(own)
-    except (FileNotFoundError, NotADirectoryError):
-        if os.path.exists(SYSTEM_SOCKET):
-            return SYSTEM_SOCKET
-    except OSError:
-        # Not ours to look at (another user's $XDG_RUNTIME_DIR, kept by su or setpriv):
-        # connecting says so and exits 4, rather than quietly asking another daemon.
-        pass
-    return own
-
-
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``provctl``; returns the exit code."""
-    try:
+    """provctl's full command line (``daemon.cli.main`` takes the common operations'
+    short cut first); returns the exit code."""
+    def run() -> int:
         args = parse_args(argv)
-        client = Client(args.socket)
-        return COMMANDS[args.command](client, args)
-    except CliError as exc:
-        print(f"{PROG}: {exc.message}", file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    except BrokenPipeError:
-        # The reader went away (e.g. `provctl list | head`): stop quietly.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        return EXIT_FAILED
-    except OSError as exc:  # this machine's trouble (a file, the terminal), not a bug
-        where = f" ({exc.filename})" if exc.filename else ""
-        print(f"{PROG}: {exc.strerror or one_line(str(exc))}{where}", file=sys.stderr)
-        return EXIT_FAILED
-    except Exception as exc:  # never a traceback; this is a bug in provctl or the API
-        print(f"{PROG}: unexpected error: {type(exc).__name__}: {one_line(str(exc))}",
-              file=sys.stderr)
-        return EXIT_FAILED
+        return COMMANDS[args.command](Client(args.socket), args)
+
+    return reporting_errors(run)

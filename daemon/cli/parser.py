@@ -7,13 +7,13 @@ import os
 import re
 import sys
 
+from daemon.cli.client import PROG
 from daemon.cli.contract import SOCKET_ENV, STATES, SYSTEM_SOCKET, default_socket_path
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # annotations only: importing typing costs every run
     from typing import Any
 
-PROG = "provctl"
 
 
 DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}

@@ -22,9 +22,9 @@ RID = "0123456789abcdef0123456789abcdef"
 # provctl with the system service's socket moved to argv[1] (the real one is /run's).
 PROVCTL_AS_OTHER = """
 import sys
-from daemon.cli import commands
-commands.SYSTEM_SOCKET = sys.argv[1]
-sys.exit(commands.main(sys.argv[2:]))
+from daemon.cli import client, main
+client.SYSTEM_SOCKET = sys.argv[1]
+sys.exit(main(sys.argv[2:]))
 """
 
 

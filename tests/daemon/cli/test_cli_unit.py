@@ -23,6 +23,7 @@ from typing import Any, Callable, Iterator
 import pytest
 
 from daemon.cli import client, commands, contract, render
+from daemon.cli import main as provctl
 from daemon.config import default_socket_path
 from daemon.errors import ProvisiondError
 
@@ -158,7 +159,7 @@ def fake(short_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeDaemo
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = commands.main(list(argv))
+    code = provctl(list(argv))
     out, err = capsys.readouterr()
     return code, out, err
 
@@ -598,16 +599,14 @@ def test_interrupt_exits_130_without_a_traceback(fake, capsys, monkeypatch):
 
 
 def test_socket_falls_back_to_the_system_service(tmp_path, monkeypatch) -> None:
-    from daemon.cli import commands
-
     system = tmp_path / "system.sock"
-    monkeypatch.setattr(commands, "SYSTEM_SOCKET", system)
-    monkeypatch.setattr(commands, "default_socket_path", lambda: tmp_path / "mine.sock")
-    assert commands.find_socket() == tmp_path / "mine.sock"  # neither exists: the user's own
+    monkeypatch.setattr(client, "SYSTEM_SOCKET", system)
+    monkeypatch.setattr(client, "default_socket_path", lambda: tmp_path / "mine.sock")
+    assert client.find_socket() == tmp_path / "mine.sock"  # neither exists: the user's own
     system.touch()
-    assert commands.find_socket() == system  # only the system service's exists
+    assert client.find_socket() == system  # only the system service's exists
     (tmp_path / "mine.sock").touch()
-    assert commands.find_socket() == tmp_path / "mine.sock"  # the user's own daemon first
+    assert client.find_socket() == tmp_path / "mine.sock"  # the user's own daemon first
 
 
 def test_show_gives_the_vm_state_and_its_addresses() -> None:
@@ -635,3 +634,79 @@ def test_explain_shows_each_host_when_there_are_several():
     assert lines[0] == "create: creating a 1.0 GiB volume in pool pool-dir (on host h1)"
     assert lines[2].split() == ["HOST", "VERDICT", "REASON"]
     assert lines[4].split()[:3] == ["h0", "refused", "unreachable"]
+
+
+# --------------------------------------------------------------------------- VM operations
+
+VM_REQUEST = {**DONE_REQUEST, "vm": {"state": "stopped", "reason": None}}
+
+
+def with_vm(state: str, reason: str | None = None) -> dict[str, Any]:
+    return {**VM_REQUEST, "vm": {"state": state, "reason": reason}}
+
+
+def test_an_operation_over_within_its_call_takes_one_call_and_says_where_the_vm_is(
+        fake, capsys):
+    fake.routes[("POST", f"/v1/requests/{RID}/delete")] = (200, with_vm("deleted"))
+
+    code, out, err = run(capsys, "delete", RID, "--wait")
+
+    assert (code, out, err) == (0, "deleted: VM web1\n", "")
+    assert fake.paths() == [f"/v1/requests/{RID}/delete?wait=2"]
+
+
+def test_a_longer_operation_is_announced_then_followed(fake, capsys):
+    fake.routes[("POST", f"/v1/requests/{RID}/stop")] = (202, with_vm("stopping"))
+    fake.routes[("GET", f"/v1/requests/{RID}")] = (200, with_vm("stopped"))
+
+    code, out, err = run(capsys, "stop", RID, "--wait")
+
+    assert (code, out, err) == (0, "stop: VM web1 (stopping) ...\nstopped: VM web1\n", "")
+    assert fake.paths() == [f"/v1/requests/{RID}/stop?wait=2", f"/v1/requests/{RID}?wait=30"]
+
+
+def test_an_operation_that_ends_elsewhere_exits_1_with_the_reason(fake, capsys):
+    fake.routes[("POST", f"/v1/requests/{RID}/start")] = (
+        200, with_vm("stopped", "libvirt: internal error: qemu unexpectedly closed\nthe monitor"))
+
+    code, out, err = run(capsys, "start", RID, "--wait")
+
+    assert (code, out) == (1, "")
+    assert err == ("provctl: VM web1 is stopped: libvirt: internal error: qemu unexpectedly "
+                   "closed; the monitor\n")
+
+
+def test_an_operation_without_wait_prints_what_was_accepted(fake, capsys):
+    fake.routes[("POST", f"/v1/requests/{RID}/stop")] = (202, with_vm("powering-off"))
+
+    code, out, _ = run(capsys, "stop", "--force", RID)
+    assert (code, out) == (0, f"stop --force accepted for VM web1 (request {RID}; VM now "
+                              "powering-off)\n")
+    assert fake.calls[-1][1:4:2] == (f"/v1/requests/{RID}/stop", {"force": True})
+
+    code, out, _ = run(capsys, "stop", "-f", RID, "--json")
+    assert code == 0 and json.loads(out) == with_vm("powering-off")
+    assert out == json.dumps(with_vm("powering-off"), indent=2) + "\n"
+
+
+@pytest.mark.parametrize("status, code", [(409, 1), (404, 5), (403, 3), (503, 1)])
+def test_a_refused_operation_exits_with_the_statuses_code(fake, capsys, status, code):
+    fake.routes[("POST", f"/v1/requests/{RID}/start")] = error(
+        status, "some_code", "VM web1 is deleted: it cannot be started now", "state")
+
+    got, out, err = run(capsys, "start", RID, "--wait")
+
+    assert (got, out) == (code, "")
+    assert err == "provctl: VM web1 is deleted: it cannot be started now (field: state)\n"
+
+
+def test_interrupting_an_operations_wait_says_it_goes_on(fake, capsys, monkeypatch):
+    def interrupted(*_args: Any, **_kwargs: Any) -> Any:
+        raise KeyboardInterrupt
+    monkeypatch.setattr(client.Client, "operate", interrupted)
+
+    code, _out, err = run(capsys, "delete", RID, "--wait")
+
+    assert code == 130
+    assert err == (f"provctl: interrupted; the operation may go on "
+                   f"(see: provctl show {RID})\n")
