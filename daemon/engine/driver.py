@@ -89,6 +89,7 @@ class Engine:
         self._live: dict[str, _Live] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._finish_waiters: dict[str, list[asyncio.Future[None]]] = {}
+        self._waiters_released = False
         self._after: dict[str, list[Callable[[], None]]] = {}
         """Callbacks run once a record's task has ended (``after_finished``)."""
 
@@ -195,7 +196,7 @@ class Engine:
     async def wait_finished(self, record_id: str, timeout: float | None = None) -> None:
         """Return once the record is terminal with its cleanup done (or the daemon
         stops); ``asyncio.TimeoutError`` after ``timeout`` seconds."""
-        if record_id not in self._tasks:
+        if record_id not in self._tasks or self._waiters_released:
             return
         waiter = asyncio.get_running_loop().create_future()
         waiters = self._finish_waiters.setdefault(record_id, [])
@@ -207,7 +208,9 @@ class Engine:
                 waiters.remove(waiter)
 
     def release_waiters(self) -> None:
-        """Let every ``wait_finished`` return now (the daemon is stopping)."""
+        """Let every ``wait_finished`` return now, and any later one at once (the daemon
+        is stopping)."""
+        self._waiters_released = True
         for waiters in self._finish_waiters.values():
             for waiter in waiters:
                 if not waiter.done():

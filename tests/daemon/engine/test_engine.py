@@ -468,3 +468,6 @@ async def test_a_wait_ends_with_the_request_or_its_timeout_or_when_the_daemon_st
     h.service.release_waiters()  # what the server does when it starts to stop
     answer = await asyncio.wait_for(waiting, 1)
     assert answer.state == State.DEFINING
+    # a client that asks to wait after that (its handler was on its way) is answered at once
+    late = await asyncio.wait_for(h.service.wait_terminal(record.id, timeout=30), 1)
+    assert late.state == State.DEFINING
