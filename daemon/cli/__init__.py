@@ -47,13 +47,23 @@ def main(argv: list[str] | None = None) -> int:
 
 def _exit(code: int) -> None:
     """Exit now: the interpreter's teardown (freeing every module) is ~2 ms of a command
-    that takes ~20, and provctl has nothing left to clean up by then."""
+    that takes ~20, and provctl has nothing left to clean up by then. What is still
+    buffered is written first; a failed write is reported as the teardown's would be."""
     import os
     import sys
 
     for stream in (sys.stdout, sys.stderr):
         try:
-            stream.flush()
-        except (OSError, ValueError):  # the reader went away (`provctl ... | head`)
+            if stream is not None:  # None: provctl was started with that fd closed
+                stream.flush()
+        except BrokenPipeError:  # the reader went away (`provctl ... | head`): quietly
             code = code or 1
+        except (OSError, ValueError) as exc:
+            code = code or 1
+            if stream is sys.stdout and sys.stderr is not None:
+                reason = getattr(exc, "strerror", None) or str(exc)
+                try:
+                    print(f"provctl: cannot write the output: {reason}", file=sys.stderr)
+                except (OSError, ValueError):
+                    pass
     os._exit(code)

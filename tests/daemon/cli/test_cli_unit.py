@@ -282,6 +282,26 @@ def test_provctl_runs_as_its_script_and_as_python_m_daemon_cli(short_dir):
         assert result.stderr.startswith("provctl: cannot reach provisiond at "), command
 
 
+@pytest.mark.parametrize("closed", [1, 2])
+def test_a_closed_stdout_or_stderr_changes_no_exit_code(short_dir, closed):
+    sock = short_dir / "nowhere.sock"
+    for words in (["start", "ID", "--wait"], ["list"]):  # the short cut and argparse's path
+        result = subprocess.run([*provctl_command(), "--socket", str(sock), *words],
+                                capture_output=True, text=True, cwd=REPO, timeout=30,
+                                preexec_fn=lambda: os.close(closed))
+        assert result.returncode == 4, (words, result.stderr)
+        assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_output_that_cannot_be_written_is_said_once(short_dir):
+    with open("/dev/full", "w") as full:
+        result = subprocess.run([*provctl_command(), "completion", "zsh"], stdout=full,
+                                stderr=subprocess.PIPE, text=True, cwd=REPO, timeout=30)
+
+    assert result.returncode == 1
+    assert result.stderr == "provctl: cannot write the output: No space left on device\n"
+
+
 def test_refused_connection_exits_4(short_dir):
     sock = short_dir / "dead.sock"
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
