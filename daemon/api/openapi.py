@@ -487,8 +487,9 @@ PATHS: dict[str, Any] = {
                if operation == "stop" else {}),
             "responses": {"200": ok("With `wait`: the operation is over; the request (and "
                                     "its VM) as it left it.", REQUEST),
-                          "202": ok("Accepted, and running; the request (and its VM) as "
-                                    "it is now.", REQUEST),
+                          "202": ok("Accepted (without `wait`, or it still ran when the "
+                                    "seconds were up); the request and its VM as they are "
+                                    "now.", REQUEST),
                           **(errors(400, 404, 409, 413, 415, 429, 503) if operation == "stop"
                              else errors(400, 404, 409, 429, 503))},
         },
