@@ -18,8 +18,9 @@ OPERATIONS = ("start", "stop", "reboot", "delete")
 
 FIRST_WAIT = 2.0
 """Seconds ``--wait`` lets the operation's own call wait for its end: most are over by
-then (a start, a forced stop, a delete), in one call; a longer one (an ACPI shutdown) is
-announced then and followed."""
+then (a start, a forced stop, a delete), in one call; a longer one is announced then and
+followed. An ACPI shutdown (``stop`` without ``--force``) takes the guest's time, seconds
+to minutes: it is announced at once instead."""
 
 
 def operate(client: Client, request_id: str, operation: str, *, force: bool = False,
@@ -27,7 +28,8 @@ def operate(client: Client, request_id: str, operation: str, *, force: bool = Fa
     """Ask for a VM operation; with ``wait``, follow it until the VM rests (exit 0 when it
     got where the operation goes, 1 otherwise)."""
     try:
-        req = client.operate(request_id, operation, force, wait=FIRST_WAIT if wait else 0)
+        first_wait = FIRST_WAIT if wait and (operation != "stop" or force) else 0
+        req = client.operate(request_id, operation, force, wait=first_wait)
     except KeyboardInterrupt:
         if not wait:
             raise

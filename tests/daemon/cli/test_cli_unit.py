@@ -676,13 +676,24 @@ def test_an_operation_over_within_its_call_takes_one_call_and_says_where_the_vm_
 
 
 def test_a_longer_operation_is_announced_then_followed(fake, capsys):
+    fake.routes[("POST", f"/v1/requests/{RID}/reboot")] = (202, with_vm("rebooting"))
+    fake.routes[("GET", f"/v1/requests/{RID}")] = (200, with_vm("running"))
+
+    code, out, err = run(capsys, "reboot", RID, "--wait")
+
+    assert (code, out, err) == (0, "reboot: VM web1 (rebooting) ...\nrunning: VM web1\n", "")
+    assert fake.paths() == [f"/v1/requests/{RID}/reboot?wait=2",
+                            f"/v1/requests/{RID}?wait=30"]
+
+
+def test_an_acpi_shutdown_is_announced_at_once(fake, capsys):
     fake.routes[("POST", f"/v1/requests/{RID}/stop")] = (202, with_vm("stopping"))
     fake.routes[("GET", f"/v1/requests/{RID}")] = (200, with_vm("stopped"))
 
     code, out, err = run(capsys, "stop", RID, "--wait")
 
     assert (code, out, err) == (0, "stop: VM web1 (stopping) ...\nstopped: VM web1\n", "")
-    assert fake.paths() == [f"/v1/requests/{RID}/stop?wait=2", f"/v1/requests/{RID}?wait=30"]
+    assert fake.paths() == [f"/v1/requests/{RID}/stop", f"/v1/requests/{RID}?wait=30"]
 
 
 def test_an_operation_that_ends_elsewhere_exits_1_with_the_reason(fake, capsys):
