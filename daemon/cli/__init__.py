@@ -48,7 +48,8 @@ def main(argv: list[str] | None = None) -> int:
 def _exit(code: int) -> None:
     """Exit now: the interpreter's teardown (freeing every module) is ~2 ms of a command
     that takes ~20, and provctl has nothing left to clean up by then. What is still
-    buffered is written first; a failed write is reported as the teardown's would be."""
+    buffered is written first; a write that fails is said in one line (not a pipe closed
+    by its reader: that is quiet, as in the commands)."""
     import os
     import sys
 
