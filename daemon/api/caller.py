@@ -1,4 +1,4 @@
-"""What every handler needs: the service, and who the caller is."""
+"""What every handler needs: the service, who the caller is, and a query it can read."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import struct
 from aiohttp import web
 
 from daemon.auth import Identity
-from daemon.errors import PermissionDenied
+from daemon.errors import InvalidInput, PermissionDenied
 from daemon.service import Service
 
 SERVICE = web.AppKey("service", Service)
@@ -22,3 +22,12 @@ def peer_identity(request: web.Request) -> Identity:
     creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
     _pid, uid, gid = struct.unpack("3i", creds)
     return Identity.from_uid(uid, gid)
+
+
+def refuse_unknown_query(request: web.Request, *known: str) -> None:
+    """400 naming the first query parameter that is not one of ``known``."""
+    for key in request.query:
+        if key not in known:
+            expected = f": {', '.join(known)}" if known else " none"
+            raise InvalidInput(f"unknown query parameter {key!r} (expected{expected})",
+                               field=key)

@@ -33,7 +33,7 @@ from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_urldispatcher import _default_expect_handler as _aiohttp_expect_handler
 
 from daemon import __version__
-from daemon.api.caller import SERVICE, peer_identity
+from daemon.api.caller import SERVICE, peer_identity, refuse_unknown_query
 from daemon.api import sessions
 from daemon.api.openapi import openapi_document
 from daemon.errors import InvalidInput, ProvisiondError
@@ -310,10 +310,7 @@ async def list_requests(request: web.Request) -> web.Response:
     """
     service = request.app[SERVICE]
     who = peer_identity(request)
-    for key in request.query:
-        if key not in LIST_QUERY:
-            raise InvalidInput(f"unknown query parameter {key!r} (expected: "
-                               f"{', '.join(LIST_QUERY)})", field=key)
+    refuse_unknown_query(request, *LIST_QUERY)
     states = None
     if "state" in request.query:
         known = [s.value for s in State]
@@ -346,10 +343,7 @@ async def show_request(request: web.Request) -> web.Response:
     once it has ended (done, or failed and rolled back) or the seconds have passed,
     whichever comes first; with ``addresses``, its running VM's IP addresses too."""
     service = request.app[SERVICE]
-    for key in request.query:
-        if key not in ("wait", "addresses"):
-            raise InvalidInput(f"unknown query parameter {key!r} (expected: wait, addresses)",
-                               field=key)
+    refuse_unknown_query(request, "wait", "addresses")
     addresses = request.query.getall("addresses", [])
     if addresses not in ([], ["true"], ["false"]):
         raise InvalidInput("addresses must be given once, as true or false",
@@ -394,10 +388,7 @@ def vm_operation(operation: str) -> Handler:
     async def handler(request: web.Request) -> web.Response:
         service = request.app[SERVICE]
         who = peer_identity(request)
-        for key in request.query:
-            if key != "wait":
-                raise InvalidInput(f"unknown query parameter {key!r} (expected: wait)",
-                                   field=key)
+        refuse_unknown_query(request, "wait")
         wait = query_number(request, "wait", 0, WAIT_MAX, unit=" seconds")
         force = False
         if operation == "stop" and request.can_read_body:

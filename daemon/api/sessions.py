@@ -19,7 +19,7 @@ from typing import Awaitable, Callable
 
 from aiohttp import WSMsgType, web
 
-from daemon.api.caller import SERVICE, peer_identity
+from daemon.api.caller import SERVICE, peer_identity, refuse_unknown_query
 from daemon.errors import InvalidInput, ProvisiondError
 from daemon.service.sessions import Session
 
@@ -54,9 +54,7 @@ def _websocket(request: web.Request) -> web.WebSocketResponse:
 
 
 def _force(request: web.Request) -> bool:
-    for key in request.query:
-        if key != "force":
-            raise InvalidInput(f"unknown query parameter {key!r} (expected: force)", field=key)
+    refuse_unknown_query(request, "force")
     values = request.query.getall("force", [])
     if values not in ([], ["true"], ["false"]):
         raise InvalidInput("force must be given once, as true or false", field="force")
@@ -75,8 +73,7 @@ async def console(request: web.Request) -> web.StreamResponse:
 
 async def display(request: web.Request) -> web.StreamResponse:
     """GET /v1/requests/{id}/display: the VM's graphical display (RFB)."""
-    for key in request.query:
-        raise InvalidInput(f"unknown query parameter {key!r} (expected none)", field=key)
+    refuse_unknown_query(request)
     ws = _websocket(request)
     service = request.app[SERVICE]
     session = await service.sessions.open_display(peer_identity(request),
