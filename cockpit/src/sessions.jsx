@@ -117,28 +117,43 @@ export function Console({ client, request }) {
 
     return (
         <Section id="console" title="Serial console" level="h3">
-            <Flex spaceItems={{ default: "spaceItemsSm" }} className="pd-session-bar">
-                <FlexItem>
-                    {session.status === "idle"
-                        ? <Button variant="secondary" aria-label={`Connect to the serial console of VM ${name}`}
-                                  isDisabled={!running} onClick={() => session.connect(false)}>Connect</Button>
-                        : <Button variant="secondary" aria-label={`Disconnect from the serial console of VM ${name}`}
-                                  onClick={session.disconnect}>Disconnect</Button>}
-                </FlexItem>
+            <SessionBar session={session} kind="console" what="the serial console" name={name} running={running}
+                        connectedText="Connected: you are typing into the VM's serial console.">
                 {session.refused && (
                     <FlexItem>
                         <Button variant="warning" aria-label={`Take over the serial console of VM ${name}`}
                                 onClick={() => session.connect(true)}>Take over</Button>
                     </FlexItem>
                 )}
-                <FlexItem className="pd-muted" aria-live="polite" data-testid="console-status">
-                    {!running && session.status === "idle" ? "The VM is not running." : session.status === "connecting" ? "Connecting…" : session.status === "connected" ? "Connected: you are typing into the VM's serial console." : ""}
-                </FlexItem>
-            </Flex>
-            {session.message && <Alert isInline variant={session.message.variant} title={session.message.text} data-testid="console-message" />}
+            </SessionBar>
             <div ref={box} className="pd-terminal" role="region" aria-label={`Serial console of VM ${name}`}
                  data-testid="console-terminal" hidden={session.status === "idle"} />
         </Section>
+    );
+}
+
+/* The bar over a session: connect or disconnect, the session's own buttons (children), its
+ * status, and the daemon's message. `what` names the session in the buttons' labels. */
+function SessionBar({ session, kind, what, name, running, connectedText, children }) {
+    const status = !running && session.status === "idle" ? "The VM is not running."
+        : session.status === "connecting" ? "Connecting…"
+            : session.status === "connected" ? connectedText : "";
+    return (
+        <>
+            <Flex spaceItems={{ default: "spaceItemsSm" }} className="pd-session-bar">
+                <FlexItem>
+                    {session.status === "idle"
+                        ? <Button variant="secondary" aria-label={`Connect to ${what} of VM ${name}`}
+                                  isDisabled={!running} onClick={() => session.connect(false)}>Connect</Button>
+                        : <Button variant="secondary" aria-label={`Disconnect from ${what} of VM ${name}`}
+                                  onClick={session.disconnect}>Disconnect</Button>}
+                </FlexItem>
+                {children}
+                <FlexItem className="pd-muted" aria-live="polite" data-testid={`${kind}-status`}>{status}</FlexItem>
+            </Flex>
+            {session.message && <Alert isInline variant={session.message.variant} title={session.message.text}
+                                       data-testid={`${kind}-message`} />}
+        </>
     );
 }
 
@@ -176,25 +191,15 @@ export function Display({ client, request }) {
 
     return (
         <Section id="display" title="Graphical display" level="h3">
-            <Flex spaceItems={{ default: "spaceItemsSm" }} className="pd-session-bar">
-                <FlexItem>
-                    {session.status === "idle"
-                        ? <Button variant="secondary" aria-label={`Connect to the display of VM ${name}`}
-                                  isDisabled={!running} onClick={() => session.connect(false)}>Connect</Button>
-                        : <Button variant="secondary" aria-label={`Disconnect from the display of VM ${name}`}
-                                  onClick={session.disconnect}>Disconnect</Button>}
-                </FlexItem>
+            <SessionBar session={session} kind="display" what="the display" name={name} running={running}
+                        connectedText="Connected.">
                 {session.status === "connected" && (
                     <FlexItem>
                         <Button variant="secondary" aria-label={`Send Ctrl+Alt+Del to VM ${name}`}
                                 onClick={() => rfb.current && rfb.current.sendCtrlAltDel()}>Send Ctrl+Alt+Del</Button>
                     </FlexItem>
                 )}
-                <FlexItem className="pd-muted" aria-live="polite" data-testid="display-status">
-                    {!running && session.status === "idle" ? "The VM is not running." : session.status === "connecting" ? "Connecting…" : session.status === "connected" ? "Connected." : ""}
-                </FlexItem>
-            </Flex>
-            {session.message && <Alert isInline variant={session.message.variant} title={session.message.text} data-testid="display-message" />}
+            </SessionBar>
             <div ref={box} className="pd-display" role="application" aria-label={`Graphical display of VM ${name}`}
                  data-testid="display-screen" hidden={session.status === "idle"} />
         </Section>
