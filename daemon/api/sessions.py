@@ -91,11 +91,15 @@ async def _serve(request: web.Request, ws: web.WebSocketResponse,
     except Exception:
         log.exception("%s of %s failed", session.kind, session.record.id)
     finally:
+        # Let go of the console (and note why) before telling the client: whoever sees
+        # the close may open it again, or read the log, at once.
         try:
-            await ws.close(code=code, message=why.encode()[:120])
-        except Exception:  # the client is gone: nothing to tell it
-            pass
-        await service.sessions.close(session, why)
+            await service.sessions.close(session, why)
+        finally:
+            try:
+                await ws.close(code=code, message=why.encode()[:120])
+            except Exception:  # the client is gone: nothing to tell it
+                pass
     return ws
 
 
