@@ -202,7 +202,8 @@ class Engine:
         waiters = self._finish_waiters.setdefault(record_id, [])
         waiters.append(waiter)
         try:
-            await asyncio.wait_for(waiter, timeout)
+            async with asyncio.timeout(timeout):  # (wait_for: one more pass of the loop)
+                await waiter
         finally:
             if waiter in waiters:
                 waiters.remove(waiter)

@@ -390,10 +390,13 @@ class HostConnection:
         self._running.add(call)
         call.add_done_callback(self._running.discard)
         try:
-            result = await asyncio.wait_for(asyncio.wrap_future(call), self.call_timeout)
+            # asyncio.timeout, not wait_for: wait_for's inner callback costs the answer
+            # one more pass of the loop, on every libvirt call.
+            async with asyncio.timeout(self.call_timeout):
+                result = await asyncio.wrap_future(call)
             ok = True
             return result
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise VirtTimeout(f"{action}: libvirt did not answer within "
                               f"{self.call_timeout:g} s") from None
         finally:

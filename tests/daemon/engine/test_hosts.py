@@ -144,3 +144,42 @@ async def test_an_open_that_answers_after_the_timeout_is_closed() -> None:
     finally:
         hanging.release.set()
         await host.close()
+
+
+class _SlowLister:
+    """A real connection whose domain listing, once ``armed``, hangs until ``release``."""
+
+    def __init__(self, conn: Any, armed: threading.Event, release: threading.Event) -> None:
+        self._conn, self._armed, self._release = conn, armed, release
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._conn, name)
+
+    def listAllDomains(self, flags: int = 0) -> Any:  # noqa: N802 - libvirt's name
+        if self._armed.is_set():
+            self._release.wait(30)
+        return self._conn.listAllDomains(flags)
+
+
+async def test_a_libvirt_call_that_does_not_answer_fails_after_the_call_timeout() -> None:
+    armed, release = threading.Event(), threading.Event()
+    host = HostConnection("slow", URI, call_timeout=0.3,
+                          opener=lambda uri: _SlowLister(libvirt.open(uri), armed, release))
+    try:
+        await host.open(lambda _e: None)
+        armed.set()
+        started = asyncio.get_running_loop().time()
+        try:
+            await host.power_states()
+        except Exception as exc:  # noqa: BLE001 - checked below
+            error = exc
+        waited = asyncio.get_running_loop().time() - started
+        assert "libvirt did not answer within 0.3 s" in getattr(error, "message", ""), error
+        assert type(error).__name__ == "VirtTimeout"
+        assert 0.25 < waited < 5  # told when the timeout ran out, not when libvirt answered
+        armed.clear()
+        release.set()
+        assert isinstance(await host.power_states(), dict)  # the host is usable after it
+    finally:
+        release.set()
+        await host.close()
