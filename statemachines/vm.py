@@ -6,7 +6,10 @@ owner (start, stop, force off, reboot, delete) or a libvirt event moves it. The 
 an operation in progress (``starting``, ``stopping``, ...) have a step, run by the same
 engine as the provisioning steps; the step is durable before it acts. libvirt's lifecycle
 events move the resting states (the guest powered itself off, it crashed, an
-administrator ran ``virsh destroy`` or ``virsh undefine``). While its host is
+administrator ran ``virsh destroy`` or ``virsh undefine``). A domain undefined behind
+provisiond's back leaves its VM ``vanished``, its storage untouched (an administrator's
+dumpxml, undefine, define, or a rename, brings it back); only a delete gives the storage
+back. While its host is
 unreachable a VM is ``unknown``; after a restart or a lost connection the real state is
 looked up, since events in the gap are lost.
 
@@ -40,6 +43,11 @@ class VmState(DocumentedState):
                             "back (a created volume deleted, a reused one wiped).")
     DELETED = ("deleted", "Gone from libvirt; its storage and its share of the quota given "
                           "back. Terminal.")
+    VANISHED = ("vanished", "Its domain was undefined behind provisiond's back (virsh "
+                            "undefine, or a rename) or was not found when looked up. Its "
+                            "storage and its share of the quota are kept: the domain may be "
+                            "defined again (back to stopped); a delete gives them back. "
+                            "Resting.")
     UNKNOWN = ("unknown", "Its host is unreachable, so what libvirt would say is not known; "
                           "looked up again when the host is back, and no operation until "
                           "then. Resting.")
@@ -61,13 +69,15 @@ class VmTrigger(enum.StrEnum):
     PAUSED = "paused"
     RESUMED = "resumed"
     VANISHED = "vanished"
+    DEFINED = "defined"
     HOST_LOST = "host_lost"
     INSTALLER_DONE = "installer_done"
     FAIL = "fail"
 
 
 RESTING: frozenset[VmState] = frozenset(
-    {VmState.STOPPED, VmState.RUNNING, VmState.PAUSED, VmState.CRASHED, VmState.UNKNOWN})
+    {VmState.STOPPED, VmState.RUNNING, VmState.PAUSED, VmState.CRASHED, VmState.VANISHED,
+     VmState.UNKNOWN})
 """States with no step: the VM waits there for an operation or an event."""
 
 TERMINAL: frozenset[VmState] = frozenset({VmState.DELETED})
@@ -90,7 +100,7 @@ TRANSITIONS: tuple[Transition[VmState], ...] = (
       for s in (*_ALIVE, VmState.STOPPING)),
     Transition(VmTrigger.REBOOT, VmState.RUNNING, VmState.REBOOTING, _OWNER),
     *(Transition(VmTrigger.DELETE, s, VmState.DELETING, _OWNER)
-      for s in (VmState.STOPPED, *_ALIVE, VmState.CRASHED)),
+      for s in (VmState.STOPPED, *_ALIVE, VmState.CRASHED, VmState.VANISHED)),
     # The operations' steps.
     Transition(VmTrigger.STARTED, VmState.STARTING, VmState.RUNNING,
                "step start: libvirt's STARTED event"),
@@ -128,21 +138,29 @@ TRANSITIONS: tuple[Transition[VmState], ...] = (
                  "CRASHED") for s in _ALIVE),
     Transition(VmTrigger.PAUSED, VmState.RUNNING, VmState.PAUSED, "event SUSPENDED"),
     Transition(VmTrigger.RESUMED, VmState.PAUSED, VmState.RUNNING, "event RESUMED"),
-    *(Transition(VmTrigger.VANISHED, s, VmState.DELETING, "event UNDEFINED (virsh "
-                 "undefine): its storage is given back")
+    *(Transition(VmTrigger.VANISHED, s, VmState.VANISHED, "event UNDEFINED (virsh "
+                 "undefine, or a rename): its storage is kept")
       for s in (VmState.STOPPED, *_ALIVE, VmState.CRASHED)),
+    Transition(VmTrigger.DEFINED, VmState.VANISHED, VmState.STOPPED,
+               "event DEFINED: its domain defined again"),
+    *(Transition(trigger, VmState.VANISHED, dest, f"looked up: defined again, {seen}")
+      for trigger, dest, seen in (
+          (VmTrigger.STARTED, VmState.RUNNING, "running"),
+          (VmTrigger.PAUSED, VmState.PAUSED, "paused"),
+          (VmTrigger.STOPPED, VmState.STOPPED, "shut off"),
+          (VmTrigger.CRASHED, VmState.CRASHED, "crashed"))),
     # The host going away, and coming back: its real state is looked up.
     *(Transition(VmTrigger.HOST_LOST, s, VmState.UNKNOWN, "the connection to its host was "
                  "lost, or the host is unreachable at start")
-      for s in (VmState.STOPPED, *_ALIVE, VmState.CRASHED)),
+      for s in (VmState.STOPPED, *_ALIVE, VmState.CRASHED, VmState.VANISHED)),
     *(Transition(trigger, VmState.UNKNOWN, dest, f"host back: looked up, {seen}")
       for trigger, dest, seen in (
           (VmTrigger.STARTED, VmState.RUNNING, "running"),
           (VmTrigger.PAUSED, VmState.PAUSED, "paused"),
           (VmTrigger.STOPPED, VmState.STOPPED, "shut off"),
           (VmTrigger.CRASHED, VmState.CRASHED, "crashed"),
-          (VmTrigger.VANISHED, VmState.DELETING, "undefined meanwhile: its storage is "
-                                                 "given back"))),
+          (VmTrigger.VANISHED, VmState.VANISHED, "undefined meanwhile: its storage is "
+                                                 "kept"))),
 )
 
 TABLE: StateTable[VmState] = StateTable(

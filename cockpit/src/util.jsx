@@ -46,6 +46,7 @@ export function between(a, b) {
 const REQUEST_COLORS = { done: "green", failed: "red" };
 const VM_COLORS = {
     running: "green", stopped: "grey", crashed: "red", paused: "orange", deleted: "grey", unknown: "orange",
+    vanished: "orange",
 };
 
 export function RequestState({ state }) {

@@ -29,7 +29,7 @@ emulator died (not a stop)."""
 
 EVENT_TRIGGERS = {"STARTED": VmTrigger.STARTED, "RESUMED": VmTrigger.RESUMED,
                   "SUSPENDED": VmTrigger.PAUSED, "CRASHED": VmTrigger.CRASHED,
-                  "UNDEFINED": VmTrigger.VANISHED}
+                  "UNDEFINED": VmTrigger.VANISHED, "DEFINED": VmTrigger.DEFINED}
 """A libvirt lifecycle event -> the trigger it fires on a resting VM (STOPPED: see
 ``trigger_of``)."""
 
@@ -181,7 +181,7 @@ async def delete(ctx: VmContext, vm: VmRecord) -> Outcome:
     so that the listener leaves it alone, but not awaited (nothing here needs it, and
     libvirt sends it after the undefine has returned). If the step fails once the domain
     is gone, the event is looked at when the operation has ended, as the listener would
-    have (the VM, back to stopped, is then found vanished)."""
+    have (the VM, back to stopped, is then found vanished: delete it again)."""
     host = ctx.host(vm.host)
     uuid = vm.domain_uuid
     assert uuid is not None

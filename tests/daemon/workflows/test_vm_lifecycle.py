@@ -143,30 +143,28 @@ async def test_keep_and_delete_policies_release_a_reused_volume_as_the_pool_says
         assert h.store.claims_on("testhost") == {}
 
 
-async def test_a_delete_that_fails_once_its_domain_is_gone_is_taken_up_again(make_harness):
+async def test_a_delete_that_fails_once_its_domain_is_gone_leaves_the_vm_vanished(
+        make_harness):
     # The delete's own UNDEFINED event is left alone while the step runs; when the step
     # fails after the undefine (libvirt refuses to delete the volume), the VM, back to
-    # stopped, is found vanished and given back once more, as for an event behind its back.
+    # stopped, is found vanished, its storage kept: the owner deletes it again.
     h = await make_harness(faults={"delete": "refused"}, sizes={
         "seven": {"cpus": 1, "memory": 1024, "storage_size_in_gb": 7}})
     done = await h.run(size="seven")  # a volume of its own
     await h.service.operate(ALICE, done.id, "delete")
-    for _ in range(500):
-        if transitions(h, done.id)[-4:] == ["deleting", "stopped", "deleting", "stopped"]:
-            break
-        await asyncio.sleep(0.01)
+    assert await settle(h, done.id) == VmState.VANISHED
     moves = [(e.to_state, e.trigger) for e in h.store.get_log(done.id)
              if e.kind == "transition"]
-    assert moves[-4:] == [("deleting", "delete"), ("stopped", "fail"),
-                          ("deleting", "vanished"), ("stopped", "fail")], moves
-    assert await settle(h, done.id) == VmState.STOPPED
-    assert "refused" in h.store.get_vm(done.id).reason
+    assert moves[-3:] == [("deleting", "delete"), ("stopped", "fail"),
+                          ("vanished", "vanished")], moves
     assert done.volume_name in h.volume_names(done.volume_pool)  # still there: delete again
+    assert h.store.claims_on("testhost") != {}  # and still its own
 
 
-async def test_what_libvirt_does_behind_provisiond_s_back_moves_the_vm(harness):
-    h = harness
-    done = await h.run(size="small")
+async def test_what_libvirt_does_behind_provisiond_s_back_moves_the_vm(make_harness):
+    h = await make_harness(sizes={"seven": {"cpus": 1, "memory": 1024,
+                                            "storage_size_in_gb": 7}})
+    done = await h.run(size="seven")  # a volume of its own
     dom = h.conn.lookupByUUIDString(domain_uuid_for(done.id))
     dom.create()                                   # virsh start
     await until(h, done.id, VmState.RUNNING)
@@ -176,11 +174,35 @@ async def test_what_libvirt_does_behind_provisiond_s_back_moves_the_vm(harness):
     await until(h, done.id, VmState.RUNNING)
     dom.destroy()                                  # virsh destroy
     await until(h, done.id, VmState.STOPPED)
-    dom.undefine()                                 # virsh undefine: storage given back
-    await until(h, done.id, VmState.DELETED)
+    xml = dom.XMLDesc(0)
+    dom.undefine()                                 # virsh undefine: the storage is kept
+    await until(h, done.id, VmState.VANISHED)
     log = h.store.get_log(done.id)
     assert [e.trigger for e in log if e.kind == "event"][-1] == "libvirt:UNDEFINED"
-    assert "domain " in log[-1].detail and "already gone" in log[-1].detail
+    assert done.volume_name in h.volume_names(done.volume_pool)
+    h.conn.defineXML(xml)                          # ... and virsh define brings it back
+    await until(h, done.id, VmState.STOPPED)
+    h.conn.lookupByUUIDString(domain_uuid_for(done.id)).undefine()
+    await until(h, done.id, VmState.VANISHED)
+    await h.service.operate(ALICE, done.id, "delete")  # the owner gives it back
+    assert await settle(h, done.id) == VmState.DELETED
+    log = h.store.get_log(done.id)
+    assert "already gone" in log[-1].detail and "deleted volume" in log[-1].detail
+    assert done.volume_name not in h.volume_names(done.volume_pool)
+
+
+async def test_a_renamed_domain_keeps_its_vm_and_its_disk(harness):
+    h = harness
+    done = await h.run(size="small")
+    h.conn.lookupByUUIDString(domain_uuid_for(done.id)).rename("renamed-by-admin")
+    for _ in range(200):  # UNDEFINED (renamed), then DEFINED under its new name
+        if transitions(h, done.id)[-2:] == ["vanished", "stopped"]:
+            break
+        await asyncio.sleep(0.01)
+    assert transitions(h, done.id)[-2:] == ["vanished", "stopped"], transitions(h, done.id)
+    dom = h.conn.lookupByUUIDString(domain_uuid_for(done.id))
+    assert dom.name() == "renamed-by-admin"  # neither destroyed nor undefined
+    assert done.volume_name in h.volume_names(done.volume_pool)
 
 
 async def test_an_event_right_after_an_operation_s_last_step_is_not_lost(harness):
@@ -264,7 +286,8 @@ def test_a_crash_is_told_from_a_stop_by_the_event_s_detail() -> None:
     assert trigger_of(event("STOPPED", 2)) == VmTrigger.CRASHED   # the guest crashed
     assert trigger_of(event("STOPPED", 5)) == VmTrigger.CRASHED   # QEMU failed
     assert trigger_of(event("SUSPENDED", 0)) == VmTrigger.PAUSED
-    assert trigger_of(event("DEFINED", 0)) is None
+    assert trigger_of(event("DEFINED", 0)) == VmTrigger.DEFINED    # moves a vanished VM only
+    assert trigger_of(event("SHUTDOWN", 0)) is None
 
 
 async def test_a_running_vm_s_addresses_are_what_libvirt_answers(make_harness):
