@@ -27,6 +27,8 @@ log = logging.getLogger("provisiond.api")
 
 HEARTBEAT = 30.0
 """Seconds between the daemon's pings; a client silent for half of it after one is gone."""
+WATCH_INTERVAL = 1.0
+"""Seconds between two looks at whether the client is idle or gone."""
 MAX_MESSAGE = 1024 * 1024
 CLOSE_NORMAL = 1000
 CLOSE_GOING_AWAY = 1001
@@ -87,7 +89,8 @@ async def _serve(request: web.Request, ws: web.WebSocketResponse,
     code, why = CLOSE_ERROR, "internal error"
     try:
         await ws.prepare(request)
-        code, why = await _bridge(ws, session, service.config.daemon.session_idle_timeout)
+        code, why = await _bridge(request, ws, session,
+                                  service.config.daemon.session_idle_timeout)
     except Exception:
         log.exception("%s of %s failed", session.kind, session.record.id)
     finally:
@@ -103,8 +106,12 @@ async def _serve(request: web.Request, ws: web.WebSocketResponse,
     return ws
 
 
-async def _bridge(ws: web.WebSocketResponse, session: Session, idle: float) -> Ending:
+async def _bridge(request: web.Request, ws: web.WebSocketResponse, session: Session,
+                  idle: float) -> Ending:
     """Relay bytes both ways until one side ends; how the WebSocket should close."""
+    loop = asyncio.get_running_loop()
+    last_sent = loop.time()
+    """When the client last sent data (its pongs do not count: they come by themselves)."""
 
     async def from_guest() -> Ending:
         while True:
@@ -117,11 +124,9 @@ async def _bridge(ws: web.WebSocketResponse, session: Session, idle: float) -> E
                 return CLOSE_NORMAL, f"the client left ({type(exc).__name__} on sending)"
 
     async def from_client() -> Ending:
+        nonlocal last_sent
         while True:
-            try:
-                message = await ws.receive(timeout=idle)
-            except TimeoutError:
-                return CLOSE_IDLE, f"idle for {idle:g} s"
+            message = await ws.receive()
             if message.type == WSMsgType.BINARY:
                 data = message.data
             elif message.type == WSMsgType.TEXT:
@@ -131,17 +136,34 @@ async def _bridge(ws: web.WebSocketResponse, session: Session, idle: float) -> E
             else:  # CLOSING, CLOSED, ERROR: the connection broke or stopped answering
                 return CLOSE_NORMAL, f"the client left ({message.type.name.lower()}" + (
                     f": {message.data}" if message.data else "") + ")"
+            last_sent = loop.time()
             try:
                 await session.write(data)
             except ProvisiondError as exc:
                 return CLOSE_ERROR, exc.message
+            except OSError as exc:  # the display's server closed its end
+                return CLOSE_NORMAL, f"the {session.kind} closed ({exc.strerror or exc})"
+
+    async def watch() -> Ending:
+        # ws.receive's own timeout starts again at every pong, and a write the guest does
+        # not take (a paste into a console nobody reads) holds from_client: the client's
+        # silence and its going away are watched here, apart from both.
+        while True:
+            left = last_sent + idle - loop.time()
+            if left <= 0:
+                return CLOSE_IDLE, f"idle for {idle:g} s"
+            await asyncio.sleep(min(left, WATCH_INTERVAL))
+            transport = request.transport
+            if ws.closed or transport is None or transport.is_closing():
+                return CLOSE_NORMAL, "the client left (its connection closed)"
 
     async def ended_by_daemon() -> Ending:
         await session.ending.wait()
         why = session.ended_by or "ended"
         return (CLOSE_TAKEN_OVER if why.startswith("taken over") else CLOSE_GOING_AWAY), why
 
-    sides: list[Callable[[], Awaitable[Ending]]] = [from_guest, from_client, ended_by_daemon]
+    sides: list[Callable[[], Awaitable[Ending]]] = [from_guest, from_client, watch,
+                                                    ended_by_daemon]
     tasks = [asyncio.ensure_future(side()) for side in sides]
     try:
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
