@@ -114,7 +114,7 @@ def cmd_display(client: Client, args: argparse.Namespace) -> int:
     name = request.get("name") or args.id
     target = f"/v1/requests/{quote(args.id)}/display"
     client.websocket(target).close()  # refused now (not running, no display), not later
-    path = args.listen or display_socket_path(request["id"])
+    path = _private_path(args.listen or display_socket_path(request["id"]))
     listener = _listen(path)
     viewer = None
     try:
@@ -160,10 +160,9 @@ def _interrupt(_signum: int, _frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def _listen(path: str) -> socket.socket:
-    """A listening Unix socket at ``path`` that only the caller can use."""
-    import socket
-
+def _private_path(path: str) -> str:
+    """``path`` with its directory made if missing and resolved (no symlink left on the
+    way); CliError if another user could put a socket of their own there."""
     directory = os.path.dirname(path) or "."
     if not os.path.isdir(directory):
         try:
@@ -171,6 +170,41 @@ def _listen(path: str) -> socket.socket:
         except OSError as exc:
             raise CliError(f"cannot make {directory}: {exc.strerror or exc} (see --listen)",
                            EXIT_FAILED) from None
+    real = os.path.realpath(directory)
+    why = unsafe_directory(real)
+    if why is not None:
+        raise CliError(f"will not make the display's socket in {directory}: {why}, so "
+                       "another user could replace the socket and see what you type into "
+                       "the viewer; give --listen a path in a directory only you can write",
+                       EXIT_FAILED)
+    return os.path.join(real, os.path.basename(path))
+
+
+def unsafe_directory(directory: str) -> str | None:
+    """Why another user could replace a socket made in ``directory`` (a resolved path):
+    it, or a directory above it, is theirs or writable by others (but sticky, as /tmp);
+    None if nobody else can."""
+    me = os.geteuid()
+    path = directory
+    while True:
+        try:
+            info = os.stat(path)
+        except OSError as exc:
+            return f"{path} cannot be checked ({exc.strerror or exc})"
+        if info.st_uid not in (0, me):
+            return f"{path} belongs to another user (uid {info.st_uid})"
+        if info.st_mode & 0o022 and not info.st_mode & stat.S_ISVTX:
+            return f"{path} is writable by other users"
+        parent = os.path.dirname(path)
+        if parent == path:
+            return None
+        path = parent
+
+
+def _listen(path: str) -> socket.socket:
+    """A listening Unix socket at ``path`` that only the caller can use."""
+    import socket
+
     try:
         mode = os.lstat(path).st_mode
     except OSError:

@@ -103,6 +103,36 @@ def test_display_never_removes_a_file_that_is_not_a_socket(tmp_path: Path) -> No
     sessions._listen(str(stale)).close()  # replaced
 
 
+def test_display_makes_its_socket_only_where_no_other_user_can_replace_it(
+        tmp_path: Path) -> None:
+    # Without XDG_RUNTIME_DIR the socket's directory is /tmp/provisiond-UID, a name anyone
+    # can make first: made by another user (or open to all), they could swap the socket
+    # for theirs and see what the victim types into the viewer.
+    shared = tmp_path / "open-to-all"
+    shared.mkdir()
+    shared.chmod(0o777)
+    with pytest.raises(CliError) as exc:
+        sessions._private_path(str(shared / "display.sock"))
+    assert f"{shared} is writable by other users" in exc.value.message
+    assert "give --listen a path in a directory only you can write" in exc.value.message
+    sticky = tmp_path / "sticky"  # as /tmp: others cannot remove what is not theirs
+    sticky.mkdir()
+    sticky.chmod(0o1777)
+    assert sessions._private_path(str(sticky / "d.sock")) == str(sticky / "d.sock")
+    fresh = tmp_path / "fresh"  # made when missing, for the caller alone
+    assert sessions._private_path(str(fresh / "d.sock")) == str(fresh / "d.sock")
+    assert fresh.is_dir() and fresh.stat().st_mode & 0o777 == 0o700
+    (tmp_path / "link").symlink_to(fresh)  # the path told the viewer has no symlink
+    assert sessions._private_path(str(tmp_path / "link" / "d.sock")) == str(fresh / "d.sock")
+    if os.geteuid() == 0:  # (CI runs as root) a directory another user made first
+        theirs = tmp_path / "theirs"
+        theirs.mkdir(mode=0o700)
+        os.chown(theirs, 65534, 65534)
+        with pytest.raises(CliError) as exc:
+            sessions._private_path(str(theirs / "display.sock"))
+        assert f"{theirs} belongs to another user (uid 65534)" in exc.value.message
+
+
 def test_an_os_error_is_one_line_not_an_unexpected_error(monkeypatch, capsys) -> None:
     def denied(_client: object, _args: object) -> int:
         raise PermissionError(13, "Permission denied", "/run/user/1000/provisiond")
