@@ -41,7 +41,15 @@ def cmd_console(client: Client, args: argparse.Namespace) -> int:
     sys.stderr.write(f"Connected to the console of VM {name} (request {request['id']}).\n"
                      "Escape character is ^] (Ctrl + ])\n")
     sys.stderr.flush()
-    left = _attach(ws)
+    # In raw mode Ctrl-C is the guest's; a kill or a hang-up must still give the
+    # terminal back as it was (the finally in _attach), so they end the session too.
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _end_on_signal)
+    try:
+        left = _attach(ws)
+    except _Signalled as exc:
+        sys.stderr.write(f"\nprovctl: left the console ({exc.name})\n")
+        return 128 + exc.signum
     if left:
         sys.stderr.write("\n")
         return EXIT_OK
@@ -50,6 +58,19 @@ def cmd_console(client: Client, args: argparse.Namespace) -> int:
         sys.stderr.write(f"\nThe console closed: {why}\n")
         return EXIT_OK
     raise CliError(f"the console was closed by provisiond: {why}", EXIT_FAILED)
+
+
+class _Signalled(Exception):
+    """A signal that ends the console (SIGTERM, SIGHUP)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+        self.name = signal.Signals(signum).name
+
+
+def _end_on_signal(signum: int, _frame: object) -> None:
+    raise _Signalled(signum)
 
 
 def _attach(ws: WebSocket) -> bool:

@@ -139,3 +139,55 @@ def test_a_greeting_that_came_with_the_handshake_reaches_the_viewer_at_once() ->
         daemon_end.close()
         relay.join(5)
         viewer.close()
+
+
+CONSOLE_ON_A_PTY = """
+import socket, sys
+sys.path.insert(0, sys.argv[1])
+from daemon.cli.sessions import cmd_console
+from daemon.cli.websocket import WebSocket
+
+daemon_end, client_end = socket.socketpair()
+
+class Client:
+    def get(self, request_id):
+        return {"id": request_id, "name": "vm-1"}
+
+    def websocket(self, _target):
+        return WebSocket(client_end)
+
+class Args:
+    id, force = "r1", False
+
+sys.exit(cmd_console(Client(), Args()))
+"""
+
+
+@pytest.mark.parametrize("signum", ["SIGTERM", "SIGHUP"])
+def test_a_console_killed_gives_the_terminal_back(tmp_path: Path, signum: str) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import termios
+    import time
+
+    from harness.daemon import REPO
+
+    master, slave = os.openpty()
+    try:
+        cooked = termios.tcgetattr(slave)
+        proc = subprocess.Popen([sys.executable, "-c", CONSOLE_ON_A_PTY, str(REPO)],
+                                stdin=slave, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 10
+        while termios.tcgetattr(slave)[3] & termios.ICANON:  # until provctl made it raw
+            assert time.monotonic() < deadline and proc.poll() is None, proc.stderr.read()
+            time.sleep(0.02)
+        proc.send_signal(getattr(signal, signum))
+        _out, err = proc.communicate(timeout=10)
+        assert proc.returncode == 128 + getattr(signal, signum), err
+        assert f"left the console ({signum})" in err.decode()
+        assert termios.tcgetattr(slave) == cooked  # as it was before
+    finally:
+        os.close(master)
+        os.close(slave)
