@@ -176,9 +176,9 @@ class Sessions:
         return session
 
     def _note(self, record: RequestRecord, text: str) -> None:
-        vm = self.service.store.get_vm(record.id)
-        state = vm.state if vm is not None else record.state
         try:
+            vm = self.service.store.get_vm(record.id)
+            state = vm.state if vm is not None else record.state
             self.service.store.append_log(record.id, "note", state, "session", text)
         except Exception:  # an audit line must not break the session itself
             log.exception("cannot note %r for %s", text, record.id)

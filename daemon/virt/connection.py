@@ -11,8 +11,8 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import os
 import socket
-import threading
 import time
 from contextlib import contextmanager
 from typing import Any, Awaitable, Callable, Iterator, Sequence, TypeVar
@@ -60,6 +60,7 @@ from daemon.virt.events import (
     ensure_event_loop_registered,
 )
 from daemon.virt.consoles import ConsoleStream
+from daemon.virt.offloop import discard_late, in_own_thread
 from daemon.virt.inventory import DiskUse, HostInventory, VolumeInfo
 from daemon.virt.live_inventory import LiveInventory
 
@@ -101,41 +102,6 @@ def map_libvirt_errors(action: str) -> Iterator[None]:
         if code in _UNSUPPORTED_CODES:
             raise NotSupported(message, libvirt_code=code) from None
         raise VirtError(message, libvirt_code=code) from None
-
-
-def _in_own_thread(fn: Callable[[], T], discard: Callable[[T], None]) -> asyncio.Future[T]:
-    """Run ``fn`` on a daemon thread of its own; its result (or error) settles the future.
-
-    Not the host's worker pool: a call that hangs (a connection to a host that never
-    answers) must neither take a worker nor hold up the process's exit. A result that
-    arrives after the future was cancelled (timed out) goes to ``discard``.
-    """
-    loop = asyncio.get_running_loop()
-    future: asyncio.Future[T] = loop.create_future()
-
-    def settle(result: T | None, error: BaseException | None) -> None:
-        if future.done():
-            if error is None:  # discarding talks to the slow host too: not on the loop
-                threading.Thread(target=discard, args=(result,), daemon=True,
-                                 name=f"libvirt-discard-{fn.__name__}").start()
-        elif error is None:
-            future.set_result(result)  # type: ignore[arg-type]
-        else:
-            future.set_exception(error)
-
-    def run() -> None:
-        try:
-            result, error = fn(), None
-        except BaseException as exc:  # noqa: BLE001 - handed to the loop as is
-            result, error = None, exc
-        try:
-            loop.call_soon_threadsafe(settle, result, error)
-        except RuntimeError:  # the loop is closed: nobody waits any more
-            if error is None:
-                discard(result)  # type: ignore[arg-type]
-
-    threading.Thread(target=run, name=f"libvirt-open-{fn.__name__}", daemon=True).start()
-    return future
 
 
 def _close_subscribed(opened: tuple[Any, list[int], list[int]]) -> None:
@@ -214,7 +180,7 @@ class HostConnection:
 
         try:
             conn, domain_ids, pool_ids = await asyncio.wait_for(
-                _in_own_thread(attempt, _close_subscribed), self.call_timeout)
+                in_own_thread(attempt, _close_subscribed), self.call_timeout)
         except asyncio.TimeoutError:
             raise HostUnreachable(f"cannot connect to {self.uri}: no answer within "
                                   f"{self.call_timeout:g} s") from None
@@ -375,8 +341,10 @@ class HostConnection:
         await self.disconnect()
         self._executor.shutdown(wait=False, cancel_futures=True)
 
-    async def _call(self, action: str, fn: Callable[..., T], *args: Any) -> T:
-        """Run a blocking libvirt call off the loop, bounded by ``call_timeout``."""
+    async def _call(self, action: str, fn: Callable[..., T], *args: Any,
+                    discard: Callable[[T], None] | None = None) -> T:
+        """Run a blocking libvirt call off the loop, bounded by ``call_timeout``. A result
+        that comes after the caller gave up (timed out, cancelled) goes to ``discard``."""
         if self._conn is None:
             raise HostUnreachable(f"{action}: not connected to {self.uri}")
 
@@ -397,8 +365,14 @@ class HostConnection:
             ok = True
             return result
         except TimeoutError:
+            if discard is not None:
+                discard_late(call, discard)
             raise VirtTimeout(f"{action}: libvirt did not answer within "
                               f"{self.call_timeout:g} s") from None
+        except asyncio.CancelledError:
+            if discard is not None:
+                discard_late(call, discard)
+            raise
         finally:
             if self.observe is not None:
                 self.observe(self.name, fn.__name__.lstrip("_"), time.perf_counter() - started,
@@ -563,7 +537,8 @@ class HostConnection:
         """The domain's serial console as a byte stream; ``force`` takes it from whoever
         holds it (another client of libvirt included)."""
         stream = await self._call(f"cannot open the console of domain {uuid}", _open_console,
-                                  self._conn, uuid, force)
+                                  self._conn, uuid, force,
+                                  discard=lambda late: _quietly(late.abort))
         return ConsoleStream(stream, lambda fn: self._call(
             f"cannot close the console of domain {uuid}", fn))
 
@@ -571,7 +546,7 @@ class HostConnection:
         """A new connection to the domain's VNC display, authenticated by libvirt (the
         display listens nowhere; libvirt hands QEMU one end of a socket pair)."""
         fd = await self._call(f"cannot open the display of domain {uuid}", _open_graphics,
-                              self._conn, uuid)
+                              self._conn, uuid, discard=os.close)
         return socket.socket(fileno=fd)
 
     async def wipe_volume(self, pool: str, name: str) -> bool:

@@ -183,3 +183,39 @@ async def test_a_libvirt_call_that_does_not_answer_fails_after_the_call_timeout(
     finally:
         release.set()
         await host.close()
+
+
+async def test_what_a_call_answers_after_its_timeout_is_not_left_open() -> None:
+    # A display's descriptor (or a console's stream) that libvirt hands over after the
+    # caller gave up would stay open, and a console held, with nobody to close it.
+    import os
+
+    host = HostConnection("slow", URI, call_timeout=0.2)
+    release = threading.Event()
+    reading, writing = os.pipe()
+
+    def late_descriptor() -> int:
+        release.wait(10)
+        return reading
+
+    try:
+        await host.open(lambda _e: None)
+        try:
+            await host._call("cannot open the display", late_descriptor,  # noqa: SLF001
+                             discard=os.close)
+        except Exception as exc:  # noqa: BLE001 - checked below
+            error = exc
+        assert type(error).__name__ == "VirtTimeout"
+        release.set()
+        for _ in range(500):
+            try:
+                os.write(writing, b"x")
+            except BrokenPipeError:
+                break  # its reading end was closed
+            await asyncio.sleep(0.01)
+        else:
+            raise AssertionError("the descriptor answered late was left open")
+    finally:
+        release.set()
+        os.close(writing)
+        await host.close()
