@@ -33,7 +33,7 @@ from daemon.virt.connection import DomainEvent, HostConnection, Opener, open_con
 from daemon.workflows.placing import host_capacities, place_request
 from daemon.workflows.provisioning import QuotaLedger
 from daemon.workflows.provisioning import provisioning_workflow
-from daemon.workflows.vm import vm_workflow
+from daemon.workflows.vm import ForceOffAsked, vm_workflow
 from statemachines.provisioning import TERMINAL, State
 from statemachines.vm import TABLE as VM_TABLE
 from statemachines.vm import VmState, VmTrigger
@@ -90,6 +90,8 @@ class Service:
         self._background: set[asyncio.Task[None]] = set()
         self.sessions = Sessions(self)
         """The VMs' open consoles and displays."""
+        self.force_off_asked: dict[str, str] = {}
+        """Stopping VMs a forced stop was asked of, by request id: who asked."""
 
     # -- lifecycle
 
@@ -305,6 +307,15 @@ class Service:
         if VM_TABLE.destination(vm.state, trigger) is None:
             raise InvalidState(f"VM {vm.name} is {vm.state}: it cannot be "
                                f"{OPERATION_PAST[operation]} now", field="state")
+        if trigger == VmTrigger.FORCE_OFF and vm.state == VmState.STOPPING and \
+                self.engine.is_live(vm.id):
+            # As virsh destroy after a virsh shutdown: the stop step stops waiting for
+            # the guest and moves on to powering-off itself (no second operation).
+            self.force_off_asked[vm.id] = who.user  # in case its step is not waiting yet
+            self.engine.events.interrupt(vm.id, ForceOffAsked(who.user))
+            return record
+        if trigger == VmTrigger.FORCE_OFF and vm.state == VmState.POWERING_OFF:
+            return record  # the forced stop already asked
         self._check_in_progress(who.user)
         self.engine.fire(self.vms, vm, Outcome(trigger, f"{operation}"
                                                f"{' --force' if force else ''} by {who.user}"))
@@ -570,3 +581,7 @@ class VmStepContext:
     def after_operation(self, request_id: str, callback: Any) -> None:
         """Call ``callback`` once the VM's operation in progress has ended."""
         self._service.engine.after_finished(request_id, callback)
+
+    def take_force_off(self, request_id: str) -> str | None:
+        """Who asked for a forced stop of this stopping VM (once), if anyone did."""
+        return self._service.force_off_asked.pop(request_id, None)

@@ -84,6 +84,9 @@ class VmContext(Protocol):
     def after_operation(self, request_id: str, callback: Any) -> None:
         """Call ``callback`` once the VM's operation in progress has ended."""
 
+    def take_force_off(self, request_id: str) -> str | None:
+        """Who asked for a forced stop of this stopping VM (once), if anyone did."""
+
 
 # --------------------------------------------------------------------------- the steps
 
@@ -130,15 +133,33 @@ async def start(ctx: VmContext, vm: VmRecord) -> Outcome:
     return Outcome(VmTrigger.STARTED, f"domain {vm.domain_name} started on {vm.host}")
 
 
+class ForceOffAsked(Exception):
+    """A forced stop asked while the VM shuts down: the stop step stops waiting."""
+
+    def __init__(self, user: str) -> None:
+        super().__init__(user)
+        self.user = user
+
+
 async def stop(ctx: VmContext, vm: VmRecord) -> Outcome:
-    """stopping: ACPI shutdown; forced off if it has not stopped within stop_timeout."""
+    """stopping: ACPI shutdown; forced off if it has not stopped within stop_timeout,
+    or at once when a forced stop is asked meanwhile (then through powering-off)."""
     timeout = ctx.config.daemon.stop_timeout
-    before, seen = await _power(ctx, vm, "shutdown", "STOPPED", timeout)
-    if before in ("shutoff", "crashed"):
-        return Outcome(VmTrigger.STOPPED, f"domain {vm.domain_name} was already off")
-    if seen:
-        return Outcome(VmTrigger.STOPPED, f"domain {vm.domain_name} shut down")
-    await _power(ctx, vm, "destroy", "STOPPED", ctx.config.daemon.define_event_timeout)
+    try:
+        asked = ctx.take_force_off(vm.id)  # asked before this step began to wait
+        if asked is not None:
+            raise ForceOffAsked(asked)
+        before, seen = await _power(ctx, vm, "shutdown", "STOPPED", timeout)
+        if before in ("shutoff", "crashed"):
+            return Outcome(VmTrigger.STOPPED, f"domain {vm.domain_name} was already off")
+        if seen:
+            return Outcome(VmTrigger.STOPPED, f"domain {vm.domain_name} shut down")
+        await _power(ctx, vm, "destroy", "STOPPED", ctx.config.daemon.define_event_timeout)
+    except ForceOffAsked as exc:  # while waiting: the wait was interrupted
+        return Outcome(VmTrigger.FORCE_OFF, f"stop --force by {exc.user} while domain "
+                                            f"{vm.domain_name} was shutting down")
+    finally:
+        ctx.take_force_off(vm.id)  # an ask that interrupted the wait is answered
     return Outcome(VmTrigger.STOPPED, f"domain {vm.domain_name} did not shut down within "
                                       f"{timeout:g} s: forced off")
 

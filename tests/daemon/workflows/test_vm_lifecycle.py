@@ -302,3 +302,27 @@ async def test_a_running_vm_s_addresses_are_what_libvirt_answers(make_harness):
     [address] = await h.service.addresses(h.store.get_request(done.id))
     assert address["source"] == "lease" and address["address"].startswith("192.168.122.")
     assert address["prefix"] == 24 and address["mac"]
+
+
+async def test_a_forced_stop_while_the_guest_ignores_its_shutdown_forces_it_off(
+        make_harness):
+    # As virsh shutdown, then virsh destroy: the stop stops waiting for the guest.
+    h = await make_harness(faults={"shutdown": lambda *_a: 0},  # deaf to ACPI
+                           daemon={"stop_timeout": 600})
+    done = await h.run(size="small")
+    await h.service.operate(ALICE, done.id, "start")
+    assert await settle(h, done.id) == VmState.RUNNING
+    await h.service.operate(ALICE, done.id, "stop")
+    await until(h, done.id, VmState.STOPPING)
+    await h.service.operate(CAROL, done.id, "stop", force=True)
+    await h.service.operate(CAROL, done.id, "stop", force=True)  # again: the same one
+    assert await settle(h, done.id) == VmState.STOPPED  # not after 600 s
+    assert not h.conn.lookupByUUIDString(domain_uuid_for(done.id)).isActive()
+    moves = [(e.to_state, e.trigger) for e in h.store.get_log(done.id)
+             if e.kind == "transition"]
+    assert moves[-3:] == [("stopping", "stop"), ("powering-off", "force_off"),
+                          ("stopped", "stopped")], moves
+    forced = [e.detail for e in h.store.get_log(done.id)
+              if e.kind == "transition" and e.to_state == "powering-off"]
+    assert forced == [f"stop --force by {CAROL.user} while domain "
+                      f"{done.name} was shutting down"]
