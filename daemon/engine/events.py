@@ -35,12 +35,12 @@ class EventRouter:
         self._inbox: asyncio.Queue[object] | None = None
         self._consumer: asyncio.Task[None] | None = None
         self._waiters: dict[WaiterKey, tuple[str, asyncio.Future[DomainEvent]]] = {}
-        self._waiting_for: dict[str, str] = {}  # domain UUID -> the record waiting on it
         self._listeners: list[Callable[[object, str | None], None]] = []
         self._inventory_updates: set[asyncio.Task[None]] = set()
 
     def listen(self, listener: Callable[[object, str | None], None]) -> None:
-        """Call ``listener(event, waiting record id or None)`` for every event."""
+        """Call ``listener(event, awaited_by)`` for every event: ``awaited_by`` is the
+        record whose step this event was awaited by (its own event), else None."""
         self._listeners.append(listener)
 
     def start(self) -> None:
@@ -69,14 +69,11 @@ class EventRouter:
             raise InvalidState(f"{held[0]} already waits for {event} of domain {uuid}")
         waiter: asyncio.Future[DomainEvent] = asyncio.get_running_loop().create_future()
         self._waiters[(host, uuid, event)] = (record_id, waiter)
-        self._waiting_for[uuid] = record_id
         return waiter
 
     def forget(self, host: str, uuid: str, event: str) -> None:
         """Drop a waiter (the step is done with it, however it ended)."""
         self._waiters.pop((host, uuid, event), None)
-        if not any(key[1] == uuid for key in self._waiters):
-            self._waiting_for.pop(uuid, None)
 
     def interrupt(self, record_id: str, error: BaseException) -> None:
         """Raise ``error`` into every wait of this record (a cancel)."""
@@ -134,10 +131,12 @@ class EventRouter:
         self._update_inventory(event)
         waiting = None
         if isinstance(event, DomainEvent):
-            waiting = self._waiting_for.get(event.uuid)
+            # Only the event a step awaits is that step's: another one of the same
+            # domain meanwhile (the guest dying right after its start) is a listener's.
             held = self._waiters.get((event.host, event.uuid, event.event))
             if held is not None and not held[1].done():
                 held[1].set_result(event)
+                waiting = held[0]
         for listener in self._listeners:
             listener(event, waiting)
 

@@ -326,3 +326,27 @@ async def test_a_forced_stop_while_the_guest_ignores_its_shutdown_forces_it_off(
               if e.kind == "transition" and e.to_state == "powering-off"]
     assert forced == [f"stop --force by {CAROL.user} while domain "
                       f"{done.name} was shutting down"]
+
+
+async def test_a_guest_that_dies_as_it_starts_is_recorded_stopped(make_harness):
+    # STARTED ends the start; the STOPPED right behind it is not the start's own event,
+    # and moves the VM once the start is over (it was dropped: running, and 409 on start).
+    raw: list = []
+
+    def dying_create(*_args):
+        dom = raw[0].lookupByUUIDString(raw[1])
+        dom.create()
+        dom.destroy()  # QEMU dies at once
+        return 0
+
+    faults = {"create": dying_create}
+    h = await make_harness(faults=faults)
+    done = await h.run(size="small")
+    raw[:] = [h.conn, domain_uuid_for(done.id)]
+    await h.service.operate(ALICE, done.id, "start")
+    await settle(h, done.id)
+    await until(h, done.id, VmState.STOPPED)
+    assert transitions(h, done.id)[-3:] == ["starting", "running", "stopped"]
+    del faults["create"]
+    await h.service.operate(ALICE, done.id, "start")  # and it can be started again
+    assert await settle(h, done.id) == VmState.RUNNING
