@@ -5,6 +5,10 @@ is this daemon's. It is an orphan when that request is unknown to the store, or 
 and already rolled back, or when the request holds a different volume or domain (a
 duplicate). Requests in progress, done ones, and failed ones whose rollback is still
 pending are never touched. A volume that some domain uses is never deleted.
+
+A *claim* is listed too when no VM holds it any more: a deleted VM's volume that its
+host could not wipe stays claimed, out of the free set, until an administrator deletes
+the volume by hand; then ``apply`` releases the claim.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ class Orphan:
     """A tagged volume or domain that belongs to no live or done request."""
 
     host: str
-    kind: Literal["volume", "domain"]
+    kind: Literal["volume", "domain", "claim"]
     name: str
     request_id: str
     reason: str
@@ -69,6 +73,24 @@ async def find_orphans(service: "Service", hosts: list[str]) -> list[Orphan]:
             if why is not None:
                 orphans.append(Orphan(host_name, "domain", dom.name, dom.request_id, why,
                                       uuid=dom.uuid))
+        for location, pool_name, volume, request_id in service.store.kept_claims():
+            where = (location, pool_name, volume)
+            if pool_name not in pools or where in seen or \
+                    service.storage.location(host_name, pool_name) != location:
+                continue
+            seen.add(where)
+            found = inventory.pools.get(pool_name)
+            if found is None or not found.active:  # the volume may be there still
+                why = ("a deleted VM's volume its host could not wipe; kept: its pool is "
+                       "not running, so whether the volume is gone is not known")
+            elif any(v.name == volume for v in found.volumes):
+                why = ("a deleted VM's volume its host could not wipe; kept: the volume is "
+                       "still there (delete it by hand, e.g. virsh vol-delete "
+                       f"{volume} --pool {pool_name}, then apply again)")
+            else:
+                why = "a deleted VM's volume its host could not wipe, deleted since"
+            orphans.append(Orphan(host_name, "claim", volume, request_id, why,
+                                  pool=pool_name))
         orphan_domains = {o.name for o in orphans if o.kind == "domain"}
         for pool in inventory.pools.values():
             for vol in pool.volumes:
@@ -102,6 +124,12 @@ async def remove_orphans(service: "Service", orphans: list[Orphan]) -> list[Orph
             orphan.action = "kept"
             continue
         try:
+            if orphan.kind == "claim" and orphan.pool:
+                location = service.storage.location(orphan.host, orphan.pool)
+                service.store.release_claim(location, orphan.pool, orphan.name)
+                service.storage.release(location, orphan.pool, orphan.name)
+                orphan.action = "released"
+                continue
             if orphan.kind == "domain" and orphan.uuid:
                 await host.undefine_domain(orphan.uuid)
             elif orphan.pool:

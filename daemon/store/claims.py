@@ -47,6 +47,21 @@ class StorageClaims:
         return {(r["pool"], r["volume"]): r["request_id"] for r in self.db.query(
             "SELECT pool, volume, request_id FROM volume_claims WHERE host = ?", [location])}
 
+    def kept_claims(self) -> list[tuple[str, str, str, str]]:
+        """Claims no VM holds any more (a deleted VM's, or a forgotten one's): kept because
+        the volume could not be wiped. (location, pool, volume, request id)."""
+        return [(r["host"], r["pool"], r["volume"], r["request_id"]) for r in self.db.query(
+            "SELECT c.host, c.pool, c.volume, c.request_id FROM volume_claims c"
+            " LEFT JOIN requests r ON r.id = c.request_id"
+            " WHERE r.id IS NULL OR r.vm_state = 'deleted'")]
+
+    def release_claim(self, location: str, pool: str, volume: str) -> None:
+        """Drop one claim (the reconciler found its volume gone)."""
+        with self.atomic():
+            self.db.conn.execute(
+                "DELETE FROM volume_claims WHERE host = ? AND pool = ? AND volume = ?",
+                (location, pool, volume))
+
     def shared_claims(self) -> list[tuple[str, str, str, str]]:
         """Claims on shared storage: (location, pool, volume, request id)."""
         return [(r["host"], r["pool"], r["volume"], r["request_id"]) for r in self.db.query(

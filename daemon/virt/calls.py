@@ -471,16 +471,38 @@ def _power_states(conn: Any) -> dict[str, str]:
     return out
 
 
-def _wipe_volume(conn: Any, pool_name: str, name: str) -> bool:
-    """Wipe a volume; False if the driver cannot (the volume is then left as it is)."""
-    vol = conn.storagePoolLookupByName(pool_name).storageVolLookupByName(name)
+WIPED, CANNOT_WIPE, GONE, POOL_MISSING, POOL_INACTIVE = (
+    "wiped", "cannot-wipe", "gone", "pool-missing", "pool-inactive")
+"""What ``_wipe_volume`` found: only WIPED and GONE leave nothing of the volume's data."""
+
+
+def _wipe_volume(conn: Any, pool_name: str, name: str) -> str:
+    """Wipe a volume: WIPED; CANNOT_WIPE if the driver cannot (left as it is); GONE if
+    there is no such volume; POOL_MISSING or POOL_INACTIVE if its pool is not defined or
+    not running (its storage may still hold the volume)."""
+    try:
+        pool = conn.storagePoolLookupByName(pool_name)
+    except libvirt.libvirtError as exc:
+        if exc.get_error_code() == libvirt.VIR_ERR_NO_STORAGE_POOL:
+            return POOL_MISSING
+        raise
+    if not pool.isActive():
+        return POOL_INACTIVE
+    try:
+        vol = pool.storageVolLookupByName(name)
+    except libvirt.libvirtError as exc:
+        if exc.get_error_code() == libvirt.VIR_ERR_NO_STORAGE_VOL:
+            return GONE
+        raise
     try:
         vol.wipe(0)
     except libvirt.libvirtError as exc:
         if exc.get_error_code() == libvirt.VIR_ERR_NO_SUPPORT:
-            return False
+            return CANNOT_WIPE
+        if exc.get_error_code() == libvirt.VIR_ERR_NO_STORAGE_VOL:
+            return GONE
         raise
-    return True
+    return WIPED
 
 
 ADDRESS_SOURCES = (("lease", libvirt.VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_LEASE),

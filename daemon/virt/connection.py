@@ -549,8 +549,9 @@ class HostConnection:
                               self._conn, uuid, discard=os.close)
         return socket.socket(fileno=fd)
 
-    async def wipe_volume(self, pool: str, name: str) -> bool:
-        """Wipe a volume's content; False if this host's driver cannot wipe."""
+    async def wipe_volume(self, pool: str, name: str) -> str:
+        """Wipe a volume's content; what was found (``calls.WIPED``, ``CANNOT_WIPE``,
+        ``GONE``, ``POOL_MISSING``, ``POOL_INACTIVE``)."""
         return await self._call(f"cannot wipe volume {pool}/{name}", _wipe_volume, self._conn,
                                 pool, name)
 

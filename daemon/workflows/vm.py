@@ -18,6 +18,7 @@ from daemon.engine.workflow import Outcome, Workflow
 from daemon.errors import HostUnreachable, ProvisiondError, VirtError
 from daemon.placement.shared import StorageMap
 from daemon.store import VmRecord
+from daemon.virt.calls import CANNOT_WIPE, GONE, POOL_INACTIVE, POOL_MISSING, WIPED
 from daemon.virt.connection import DomainEvent, HostConnection
 from statemachines.vm import TABLE, VmState, VmTrigger
 
@@ -240,13 +241,20 @@ async def release(ctx: VmContext, vm: VmRecord, host: HostConnection,
                 done.append(f"deleted volume {where}")
         elif policy == "keep":
             done.append(f"released volume {where} as it is (on_release: keep)")
-        elif await host.wipe_volume(vm.volume_pool, vm.volume_name):
-            done.append(f"wiped and released volume {where}")
         else:
-            keep_claim = True
-            done.append(f"volume {where} kept out of the free set: host {host.name} cannot "
-                        "wipe it, and another owner must not see this VM's data "
-                        "(wipe or delete it by hand, then run provctl reconcile)")
+            found = await host.wipe_volume(vm.volume_pool, vm.volume_name)
+            if found == WIPED:
+                done.append(f"wiped and released volume {where}")
+            elif found == GONE:
+                done.append(f"volume {where} was already gone (its claim released)")
+            else:
+                keep_claim = True
+                why = {CANNOT_WIPE: f"host {host.name} cannot wipe it",
+                       POOL_MISSING: f"its pool is not defined on host {host.name}",
+                       POOL_INACTIVE: f"its pool is not running on host {host.name}"}[found]
+                done.append(f"volume {where} kept out of the free set: {why}, and another "
+                            "owner must not see this VM's data (delete it by hand, then "
+                            "provctl reconcile --apply releases its claim)")
     store = ctx.store
 
     def give_back() -> None:

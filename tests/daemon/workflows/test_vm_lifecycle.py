@@ -130,6 +130,33 @@ async def test_a_reused_volume_the_host_cannot_wipe_is_never_handed_on(harness):
     second = await h.run(size="small")  # the old volume is not offered again
     assert second.volume_name != "free-15g.qcow2" and second.volume_owned
 
+    # The reconciler lists the claim; it is released once the volume is deleted by hand.
+    _hosts, orphans = await h.service.reconcile(CAROL, apply=True)
+    claims = [o for o in orphans if o.kind == "claim"]
+    assert [(o.name, o.request_id, o.action) for o in claims] == [
+        ("free-15g.qcow2", first.id, "kept")]
+    assert "the volume is still there (delete it by hand" in claims[0].reason
+    h.conn.storagePoolLookupByName("pool-dir").storageVolLookupByName(
+        "free-15g.qcow2").delete(0)  # virsh vol-delete
+    _hosts, orphans = await h.service.reconcile(CAROL, apply=True)
+    assert [(o.kind, o.name, o.action) for o in orphans] == [
+        ("claim", "free-15g.qcow2", "released")]
+    assert ("pool-dir", "free-15g.qcow2") not in h.store.claims_on("testhost")
+    _hosts, orphans = await h.service.reconcile(CAROL, apply=False)
+    assert orphans == []
+
+
+async def test_a_reused_volume_deleted_by_hand_does_not_hold_up_the_delete(harness):
+    h = harness
+    done = await h.run(size="small")
+    assert not done.volume_owned
+    h.conn.storagePoolLookupByName(done.volume_pool).storageVolLookupByName(
+        done.volume_name).delete(0)  # an administrator's virsh vol-delete
+    await h.service.operate(ALICE, done.id, "delete")
+    assert await settle(h, done.id) == VmState.DELETED  # it failed, every time
+    assert "was already gone (its claim released)" in h.store.get_log(done.id)[-1].detail
+    assert h.store.claims_on("testhost") == {}
+
 
 async def test_keep_and_delete_policies_release_a_reused_volume_as_the_pool_says(
         make_harness):
