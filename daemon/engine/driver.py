@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable, Mapping, TypeVar
 
 from transitions import MachineError
 
@@ -39,6 +39,7 @@ from daemon.store import Store
 from statemachines.table import fire
 
 log = logging.getLogger("provisiond.engine")
+T = TypeVar("T")
 
 MAX_UNREACHABLE_IN_A_ROW = 5
 """A host that comes back at once but fails the same call again this many times is not
@@ -55,6 +56,8 @@ class _Live:
     repeating: bool = False
     """The current state's step ran before (a restart or a lost host cut it short)."""
     cancelled_by: str | None = None
+    cancel_asked: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set with ``cancelled_by``: a wait that is not for an event ends at once too."""
     unreachable: int = 0
     """How many times in a row its host was reported unreachable (reset by progress)."""
 
@@ -163,7 +166,25 @@ class Engine:
                                "can be cancelled")
         if live.cancelled_by is None:
             live.cancelled_by = by_user
+        live.cancel_asked.set()
         self.events.interrupt(record_id, RequestCancelled(f"cancelled by {by_user}"))
+
+    async def unless_cancelled(self, record_id: str, awaitable: Awaitable[T]) -> T:
+        """Await ``awaitable`` (a step's wait for a host, say); RequestCancelled, and the
+        wait given up, as soon as the record is cancelled."""
+        live = self._live.get(record_id)
+        if live is None:
+            return await awaitable
+        waiting = asyncio.ensure_future(awaitable)
+        asked = asyncio.ensure_future(live.cancel_asked.wait())
+        try:
+            await asyncio.wait((waiting, asked), return_when=asyncio.FIRST_COMPLETED)
+            if live.cancelled_by is not None:
+                raise RequestCancelled(f"cancelled by {live.cancelled_by}")
+            return waiting.result()
+        finally:
+            waiting.cancel()
+            asked.cancel()
 
     def cancelled_by(self, record_id: str) -> str | None:
         """Who cancelled this live record, if anyone did."""
@@ -321,7 +342,11 @@ class Engine:
         self.hosts.lost(host, exc.message)
         live.workflow.records.append_log(live.id, "note", live.state, "host-unreachable",
                                          f"{exc.message}; waiting for host {host}")
-        return await self.hosts.wait_up(host, None if forever else self._host_wait_timeout())
+        try:
+            return await self.unless_cancelled(live.id, self.hosts.wait_up(
+                host, None if forever else self._host_wait_timeout()))
+        except RequestCancelled:
+            return True  # no more waiting: the loop fails it with the canceller's name
 
     async def _cleanup_until_done(self, workflow: Workflow[Any], record: Any) -> None:
         """Clean up; each time the host is unreachable, wait for it and try again."""

@@ -491,23 +491,28 @@ class StepContext:
         """Which hosts' pools are the same storage; claims held on all of them."""
         return self._service.storage
 
-    async def wait_for_any_host(self, names: list[str], timeout: float) -> str | None:
-        """Wait until one of these hosts is reachable: its name; None after ``timeout``."""
+    async def wait_for_any_host(self, names: list[str], timeout: float,
+                                request_id: str) -> str | None:
+        """Wait until one of these hosts is reachable: its name; None after ``timeout``;
+        RequestCancelled as soon as the request is cancelled."""
         hosts = self._service.hosts
 
         async def up(name: str) -> str | None:
             return name if await hosts.wait_up(name, timeout) else None
 
-        waits = [asyncio.ensure_future(up(name)) for name in names]
-        try:
-            for first in asyncio.as_completed(waits):
-                name = await first
-                if name is not None:
-                    return name
-            return None
-        finally:
-            for wait in waits:
-                wait.cancel()
+        async def first_up() -> str | None:
+            waits = [asyncio.ensure_future(up(name)) for name in names]
+            try:
+                for first in asyncio.as_completed(waits):
+                    name = await first
+                    if name is not None:
+                        return name
+                return None
+            finally:
+                for wait in waits:
+                    wait.cancel()
+
+        return await self._service.engine.unless_cancelled(request_id, first_up())
 
     def repeating(self, request_id: str) -> bool:
         """Whether the request's current step ran before."""

@@ -85,8 +85,10 @@ class ProvisioningContext(Protocol):
     def storage(self) -> StorageMap:
         """Which hosts' pools are the same storage; claims held on all of them."""
 
-    async def wait_for_any_host(self, names: list[str], timeout: float) -> str | None:
-        """Wait until one of these hosts is reachable: its name; None after ``timeout``."""
+    async def wait_for_any_host(self, names: list[str], timeout: float,
+                                request_id: str) -> str | None:
+        """Wait until one of these hosts is reachable: its name; None after ``timeout``;
+        RequestCancelled as soon as the request is cancelled."""
 
     def repeating(self, request_id: str) -> bool:
         """Whether this step ran before for the request and may have acted already."""
@@ -147,7 +149,7 @@ async def search_storage(ctx: ProvisioningContext, req: RequestRecord) -> Outcom
         ctx.store.append_log(req.id, "note", State.STORAGE_SEARCHING, "host-unreachable",
                              f"no host of {req.hardware_pool} is reachable; waiting up to "
                              f"{timeout:g} s for one of {', '.join(names)}")
-        back = await ctx.wait_for_any_host(names, timeout)
+        back = await ctx.wait_for_any_host(names, timeout, req.id)
         if back is None:
             raise HostUnreachable(f"no host of {req.hardware_pool} is reachable")
         ctx.store.append_log(req.id, "note", State.STORAGE_SEARCHING, "host-back",
