@@ -98,12 +98,14 @@ def _short_time(value: Any) -> str:
 
 
 def render_list(requests: Sequence[dict[str, Any]]) -> str:
-    """Requests as a table: full id, name, state, template, size, pool, creation time."""
+    """Requests as a table: full id, name, state, its VM's state (a done request's: a
+    deleted VM's request stays done), template, size, pool, creation time."""
     if not requests:
         return "No requests."
     return render_table(
-        ["ID", "NAME", "STATE", "TEMPLATE", "SIZE", "POOL", "CREATED"],
-        [[r.get("id"), r.get("name"), r.get("state"), r.get("template"), r.get("size"),
+        ["ID", "NAME", "STATE", "VM", "TEMPLATE", "SIZE", "POOL", "CREATED"],
+        [[r.get("id"), r.get("name"), r.get("state"),
+          (r.get("vm") or {}).get("state") or "-", r.get("template"), r.get("size"),
           r.get("resource_pool"), _short_time(r.get("created_at"))] for r in requests])
 
 

@@ -388,12 +388,15 @@ def test_catalog_shows_three_tables_with_memory_in_mib():
 
 def test_list_shows_full_ids_and_aligned_columns():
     second = {**FAILED_REQUEST, "id": "ab" * 16, "name": "db-primary"}
-    lines = render.render_list([REQUEST, second]).splitlines()
+    gone = {**REQUEST, "id": "cd" * 16, "state": "done", "vm": {"state": "deleted"}}
+    lines = render.render_list([REQUEST, second, gone]).splitlines()
 
-    assert lines[0].split() == ["ID", "NAME", "STATE", "TEMPLATE", "SIZE", "POOL", "CREATED"]
-    assert lines[1].split() == [RID, "web1", "requested", "ipxe", "small", "rp",
+    assert lines[0].split() == ["ID", "NAME", "STATE", "VM", "TEMPLATE", "SIZE", "POOL",
+                                "CREATED"]
+    assert lines[1].split() == [RID, "web1", "requested", "-", "ipxe", "small", "rp",
                                 "2026-11-24", "01:02:03Z"]
     assert lines[2].startswith("ab" * 16 + "  db-primary  failed")
+    assert lines[3].split()[2:4] == ["done", "deleted"]  # done, but its VM is gone
     assert {line.index("STATE") if i == 0 else line.index(s)
             for i, (line, s) in enumerate(zip(lines, ["", "requested", "failed"]))} \
         == {lines[0].index("STATE")}
