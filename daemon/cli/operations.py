@@ -40,6 +40,9 @@ def operate(client: Client, request_id: str, operation: str, *, force: bool = Fa
     if not wait:
         if as_json:
             print(pretty(req))
+        elif operation == "delete" and vm.get("state") == "deleted":
+            print(f"VM {req.get('name')} was already deleted (request "
+                  f"{req.get('id', request_id)})")  # nothing asked: not "accepted"
         else:
             print(f"{operation}{' --force' if force else ''} accepted for VM {req.get('name')}"
                   f" (request {req.get('id', request_id)}; VM now {vm.get('state')})")

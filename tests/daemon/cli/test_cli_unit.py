@@ -723,6 +723,13 @@ def test_an_operation_without_wait_prints_what_was_accepted(fake, capsys):
     assert out == json.dumps(with_vm("powering-off"), indent=2) + "\n"
 
 
+def test_deleting_a_deleted_vm_says_so_rather_than_accepted(fake, capsys):
+    fake.routes[("POST", f"/v1/requests/{RID}/delete")] = (202, with_vm("deleted"))
+
+    code, out, _ = run(capsys, "delete", RID)
+    assert (code, out) == (0, f"VM web1 was already deleted (request {RID})\n")
+
+
 @pytest.mark.parametrize("status, code", [(409, 1), (404, 5), (403, 3), (503, 1)])
 def test_a_refused_operation_exits_with_the_statuses_code(fake, capsys, status, code):
     fake.routes[("POST", f"/v1/requests/{RID}/start")] = error(
