@@ -590,3 +590,7 @@ class VmStepContext:
     def take_force_off(self, request_id: str) -> str | None:
         """Who asked for a forced stop of this stopping VM (once), if anyone did."""
         return self._service.force_off_asked.pop(request_id, None)
+
+    def now(self) -> float:
+        """The clock the records' ``updated_at`` are on."""
+        return self._service.clock()

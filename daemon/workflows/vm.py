@@ -88,6 +88,9 @@ class VmContext(Protocol):
     def take_force_off(self, request_id: str) -> str | None:
         """Who asked for a forced stop of this stopping VM (once), if anyone did."""
 
+    def now(self) -> float:
+        """The clock the records' ``updated_at`` are on."""
+
 
 # --------------------------------------------------------------------------- the steps
 
@@ -275,6 +278,10 @@ def _on_release(config: Config, vm: VmRecord) -> str:
     return "wipe"
 
 
+RESYNC_FIRST_RETRY = 1.0
+RESYNC_MAX_RETRY = 60.0
+"""Seconds before a refused look at a host's VMs is tried again, doubling up to the max."""
+
 STEPS = {
     VmState.STARTING: start,
     VmState.STOPPING: stop,
@@ -330,15 +337,28 @@ def on_event(ctx: VmContext, event: object, waiting: str | None) -> None:
 
 async def resync(ctx: VmContext, host_name: str) -> None:
     """Look at the real power state of every resting VM on the host (events of a gap
-    are lost) and move those that changed."""
-    try:
-        states = await ctx.host(host_name).power_states()
-    except (HostUnreachable, VirtError) as exc:
-        log.warning("cannot look at the VMs on %s: %s", host_name, exc.message)
-        return
+    are lost) and move those that changed. A look libvirt refuses is tried again (its
+    VMs would stay ``unknown``, refusing every operation, with the host connected); a
+    lost host is looked at again when it is back."""
+    delay = RESYNC_FIRST_RETRY
+    while True:
+        asked_at = ctx.now()
+        try:
+            states = await ctx.host(host_name).power_states()
+            break
+        except HostUnreachable as exc:
+            log.warning("cannot look at the VMs on %s: %s", host_name, exc.message)
+            return
+        except VirtError as exc:
+            log.warning("cannot look at the VMs on %s: %s; trying again in %g s",
+                        host_name, exc.message, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RESYNC_MAX_RETRY)
     for vm in ctx.store.vms(states=sorted(TABLE.resting), host=host_name):
         if ctx.driven(vm.id) or vm.domain_uuid is None:
             continue
+        if vm.updated_at > asked_at:
+            continue  # moved (by an event) since the look was asked: newer than the look
         power = states.get(vm.domain_uuid)
         trigger = VmTrigger.VANISHED if power is None else POWER_TRIGGERS[power]
         if vm.installing and vm.state == VmState.RUNNING and trigger == VmTrigger.STOPPED:

@@ -377,3 +377,59 @@ async def test_a_guest_that_dies_as_it_starts_is_recorded_stopped(make_harness):
     del faults["create"]
     await h.service.operate(ALICE, done.id, "start")  # and it can be started again
     assert await settle(h, done.id) == VmState.RUNNING
+
+
+async def test_a_look_at_the_host_is_no_older_than_an_event_it_crosses(harness):
+    # The power states are read, then the guest powers off and its STOPPED event moves
+    # the VM while the answer is on its way: the older look must not move it back.
+    h = harness
+    done = await h.run(size="small")
+    await h.service.operate(ALICE, done.id, "start")
+    assert await settle(h, done.id) == VmState.RUNNING
+    host = h.service.hosts["testhost"]
+    real = host.power_states
+
+    async def answered_late():
+        states = await real()  # running
+        h.conn.lookupByUUIDString(domain_uuid_for(done.id)).destroy()
+        await until(h, done.id, VmState.STOPPED)  # the event, consumed meanwhile
+        return states
+
+    host.power_states = answered_late
+    try:
+        await h.service.engine.resync("testhost")
+    finally:
+        host.power_states = real
+    assert h.store.get_vm(done.id).state == VmState.STOPPED
+    assert transitions(h, done.id)[-2:] == ["running", "stopped"]
+
+
+async def test_a_look_libvirt_refuses_is_tried_again(harness, monkeypatch):
+    # One refused look must not leave the VMs unknown (every operation refused with 503)
+    # while their host is connected.
+    from daemon.errors import VirtTimeout
+    from daemon.workflows import vm as vm_workflow
+
+    monkeypatch.setattr(vm_workflow, "RESYNC_FIRST_RETRY", 0.05)
+    h = harness
+    done = await h.run(size="small")
+    host = h.service.hosts["testhost"]
+    real = host.power_states
+    refusals = [VirtTimeout("cannot list the domains: libvirt did not answer within 120 s")]
+
+    async def refused_once():
+        if refusals:
+            raise refusals.pop()
+        return await real()
+
+    h.service.engine.host_lost("testhost", "test: connection reset")
+    assert h.store.get_vm(done.id).state == VmState.UNKNOWN
+    host.power_states = refused_once
+    try:
+        await h.service.engine.host_back("testhost", 1.0)
+        await until(h, done.id, VmState.STOPPED)
+    finally:
+        host.power_states = real
+    assert refusals == []
+    await h.service.operate(ALICE, done.id, "start")
+    assert await settle(h, done.id) == VmState.RUNNING
