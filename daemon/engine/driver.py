@@ -280,6 +280,8 @@ class Engine:
 
     def _fail(self, live: _Live, reason: str) -> None:
         self._set_state(live, Outcome(live.workflow.table.fail, reason, {"reason": reason}))
+        if live.workflow.on_failed is not None:
+            live.workflow.on_failed(live.workflow.context, live.record)
 
     # -- driving
 

@@ -88,6 +88,9 @@ class Workflow(Generic[R]):
     lost) and move the resting records that changed."""
     host_lost: Callable[[Any, str, str], None] | None = None
     """(context, host, why): a host became unreachable; mark its resting records."""
+    on_failed: Callable[[Any, R], None] | None = None
+    """(context, record): a step failed and the table's fail edge moved the record where
+    it says, which need not be where the real thing is (look again, say)."""
 
     def __post_init__(self) -> None:
         missing = self.table.in_progress - set(self.steps)

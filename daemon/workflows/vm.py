@@ -367,8 +367,8 @@ async def resync(ctx: VmContext, host_name: str) -> None:
             continue  # as recorded
         seen = "not defined any more" if power is None else power
         try:
-            ctx.move(vm, trigger, f"looked after a start or a reconnect: the domain is "
-                                  f"{seen}")
+            ctx.move(vm, trigger, "looked at after a start, a reconnect or a failed "
+                                  f"operation: the domain is {seen}")
         except ProvisiondError as exc:  # moved meanwhile by an operation or an event
             log.info("VM %s not resynced: %s", vm.id, exc.message)
 
@@ -386,10 +386,31 @@ def host_lost(ctx: VmContext, host_name: str, why: str) -> None:
             log.info("VM %s not marked unknown: %s", vm.id, exc.message)
 
 
+_LOOKS: set[asyncio.Task[None]] = set()
+"""The looks after failed operations, running (a reference keeps each alive)."""
+
+
+def failed(ctx: VmContext, vm: VmRecord) -> None:
+    """An operation failed: its fail edge put the VM where the table says (a start that
+    timed out waiting for STARTED: stopped), not necessarily where its domain is. Once
+    the operation has ended, the host is looked at as after a reconnect."""
+    if vm.host is None:
+        return
+    host = vm.host
+
+    def look() -> None:
+        task = asyncio.get_running_loop().create_task(resync(ctx, host),
+                                                      name=f"vm-look-{vm.id}")
+        _LOOKS.add(task)
+        task.add_done_callback(_LOOKS.discard)
+
+    ctx.after_operation(vm.id, look)
+
+
 def vm_workflow(ctx: VmContext, records: Any, on_transition: Any) -> Workflow[VmRecord]:
     """The VM lifecycle table with its steps, records and event listener."""
     return Workflow(table=TABLE, steps=STEPS, records=records, context=ctx,
                     host_of=lambda vm: vm.host, on_event=on_event, resync=resync,
-                    host_lost=host_lost, on_transition=on_transition)
+                    host_lost=host_lost, on_transition=on_transition, on_failed=failed)
 
 

@@ -263,7 +263,7 @@ async def test_the_real_state_is_looked_up_after_a_reconnect(harness):
     assert h.store.get_vm(done.id).state == VmState.STOPPED
     await h.service.engine.resync("testhost")
     assert h.store.get_vm(done.id).state == VmState.RUNNING
-    assert "looked after a start or a reconnect" in h.store.get_log(done.id)[-1].detail
+    assert "looked at after a start, a reconnect or a failed operation" in h.store.get_log(done.id)[-1].detail
 
 
 async def test_a_vm_is_unknown_while_its_host_is_away_and_looked_up_when_back(harness):
@@ -433,3 +433,24 @@ async def test_a_look_libvirt_refuses_is_tried_again(harness, monkeypatch):
     assert refusals == []
     await h.service.operate(ALICE, done.id, "start")
     assert await settle(h, done.id) == VmState.RUNNING
+
+
+async def test_after_a_failed_operation_the_vm_is_where_its_domain_is(make_harness):
+    # A start whose STARTED event is lost (a reconnect's gap) times out and its fail edge
+    # says stopped; the domain runs: it is looked at once the operation has failed.
+    h = await make_harness(daemon={"define_event_timeout": 0.5})
+    done = await h.run(size="small")
+    enqueue = h.service.events.enqueue
+
+    def losing_started(event):
+        if getattr(event, "event", None) != "STARTED":
+            enqueue(event)
+
+    h.service.hosts["testhost"]._on_event = losing_started  # noqa: SLF001
+    await h.service.operate(ALICE, done.id, "start")
+    await until(h, done.id, VmState.RUNNING)
+    moves = [(e.to_state, e.trigger, e.detail) for e in h.store.get_log(done.id)
+             if e.kind == "transition"][-2:]
+    assert [m[:2] for m in moves] == [("stopped", "fail"), ("running", "started")], moves
+    assert "STARTED event did not arrive within 0.5 s" in moves[0][2]
+    assert "the domain is running" in moves[1][2]
