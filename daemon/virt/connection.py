@@ -66,6 +66,8 @@ from daemon.virt.live_inventory import LiveInventory
 
 T = TypeVar("T")
 log = logging.getLogger("provisiond.virt")
+WIPE_TIMEOUT = 24 * 3600.0
+"""Seconds a volume's wipe may take (``wipe_volume``)."""
 CLOSE_GRACE = 5.0
 """How long closing a connection waits for the libvirt calls still running on it."""
 Opener = Callable[[str], "libvirt.virConnect"]
@@ -342,9 +344,12 @@ class HostConnection:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
     async def _call(self, action: str, fn: Callable[..., T], *args: Any,
-                    discard: Callable[[T], None] | None = None) -> T:
-        """Run a blocking libvirt call off the loop, bounded by ``call_timeout``. A result
-        that comes after the caller gave up (timed out, cancelled) goes to ``discard``."""
+                    discard: Callable[[T], None] | None = None,
+                    timeout: float | None = None) -> T:
+        """Run a blocking libvirt call off the loop, bounded by ``timeout`` (default
+        ``call_timeout``). A result that comes after the caller gave up (timed out,
+        cancelled) goes to ``discard``."""
+        limit = self.call_timeout if timeout is None else timeout
         if self._conn is None:
             raise HostUnreachable(f"{action}: not connected to {self.uri}")
 
@@ -360,15 +365,15 @@ class HostConnection:
         try:
             # asyncio.timeout, not wait_for: wait_for's inner callback costs the answer
             # one more pass of the loop, on every libvirt call.
-            async with asyncio.timeout(self.call_timeout):
+            async with asyncio.timeout(limit):
                 result = await asyncio.wrap_future(call)
             ok = True
             return result
         except TimeoutError:
             if discard is not None:
                 discard_late(call, discard)
-            raise VirtTimeout(f"{action}: libvirt did not answer within "
-                              f"{self.call_timeout:g} s") from None
+            raise VirtTimeout(f"{action}: libvirt did not answer within {limit:g} s"
+                              ) from None
         except asyncio.CancelledError:
             if discard is not None:
                 discard_late(call, discard)
@@ -552,8 +557,11 @@ class HostConnection:
     async def wipe_volume(self, pool: str, name: str) -> str:
         """Wipe a volume's content; what was found (``calls.WIPED``, ``CANNOT_WIPE``,
         ``GONE``, ``POOL_MISSING``, ``POOL_INACTIVE``)."""
+        # A wipe writes the whole volume (minutes for a large one) and cannot be called
+        # off: given up at call_timeout it would go on, and the delete, tried again, would
+        # find the volume busy. Bounded only against a libvirtd that never answers.
         return await self._call(f"cannot wipe volume {pool}/{name}", _wipe_volume, self._conn,
-                                pool, name)
+                                pool, name, timeout=max(self.call_timeout, WIPE_TIMEOUT))
 
 
 __all__ = ["ConnectionClosed", "DomainEvent", "DomainInfo", "HostConnection", "Opener",

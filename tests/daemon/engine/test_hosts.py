@@ -219,3 +219,20 @@ async def test_what_a_call_answers_after_its_timeout_is_not_left_open() -> None:
         release.set()
         os.close(writing)
         await host.close()
+
+
+async def test_a_wipe_may_take_longer_than_a_libvirt_call() -> None:
+    # A large volume's wipe takes minutes; given up at call_timeout it would go on in
+    # libvirtd, and the delete tried again would find the volume busy.
+    import time
+
+    from tests.conftest import Faulty
+
+    # The real connection, whose volumes' wipe takes 0.6 s (the test driver's cannot).
+    host = HostConnection("h", URI, call_timeout=0.2, opener=lambda uri: Faulty(
+        libvirt.open(uri), {"wipe": lambda *_a: time.sleep(0.6) or 0}))
+    try:
+        await host.open(lambda _e: None)
+        assert await host.wipe_volume("pool-dir", "free-15g.qcow2") == "wiped"
+    finally:
+        await host.close()
