@@ -9,6 +9,7 @@
     │   ├── StaleState              409  exit 1   a transition from a state no longer stored
     │   ├── AlreadyClaimed          409  exit 1   another request holds the volume
     │   ├── RequestCancelled        409  exit 1   raised into a waiting step by a cancel
+    │   │   └── ForceOffAsked       409  exit 1   ... by a forced stop (ends a stop's wait)
     │   └── InUse                   409  exit 1   taken: a VM's console, a VM name
     ├── QuotaExceeded               409  exit 1   the resource pool's quota would not hold
     ├── TooManyInProgress           429  exit 1   the caller has too much in progress
@@ -116,6 +117,15 @@ class AlreadyClaimed(InvalidState):
 
 class RequestCancelled(InvalidState):
     """Raised into a step waiting for an event when its request is cancelled."""
+
+
+class ForceOffAsked(RequestCancelled):
+    """Raised into a VM's stop step, waiting for its guest to shut down, by a forced stop
+    asked meanwhile: the step stops waiting and forces it off."""
+
+    def __init__(self, user: str) -> None:
+        super().__init__(f"stop --force by {user}")
+        self.user = user
 
 
 class InUse(InvalidState):

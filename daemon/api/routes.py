@@ -40,6 +40,7 @@ from daemon.errors import InvalidInput, ProvisiondError
 from daemon.placement import Decision
 from daemon.process.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from daemon.service import IDEMPOTENCY_KEY_RE, ProvisioningRequest, Service
+from daemon.service.intake import NAME_RULE
 from daemon.store import LogEntry, RequestRecord
 from statemachines.provisioning import State
 from statemachines.vm import TABLE as VM_TABLE
@@ -203,6 +204,8 @@ async def json_body(request: web.Request, allowed: set[str], required: set[str],
         if value is not None and not isinstance(value, str):
             raise InvalidInput(f"{key} must be a string, got {type(value).__name__}", field=key)
         if isinstance(value, str) and not (0 < len(value) <= 200):
+            if key == "name":  # one rule for names, said once (intake's)
+                raise InvalidInput(NAME_RULE, field=key)
             raise InvalidInput(f"{key} must be 1-200 characters", field=key)
     return {k: v for k, v in body.items() if v is not None}
 

@@ -191,7 +191,9 @@ def cmd_list(client: Client, args: argparse.Namespace) -> int:
                        "leave no time between them", EXIT_USAGE)
     data = client.list(args.state or (), args.owner or (), args.pool or (), since, until)
     requests = data.get("requests") or []
-    if args.quiet:
+    if args.quiet and args.json:  # ids only, as JSON
+        _print_json([req.get("id") for req in requests])
+    elif args.quiet:
         for req in requests:
             print(req.get("id"))
     elif args.json:

@@ -34,8 +34,9 @@ class TimeBound:
         """Epoch seconds."""
 
     def epoch(self, now: float) -> float:
-        """The bound as epoch seconds, ages counted back from ``now``."""
-        return now - self.age if self.age is not None else float(self.at or 0.0)
+        """The bound as epoch seconds, ages counted back from ``now`` (no earlier than
+        the epoch: nothing is older)."""
+        return max(0.0, now - self.age if self.age is not None else float(self.at or 0.0))
 
 
 def parse_time_bound(text: str) -> TimeBound:
@@ -231,7 +232,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--older-than", type=parse_time_bound, metavar="AGE",
                    help="only requests created before this (e.g. 2h: more than 2 hours ago)")
     p.add_argument("--quiet", "-q", action="store_true",
-                   help="print only the ids, one per line")
+                   help="print only the ids, one per line (with --json: a JSON list)")
 
     p = add("log", "show a request's state log, or follow it live",
             "Show a request's log: every transition, libvirt event (e.g. libvirt:DEFINED) and\n"

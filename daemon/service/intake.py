@@ -51,6 +51,11 @@ def pools_granting(config: Config, identity: Identity, privilege: str) -> list[s
                   if holds(identity, pool, privilege))
 
 
+NAME_RULE = ("name must be 1-63 letters, digits, '.', '_' or '-', starting with a letter or "
+             "digit")
+"""What a VM's name may be, as the API says it."""
+
+
 def validate(config: Config, identity: Identity, req: ProvisioningRequest) -> str:
     """Check names and the caller's right to create; return the resource pool."""
     if req.template not in config.templates:
@@ -82,8 +87,7 @@ def validate(config: Config, identity: Identity, req: ProvisioningRequest) -> st
                            f"{', '.join(given)} are for appliance templates", field=given[0])
     req.cloud_init()  # each field checked now, before anything is stored
     if req.name is not None and not VM_NAME_RE.match(req.name):
-        raise InvalidInput("name must be 1-63 letters, digits, '.', '_' or '-', starting "
-                           "with a letter or digit", field="name")
+        raise InvalidInput(NAME_RULE, field="name")
     if req.idempotency_key is not None and not IDEMPOTENCY_KEY_RE.match(req.idempotency_key):
         raise InvalidInput("idempotency key must be 1-200 printable ASCII characters",
                            field="idempotency_key")

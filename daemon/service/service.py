@@ -17,7 +17,8 @@ from daemon.auth import CLOUD_ADMIN, CLOUD_CREATE, Identity, admission_refusal
 from daemon.config import Config
 from daemon.engine import Engine, EventRouter, Hosts
 from daemon.errors import HostUnreachable, InvalidInput, InvalidState, PermissionDenied
-from daemon.errors import InUse, ProvisiondError, QuotaExceeded, RequestCancelled
+from daemon.errors import ForceOffAsked, InUse, ProvisiondError, QuotaExceeded
+from daemon.errors import RequestCancelled
 from daemon.errors import TooManyInProgress, UnknownName
 from daemon.placement import Decision
 from daemon.placement.shared import StorageMap
@@ -33,7 +34,7 @@ from daemon.virt.connection import DomainEvent, HostConnection, Opener, open_con
 from daemon.workflows.placing import host_capacities, place_request
 from daemon.workflows.provisioning import QuotaLedger
 from daemon.workflows.provisioning import provisioning_workflow
-from daemon.workflows.vm import ForceOffAsked, vm_workflow
+from daemon.workflows.vm import vm_workflow
 from statemachines.provisioning import TERMINAL, State
 from statemachines.vm import TABLE as VM_TABLE
 from statemachines.vm import VmState, VmTrigger
@@ -294,8 +295,10 @@ class Service:
             await self.engine.wait_finished(record.id, timeout=10)
         vm = self.store.get_vm(record.id)
         if vm is None:
+            hint = ("; a request in progress is stopped by cancelling it (provctl cancel)"
+                    if record.state not in TERMINAL else "")
             raise InvalidState(f"request {record.id} is {record.state}: only the VM of a done "
-                               "request can be operated")
+                               f"request can be operated{hint}")
         trigger = OPERATIONS[operation]
         if operation == "stop" and force:
             trigger = VmTrigger.FORCE_OFF

@@ -15,7 +15,7 @@ from typing import Any, ContextManager, Protocol
 
 from daemon.config import Config
 from daemon.engine.workflow import Outcome, Workflow
-from daemon.errors import HostUnreachable, ProvisiondError, VirtError
+from daemon.errors import ForceOffAsked, HostUnreachable, ProvisiondError, VirtError
 from daemon.placement.shared import StorageMap
 from daemon.store import VmRecord
 from daemon.virt.calls import CANNOT_WIPE, GONE, POOL_INACTIVE, POOL_MISSING, WIPED
@@ -135,14 +135,6 @@ async def start(ctx: VmContext, vm: VmRecord) -> Outcome:
         raise VirtError(f"domain {vm.domain_name} was started but libvirt's STARTED event "
                         f"did not arrive within {ctx.config.daemon.define_event_timeout:g} s")
     return Outcome(VmTrigger.STARTED, f"domain {vm.domain_name} started on {vm.host}")
-
-
-class ForceOffAsked(Exception):
-    """A forced stop asked while the VM shuts down: the stop step stops waiting."""
-
-    def __init__(self, user: str) -> None:
-        super().__init__(user)
-        self.user = user
 
 
 async def stop(ctx: VmContext, vm: VmRecord) -> Outcome:

@@ -35,10 +35,14 @@ def error_of(reply: Any) -> dict[str, Any]:
 
 
 def test_a_name_with_a_trailing_newline_is_a_400_and_nothing_is_made(daemon: Daemon) -> None:
-    for name in ("web-1\n", "a\n", "web-1\n\n"):
+    messages = set()
+    for name in ("web-1\n", "a\n", "web-1\n\n", "", "bad name!", "x" * 300):
         reply = daemon.call("POST", "/v1/requests", {**CREATE, "name": name})
         assert reply.status == 400, (name, reply.body)
         assert error_of(reply)["field"] == "name"
+        messages.add(error_of(reply)["message"])
+    assert messages == {"name must be 1-63 letters, digits, '.', '_' or '-', starting with "
+                        "a letter or digit"}  # one rule, whatever is wrong with the name
     assert daemon.call("GET", "/v1/requests").body["requests"] == []  # not even requested
     assert daemon.call("POST", "/v1/requests", {**CREATE, "name": "web-1"}).status == 202
 

@@ -588,6 +588,21 @@ def test_list_sends_each_state_and_prints_the_table_or_raw_json(fake, capsys):
     assert json.loads(out) == {"requests": [FAILED_REQUEST, DONE_REQUEST], "next": None}
 
 
+def test_list_quiet_with_json_is_a_json_list_of_ids(fake, capsys):
+    fake.routes[("GET", "/v1/requests")] = (200, {"requests": [FAILED_REQUEST, DONE_REQUEST]})
+
+    code, out, _ = run(capsys, "list", "-q", "--json")
+    assert code == 0 and json.loads(out) == [FAILED_REQUEST["id"], DONE_REQUEST["id"]]
+
+
+def test_an_age_older_than_the_epoch_is_the_epoch():
+    from daemon.cli.parser import parse_time_bound
+
+    # --older-than 99999d: nothing is that old; not a negative time the daemon refuses
+    assert parse_time_bound("99999d").epoch(1_800_000_000.0) == 0.0
+    assert parse_time_bound("1h").epoch(1_800_000_000.0) == 1_800_000_000.0 - 3600
+
+
 def test_log_json_prints_the_entries(fake, capsys):
     fake.routes[("GET", f"/v1/requests/{RID}/log")] = (200, {"request_id": RID,
                                                              "log": DONE_LOG})

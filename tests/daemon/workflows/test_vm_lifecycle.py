@@ -87,6 +87,16 @@ async def test_the_table_refuses_with_409_naming_the_state_and_delete_twice_is_o
     assert transitions(h, done.id).count("deleting") == 1
 
 
+async def test_deleting_a_request_in_progress_points_to_cancel(harness):
+    h = harness
+    record = h.submit(size="small")  # still requested: no VM yet
+    with pytest.raises(InvalidState, match="is requested: only the VM of a done request "
+                                           "can be operated; a request in progress is "
+                                           r"stopped by cancelling it \(provctl cancel\)"):
+        await h.service.operate(ALICE, record.id, "delete")
+    await h.service.wait_terminal(record.id, timeout=20)
+
+
 async def test_only_the_owner_or_an_admin_of_the_pool_may_operate(harness):
     h = harness
     done = await h.run(size="small")
