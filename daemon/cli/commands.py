@@ -21,7 +21,7 @@ from daemon.cli.client import (
 from daemon.cli.contract import SOCKET_ENV, TERMINAL_STATES
 from daemon.cli.jsontext import dumps, pretty
 from daemon.cli.operations import operate
-from daemon.cli.parser import build_parser, command_in
+from daemon.cli.parser import build_parser, command_in, subcommand_parser
 from daemon.cli.render import (
     Timeline,
     render_catalog,
@@ -323,7 +323,11 @@ COMMANDS: dict[str, Callable[[Client, argparse.Namespace], int]] = {
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Parse provctl's command line and fill in the global options' defaults."""
     words = sys.argv[1:] if argv is None else list(argv)
-    args = build_parser(only=command_in(words)).parse_args(words)
+    parser = build_parser(only=command_in(words))
+    args, extras = parser.parse_known_args(words)
+    if extras:  # said with the command's own usage, not provctl's
+        command = subcommand_parser(parser, args.command) or parser
+        command.error(f"unrecognized arguments: {' '.join(extras)}")
     if not hasattr(args, "json"):
         args.json = False
     if not hasattr(args, "socket"):

@@ -129,6 +129,15 @@ def command_in(argv: list[str]) -> str | None:
     return None
 
 
+def subcommand_parser(parser: argparse.ArgumentParser,
+                      command: str | None) -> argparse.ArgumentParser | None:
+    """The parser ``build_parser`` made for ``command``, if it made one."""
+    for action in parser._actions:  # noqa: SLF001 - argparse keeps its subparsers there
+        if isinstance(action, argparse._SubParsersAction):  # noqa: SLF001
+            return action.choices.get(command or "")
+    return None
+
+
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """provctl's argument parser; global options are accepted before or after the command.
 

@@ -216,6 +216,19 @@ def test_usage_errors_exit_2(argv, capsys):
     assert "usage: provctl" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("argv", [
+    ["create", "-t", "ipxe", "-s", "small", "--bogus"],
+    ["list", "--json", "--bogus"],
+])
+def test_an_unknown_option_is_told_with_the_commands_usage(argv, capsys):
+    with pytest.raises(SystemExit) as exc:
+        commands.main(argv)
+    err = capsys.readouterr().err
+    assert exc.value.code == 2
+    assert err.startswith(f"usage: provctl {argv[0]} "), err
+    assert err.endswith(f"provctl {argv[0]}: error: unrecognized arguments: --bogus\n")
+
+
 @pytest.mark.parametrize("command, text", [
     ("catalog", "resource"),
     ("create", "--wait"),
