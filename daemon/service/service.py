@@ -272,7 +272,7 @@ class Service:
         """Ask a live request to stop; it fails with 'cancelled by USER' and rolls back."""
         record = self.store.get_request(request_id)
         if record is None:
-            raise UnknownName(f"no request {request_id}")
+            raise UnknownName(no_such_request(request_id))
         if record.state in TERMINAL:
             raise InvalidState(f"request {request_id} is already {record.state}; "
                                "only a request in progress can be cancelled")
@@ -342,7 +342,7 @@ class Service:
         """The request once it has ended (and is rolled back if it failed), or as it is
         when the daemon stops; ``asyncio.TimeoutError`` after ``timeout`` seconds."""
         if self.store.get_request(request_id) is None:
-            raise UnknownName(f"no request {request_id}")
+            raise UnknownName(no_such_request(request_id))
         await self.engine.wait_finished(request_id, timeout)
         record = self.store.get_request(request_id)
         assert record is not None
@@ -372,7 +372,7 @@ class Service:
         record = self.store.get_request(request_id)
         if record is None or not (record.owner == who.user or record.resource_pool in
                                   self.pools_granting(who, CLOUD_ADMIN)):
-            raise UnknownName("no such request")
+            raise UnknownName(no_such_request(request_id))
         return record
 
     def list_visible(self, who: Identity, *, limit: int, states: Sequence[State] | None = None,
@@ -449,6 +449,13 @@ class Service:
         self.metrics.libvirt_call_seconds.labels(host, call).observe(seconds)
         if not ok:
             self.metrics.libvirt_call_errors.labels(host, call).inc()
+
+
+def no_such_request(request_id: str) -> str:
+    """404's words: the id as the caller gave it (cut short), the same whether it does not
+    exist or is another's."""
+    shown = request_id if len(request_id) <= 64 else request_id[:64] + "..."
+    return f"no such request {shown!r}"
 
 
 def _quota_json(quota: Any) -> dict[str, Any]:

@@ -113,7 +113,12 @@ def test_list_filters_by_state(daemon: Daemon) -> None:
 def test_another_user_cannot_see_cancel_or_create(daemon: Daemon) -> None:
     mine = create(daemon, resource_pool="rp2").body["id"]  # rp2: OTHER_USER has no grant
 
-    assert daemon.call("GET", f"/v1/requests/{mine}", as_user=OTHER_USER).status == 404
+    theirs = daemon.call("GET", f"/v1/requests/{mine}", as_user=OTHER_USER)
+    assert theirs.status == 404
+    unknown = daemon.call("GET", f"/v1/requests/{'0' * 32}", as_user=OTHER_USER)
+    # The id asked for is named, in the same words whether it is another's or none.
+    assert theirs.body["error"]["message"] == f"no such request '{mine}'"
+    assert unknown.body["error"]["message"] == f"no such request '{'0' * 32}'"
     assert daemon.call("GET", f"/v1/requests/{mine}/log", as_user=OTHER_USER).status == 404
     assert daemon.call("POST", f"/v1/requests/{mine}/cancel", as_user=OTHER_USER).status == 404
     assert daemon.call("GET", "/v1/requests", as_user=OTHER_USER).body["requests"] == []
