@@ -18,7 +18,6 @@ from daemon.config import Config
 from daemon.engine import Engine, EventRouter, Hosts
 from daemon.errors import HostUnreachable, InvalidInput, InvalidState, PermissionDenied
 from daemon.errors import ForceOffAsked, InUse, ProvisiondError, QuotaExceeded
-from daemon.errors import RequestCancelled
 from daemon.errors import TooManyInProgress, UnknownName
 from daemon.placement import Decision
 from daemon.placement.shared import StorageMap
@@ -29,12 +28,13 @@ from daemon.service.intake import validate
 from daemon.service.sessions import Sessions
 from daemon.engine import Outcome
 from daemon.store import LogEntry, QuotaUsage, RequestRecord, RequestRecords, Store
-from daemon.store import VmRecord, VmRecords
-from daemon.virt.connection import DomainEvent, HostConnection, Opener, open_connection
+from daemon.store import VmRecords
+from daemon.virt.connection import HostConnection, Opener, open_connection
 from daemon.workflows.placing import host_capacities, place_request
 from daemon.workflows.provisioning import QuotaLedger
 from daemon.workflows.provisioning import provisioning_workflow
 from daemon.workflows.vm import vm_workflow
+from daemon.service.contexts import StepContext, VmStepContext
 from statemachines.provisioning import TERMINAL, State
 from statemachines.vm import TABLE as VM_TABLE
 from statemachines.vm import VmState, VmTrigger
@@ -469,138 +469,3 @@ def _quota_json(quota: Any) -> dict[str, Any]:
 def _plus(usage: QuotaUsage, record: RequestRecord) -> QuotaUsage:
     return QuotaUsage(usage.vms + 1, usage.cpus + record.cpus,
                       usage.memory + record.memory_kib, usage.storage_gb + record.storage_gb)
-
-
-class StepContext:
-    """What the provisioning steps see of the service (``ProvisioningContext``)."""
-
-    def __init__(self, service: Service) -> None:
-        self._service = service
-        self.store = service.store
-        self.metrics = service.metrics
-
-    @property
-    def config(self) -> Config:
-        """The configuration in force."""
-        return self._service.config
-
-    def host(self, name: str | None) -> HostConnection:
-        """A configured host's connection."""
-        return self._service.hosts.connection(name)
-
-    def host_reachable(self, name: str) -> bool:
-        """Whether the host's connection works now."""
-        return self._service.hosts.reachable(name)
-
-    def reachable_hosts(self, names: list[str]) -> dict[str, HostConnection]:
-        """The connections of those of these hosts that are reachable now."""
-        return self._service.hosts.reachable_connections(names)
-
-    @property
-    def storage(self) -> StorageMap:
-        """Which hosts' pools are the same storage; claims held on all of them."""
-        return self._service.storage
-
-    async def wait_for_any_host(self, names: list[str], timeout: float,
-                                request_id: str) -> str | None:
-        """Wait until one of these hosts is reachable: its name; None after ``timeout``;
-        RequestCancelled as soon as the request is cancelled."""
-        hosts = self._service.hosts
-
-        async def up(name: str) -> str | None:
-            return name if await hosts.wait_up(name, timeout) else None
-
-        async def first_up() -> str | None:
-            waits = [asyncio.ensure_future(up(name)) for name in names]
-            try:
-                for first in asyncio.as_completed(waits):
-                    name = await first
-                    if name is not None:
-                        return name
-                return None
-            finally:
-                for wait in waits:
-                    wait.cancel()
-
-        return await self._service.engine.unless_cancelled(request_id, first_up())
-
-    def repeating(self, request_id: str) -> bool:
-        """Whether the request's current step ran before."""
-        return self._service.engine.repeating(request_id)
-
-    def quota_usage(self, resource_pool: str, owner: str | None = None) -> Any:
-        """What the pool's quota-holding requests add up to (with ``owner``: that user's)."""
-        return self._service._ledger.usage(resource_pool, owner)
-
-    def host_usage(self) -> dict[str, tuple[int, int]]:
-        """(vCPUs, memory in KiB) by host of what provisiond placed there."""
-        return self._service._ledger.host_usage()
-
-    def live_request(self, request_id: str) -> RequestRecord | None:
-        """The in-memory record of a request being provisioned (not of its VM's operation)."""
-        record = self._service.engine.live_record(request_id)
-        return record if isinstance(record, RequestRecord) else None
-
-    def expect_domain_event(self, host: str, uuid: str, event: str,
-                            request_id: str) -> asyncio.Future[DomainEvent]:
-        """A future resolved by the domain's next ``event``; RequestCancelled if the
-        request was cancelled before it got this far (it must not act any more)."""
-        by = self._service.engine.cancelled_by(request_id)
-        if by is not None:
-            raise RequestCancelled(f"cancelled by {by}")
-        return self._service.events.expect(host, uuid, event, request_id)
-
-    def forget_domain_event(self, host: str, uuid: str, event: str) -> None:
-        """Drop a waiter."""
-        self._service.events.forget(host, uuid, event)
-
-
-class VmStepContext:
-    """What the VM lifecycle's steps see of the service (``VmContext``)."""
-
-    def __init__(self, service: Service) -> None:
-        self._service = service
-        self.store = service.store
-
-    @property
-    def config(self) -> Config:
-        """The configuration in force."""
-        return self._service.config
-
-    @property
-    def storage(self) -> StorageMap:
-        """Which hosts' pools are the same storage; claims held on all of them."""
-        return self._service.storage
-
-    def host(self, name: str | None) -> HostConnection:
-        """A configured host's connection."""
-        return self._service.hosts.connection(name)
-
-    def expect_domain_event(self, host: str, uuid: str, event: str,
-                            request_id: str) -> asyncio.Future[DomainEvent]:
-        """A future resolved by the domain's next ``event``."""
-        return self._service.events.expect(host, uuid, event, request_id)
-
-    def forget_domain_event(self, host: str, uuid: str, event: str) -> None:
-        """Drop a waiter."""
-        self._service.events.forget(host, uuid, event)
-
-    def move(self, vm: VmRecord, trigger: VmTrigger, detail: str) -> None:
-        """Fire an event's trigger on a resting VM."""
-        self._service.engine.fire(self._service.vms, vm, Outcome(trigger, detail))
-
-    def driven(self, request_id: str) -> bool:
-        """Whether an operation of this VM is in progress."""
-        return self._service.engine.is_live(request_id)
-
-    def after_operation(self, request_id: str, callback: Any) -> None:
-        """Call ``callback`` once the VM's operation in progress has ended."""
-        self._service.engine.after_finished(request_id, callback)
-
-    def take_force_off(self, request_id: str) -> str | None:
-        """Who asked for a forced stop of this stopping VM (once), if anyone did."""
-        return self._service.force_off_asked.pop(request_id, None)
-
-    def now(self) -> float:
-        """The clock the records' ``updated_at`` are on."""
-        return self._service.clock()
