@@ -61,6 +61,10 @@ LIST_PARAMETERS: list[dict[str, Any]] = [
      "description": "Only requests in these resource pools (repeat for several).",
      "schema": {"type": "array", "items": {"type": "string", "minLength": 1,
                                            "maxLength": 200}}},
+    {"name": "name", "in": "query", "style": "form", "explode": True,
+     "description": "Only requests for VMs of these names (repeat for several).",
+     "schema": {"type": "array", "items": {"type": "string", "minLength": 1,
+                                           "maxLength": 200}}},
     {"name": "since", "in": "query",
      "description": "Only requests created at or after this time: ISO-8601 (UTC when it has "
                     "no offset) or epoch seconds (ASCII digits, up to 253402300799).",

@@ -52,7 +52,7 @@ MAX_BODY_BYTES = 256 * 1024
 CLOUD_INIT_FIELDS = {"ssh_keys", "user_data", "network_config"}
 CREATE_FIELDS = {"template", "size", "resource_pool", "name"} | CLOUD_INIT_FIELDS
 EXPLAIN_FIELDS = {"template", "size", "resource_pool"}
-LIST_QUERY = ("state", "owner", "resource_pool", "since", "until", "limit", "after")
+LIST_QUERY = ("state", "owner", "resource_pool", "name", "since", "until", "limit", "after")
 LIST_LIMIT_DEFAULT = 1000
 LIST_LIMIT_MAX = 10000
 WAIT_MAX = 300.0
@@ -304,7 +304,7 @@ def query_number(request: web.Request, key: str, low: float, high: float, *,
 
 
 async def list_requests(request: web.Request) -> web.Response:
-    """GET /v1/requests[?state=&owner=&resource_pool=&since=&until=&limit=&after=]:
+    """GET /v1/requests[?state=&owner=&resource_pool=&name=&since=&until=&limit=&after=]:
     what the caller sees, a page at a time.
 
     That is the caller's requests and those of the pools they hold CLOUD_ADMIN on; the
@@ -334,7 +334,7 @@ async def list_requests(request: web.Request) -> web.Response:
     records = service.list_visible(
         who, states=states, owners=query_names(request, "owner"),
         pools=query_names(request, "resource_pool"), since=since, until=until, after=after,
-        limit=limit + 1)
+        limit=limit + 1, names=query_names(request, "name"))
     more = len(records) > limit
     page = records[:limit]
     return web.json_response({"requests": [request_json(r) for r in page],

@@ -62,6 +62,11 @@ class ApiError(CliError):
         self.field = field
 
 
+def is_request_id(text: str) -> bool:
+    """Whether ``text`` is spelled as a request id: 32 lowercase hex digits."""
+    return len(text) == 32 and all(c in "0123456789abcdef" for c in text)
+
+
 class Unreachable(CliError):
     """The daemon's socket could not be used: missing, refused, timed out, not HTTP."""
 
@@ -159,10 +164,11 @@ class Client:
 
     def list(self, states: Sequence[str] = (), owners: Sequence[str] = (),
              pools: Sequence[str] = (), since: float | None = None,
-             until: float | None = None) -> dict[str, Any]:
-        """GET /v1/requests, optionally filtered by state, owner, pool and creation time."""
+             until: float | None = None, names: Sequence[str] = ()) -> dict[str, Any]:
+        """GET /v1/requests, optionally filtered by state, owner, pool, VM name and
+        creation time."""
         params = [("state", s) for s in states] + [("owner", o) for o in owners]
-        params += [("resource_pool", p) for p in pools]
+        params += [("resource_pool", p) for p in pools] + [("name", n) for n in names]
         params += [(key, f"{value:.3f}") for key, value in (("since", since), ("until", until))
                    if value is not None]
         requests: list[Any] = []
@@ -175,6 +181,28 @@ class Client:
             after = data.get("next")
             if not after:
                 return {"requests": requests, "next": None}
+
+    def resolve(self, text: str) -> str:
+        """The id of the request a command line names: a request id as it is, else the
+        VM's name (as virsh takes a domain's). Of several requests with that name, the
+        one whose VM is not deleted (nor failed); CliError when none or several are."""
+        if is_request_id(text):
+            return text
+        found = self.list(names=[text]).get("requests") or []
+        alive = [r for r in found if r.get("state") != "failed"
+                 and (r.get("vm") or {}).get("state") != "deleted"]
+        named = alive or found
+        if len(named) == 1:
+            return str(named[0].get("id"))
+        if not named:
+            raise CliError(f"no such request {text!r}: neither a request id (32 hex digits) "
+                           f"nor the name of a VM you see (see: {PROG} list)",
+                           exit_code_for_status(404))
+        listed = ", ".join(f"{r.get('id')} ({r.get('owner')}, {r.get('state')}"
+                           f"{'/' + str((r.get('vm') or {}).get('state')) if r.get('vm') else ''})"
+                           for r in named[:5])
+        raise CliError(f"{len(named)} requests are named {text!r}: {listed}"
+                       f"{', ...' if len(named) > 5 else ''}; give the id", EXIT_USAGE)
 
     def get(self, request_id: str, wait: float = 0,
             addresses: bool = False) -> dict[str, Any]:

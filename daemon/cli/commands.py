@@ -340,6 +340,9 @@ def main(argv: list[str] | None = None) -> int:
     short cut first); returns the exit code."""
     def run() -> int:
         args = parse_args(argv)
-        return COMMANDS[args.command](Client(args.socket), args)
+        client = Client(args.socket)
+        if getattr(args, "id", None) is not None:  # an id, or a VM's name: the request's id
+            args.id = client.resolve(args.id)
+        return COMMANDS[args.command](client, args)
 
     return reporting_errors(run)

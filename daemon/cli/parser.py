@@ -213,7 +213,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     p = add("show", "show one request",
             "Show a request: its state (and the reason if it failed), what it asked for, "
             "and\nthe volume and domain it got.")
-    p.add_argument("id", metavar="ID", help="request id (see 'list')")
+    p.add_argument("id", metavar="ID", help="request id, or the VM's name (see 'list')")
 
     p = add("list", "list your requests (all of a pool's for its admins)",
             "List the requests you can see: your own, and all those of the pools you hold\n"
@@ -254,7 +254,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
             "  provctl log 3f2a9c...\n"
             "  provctl log --follow 3f2a9c...\n"
             "  provctl log -f --json 3f2a9c...    # one JSON entry per line")
-    p.add_argument("id", metavar="ID", help="request id (see 'list')")
+    p.add_argument("id", metavar="ID", help="request id, or the VM's name (see 'list')")
     p.add_argument("--follow", "-f", action="store_true",
                    help="stream new entries until the request is done or failed (with "
                         "--json: one JSON object per line)")
@@ -263,7 +263,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
             "Cancel a request that is still in progress: it fails, and what it held (a "
             "volume\nit created, a domain it defined, quota) is released. A request that is "
             "done or\nfailed cannot be cancelled (exit 1).")
-    p.add_argument("id", metavar="ID", help="request id (see 'list')")
+    p.add_argument("id", metavar="ID", help="request id, or the VM's name (see 'list')")
 
     for name, summary, description in (
             ("start", "start a VM", "Start the VM of a done request."),
@@ -277,7 +277,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
              "back. Deleting while a delete runs is not an error.")):
         p = add(name, summary, description + "\n\nWith --wait: exit 0 when the VM got "
                 "there, 1 when the operation failed.")
-        p.add_argument("id", metavar="ID", help="request id (see 'list')")
+        p.add_argument("id", metavar="ID", help="request id, or the VM's name (see 'list')")
         p.add_argument("--wait", "-w", action="store_true",
                        help="wait until the operation is over (with --json: print the "
                             "request then)")
@@ -297,7 +297,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
             "exit 0 when you leave or the console closes (the VM stopped), 1 when provisiond\n"
             "ends the session (taken over, idle) or refuses it (409: not running or in use;\n"
             "501: the host cannot open consoles).")
-    p.add_argument("id", metavar="ID", help="request id (see 'list')")
+    p.add_argument("id", metavar="ID", help="request id, or the VM's name (see 'list')")
     p.add_argument("--force", "-f", action="store_true",
                    help="take the console over from the session that holds it")
 
@@ -310,7 +310,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
             "  provctl display 3f2a9c...             # then: remote-viewer vnc+unix://PATH\n"
             "  provctl display --viewer 3f2a9c...    # starts remote-viewer itself\n"
             "  provctl display --listen ./vm.sock --once 3f2a9c...")
-    p.add_argument("id", metavar="ID", help="request id (see 'list')")
+    p.add_argument("id", metavar="ID", help="request id, or the VM's name (see 'list')")
     p.add_argument("--listen", "-l", metavar="PATH",
                    help="the Unix socket to make (default: $XDG_RUNTIME_DIR/provisiond/"
                         "display-ID.sock)")

@@ -66,5 +66,6 @@ def run_operation(command: str, request_id: str, wait: bool, force: bool, as_jso
                   socket: str | None) -> int:
     """Run a VM operation read by ``read_operation`` (raising as provctl's commands do)."""
     socket = socket or os.environ.get(SOCKET_ENV) or find_socket()
-    return operate(Client(socket), request_id, command, force=force, wait=wait,
+    client = Client(socket)
+    return operate(client, client.resolve(request_id), command, force=force, wait=wait,
                    as_json=as_json)

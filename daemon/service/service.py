@@ -378,12 +378,13 @@ class Service:
     def list_visible(self, who: Identity, *, limit: int, states: Sequence[State] | None = None,
                      owners: Sequence[str] | None = None, pools: Sequence[str] | None = None,
                      since: float | None = None, until: float | None = None,
-                     after: str | None = None) -> list[RequestRecord]:
+                     after: str | None = None,
+                     names: Sequence[str] | None = None) -> list[RequestRecord]:
         """A page of what the caller sees: their requests and their admin pools'."""
         return self.store.list_requests(
             states=states, owner=who.user,
             resource_pools=self.pools_granting(who, CLOUD_ADMIN), owners=owners, pools=pools,
-            created_since=since, created_until=until, after=after, limit=limit)
+            created_since=since, created_until=until, after=after, limit=limit, names=names)
 
     def log_of(self, record: RequestRecord) -> list[LogEntry]:
         """A request's log, oldest first."""

@@ -328,13 +328,15 @@ class Store(StorageClaims):
                       limit: int | None = None, owners: Sequence[str] | None = None,
                       pools: Sequence[str] | None = None, created_since: float | None = None,
                       created_until: float | None = None,
-                      after: str | None = None) -> list[RequestRecord]:
+                      after: str | None = None,
+                      names: Sequence[str] | None = None) -> list[RequestRecord]:
         """Requests, oldest first, filtered by state, owner and resource pool.
 
         ``owner`` and ``resource_pools`` say what a caller may see (its own requests, or
         those of these pools: either one when both are given). ``owners``, ``pools`` and
         the creation window ``created_since <= created_at < created_until`` (epoch
-        seconds) narrow that down; every filter given must hold. ``after``: only requests
+        seconds) narrow that down, and ``names`` (the VMs' names); every filter given must
+        hold. ``after``: only requests
         that come after this one (by id) in that order, for paging.
         """
         where: list[str] = []
@@ -348,6 +350,9 @@ class Store(StorageClaims):
         if pools is not None:
             where.append(f"resource_pool IN ({','.join('?' * len(pools))})")
             params += list(pools)
+        if names is not None:
+            where.append(f"name IN ({','.join('?' * len(names))})")
+            params += list(names)
         if created_since is not None:
             where.append("created_at >= ?")
             params.append(float(created_since))

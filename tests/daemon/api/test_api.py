@@ -282,3 +282,19 @@ def test_a_body_that_never_completes_gets_a_400_after_body_timeout(make_daemon) 
     assert "did not arrive in full within 0.5 s" in body, answer
     assert d.call("GET", "/v1/requests").body["requests"] == []
     assert "Traceback" not in d.log()
+
+
+def test_the_list_filters_by_vm_name(daemon: Daemon) -> None:
+    ids = {}
+    for name in ("web-1", "web-2"):
+        reply = daemon.call("POST", "/v1/requests", {"template": "ipxe", "size": "small",
+                                                      "resource_pool": "rp", "name": name})
+        assert reply.status == 202, reply.body
+        ids[name] = reply.body["id"]
+    named = daemon.call("GET", "/v1/requests?name=web-2").body["requests"]
+    assert [r["id"] for r in named] == [ids["web-2"]]
+    both = daemon.call("GET", "/v1/requests?name=web-1&name=web-2").body["requests"]
+    assert {r["id"] for r in both} == set(ids.values())
+    assert daemon.call("GET", "/v1/requests?name=web-3").body["requests"] == []
+    for rid in ids.values():
+        daemon.wait_terminal(rid)

@@ -564,8 +564,9 @@ def test_create_without_wait(fake, capsys):
     (["catalog"], ("GET", "/v1/catalog"),
      error(403, "forbidden", "alice holds CLOUD_CREATE on no resource pool"), 3,
      "provctl: alice holds CLOUD_CREATE on no resource pool\n"),
-    (["show", "nope"], ("GET", "/v1/requests/nope"),
-     error(404, "not_found", "no such request"), 5, "provctl: no such request\n"),
+    (["show", "f" * 32], ("GET", f"/v1/requests/{'f' * 32}?addresses=true"),
+     error(404, "not_found", f"no such request '{'f' * 32}'"), 5,
+     f"provctl: no such request '{'f' * 32}'\n"),
     (["create", "-t", "nope", "-s", "small"], ("POST", "/v1/requests"),
      error(400, "invalid", "unknown template 'nope'", "template"), 2,
      "provctl: unknown template 'nope' (field: template)\n"),
@@ -627,11 +628,34 @@ def test_log_json_prints_the_entries(fake, capsys):
     assert {"from", "to", "at", "detail", "kind", "trigger"} <= entries[1].keys()
 
 
-def test_ids_are_quoted_into_one_path_segment(fake, capsys):
+def test_what_is_not_an_id_is_a_vm_name_asked_for_as_a_query_value(fake, capsys):
+    fake.routes[("GET", "/v1/requests?name=..%2Fcatalog")] = (200, {"requests": [],
+                                                                   "next": None})
     code, _out, err = run(capsys, "show", "../catalog")
 
     assert code == 5
-    assert fake.paths() == ["/v1/requests/..%2Fcatalog?addresses=true"]
+    assert fake.paths() == ["/v1/requests?name=..%2Fcatalog"]  # never in a path
+    assert err == ("provctl: no such request '../catalog': neither a request id (32 hex "
+                   "digits) nor the name of a VM you see (see: provctl list)\n")
+
+
+def test_a_vm_name_stands_for_its_request_as_in_virsh(fake, capsys):
+    gone = {**DONE_REQUEST, "id": "ab" * 16, "vm": {"state": "deleted", "reason": None}}
+    live = {**DONE_REQUEST, "vm": {"state": "running", "reason": None}}
+    fake.routes[("GET", "/v1/requests?name=web1")] = (200, {"requests": [gone, live],
+                                                            "next": None})
+    fake.routes[("GET", f"/v1/requests/{RID}?addresses=true")] = (200, live)
+
+    code, out, _err = run(capsys, "show", "web1")  # the one not deleted
+    assert code == 0 and f"id:            {RID}" in out
+
+    other = {**live, "id": "cd" * 16, "owner": "bob"}  # an admin sees bob's web1 too
+    fake.routes[("GET", "/v1/requests?name=web1")] = (200, {"requests": [gone, live, other],
+                                                            "next": None})
+    code, _out, err = run(capsys, "show", "web1")
+    assert code == 2
+    assert err == (f"provctl: 2 requests are named 'web1': {RID} (alice, done/running), "
+                   f"{'cd' * 16} (bob, done/running); give the id\n")
 
 
 def test_interrupt_exits_130_without_a_traceback(fake, capsys, monkeypatch):
