@@ -96,6 +96,7 @@ export class Client {
     }
 
     health() { return this.call("GET", "/v1/health") }
+    whoami() { return this.call("GET", "/v1/whoami") }
     catalog() { return this.call("GET", "/v1/catalog") }
     create(body) { return this.call("POST", "/v1/requests", body) }
     list(query = "") { return this.call("GET", "/v1/requests" + query) }

@@ -58,6 +58,8 @@ export function App() {
     const [user, setUser] = useState(null);
     const [catalog, setCatalog] = useState(null);
     const [catalogError, setCatalogError] = useState(null);
+    // Who the daemon says the user is: the Administration tab is for CLOUD_ADMINs only.
+    const [whoami, setWhoami] = useState(null);
     const [requests, setRequests] = useState(null);
     const [requestsError, setRequestsError] = useState(null);
     const [states, setStates] = useState(null);
@@ -68,7 +70,12 @@ export function App() {
     const alertId = useRef(0);
 
     const client = conn?.client;
-    const tab = TABS.some(([key]) => key === path[0]) ? path[0] : "vms";
+    // Shown while not known yet (and to a daemon that cannot say): the daemon refuses
+    // a non-admin's reconciler anyway, in its own words.
+    const administers = whoami === null || whoami.privileges.CLOUD_ADMIN.length > 0;
+    const tab = TABS.some(([key]) => key === path[0]) && (path[0] !== "admin" || administers)
+        ? path[0]
+        : "vms";
     const selected = tab === "vms" || tab === "admin" ? path[1] : null;
 
     const notify = useCallback((variant, title) => {
@@ -104,6 +111,11 @@ export function App() {
     }, [client]);
 
     useEffect(() => { loadCatalog() }, [loadCatalog]);
+
+    useEffect(() => {
+        if (client)
+            client.whoami().then(setWhoami).catch(() => setWhoami(null));
+    }, [client]);
 
     // The list: every 5 s while shown (the request shown follows itself with long polls).
     useEffect(() => {
@@ -180,11 +192,13 @@ export function App() {
                         <Explain client={client} catalog={catalog} catalogError={catalogError} preset={explainPreset} />
                     </div>
                 </Tab>
-                <Tab eventKey="admin" title={<TabTitleText>Administration</TabTitleText>}>
-                    <div className="pd-tab-body">
-                        {details || <Admin client={client} requests={requests} user={catalogUser} onOpen={open} />}
-                    </div>
-                </Tab>
+                {administers && (
+                    <Tab eventKey="admin" title={<TabTitleText>Administration</TabTitleText>}>
+                        <div className="pd-tab-body">
+                            {details || <Admin client={client} requests={requests} user={catalogUser} onOpen={open} />}
+                        </div>
+                    </Tab>
+                )}
                 <Tab eventKey="diagrams" title={<TabTitleText>State diagrams</TabTitleText>}>
                     <div className="pd-tab-body"><Diagrams states={states} error={statesError} /></div>
                 </Tab>

@@ -112,6 +112,13 @@ PATHS: dict[str, Any] = {
                               "content": {"text/plain": {"schema": {"type": "string"}}}},
                       **errors()},
     }},
+    "/v1/whoami": {"get": {
+        "operationId": "whoami", "tags": ["requests"], "summary": "Who the caller is",
+        "description": "The caller as the socket's peer credentials say, and the resource "
+                       "pools where they hold CLOUD_CREATE and CLOUD_ADMIN (empty lists "
+                       "when none: anyone may ask).",
+        "responses": {"200": ok("The caller.", ref("schemas", "Whoami")), **errors(400)},
+    }},
     "/v1/catalog": {"get": {
         "operationId": "catalog", "tags": ["requests"], "summary": "What may be asked for",
         "responses": {"200": ok("The catalog.", ref("schemas", "Catalog")), **errors(403)},

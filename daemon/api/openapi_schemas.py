@@ -223,6 +223,14 @@ SCHEMAS: dict[str, Schema] = {
         "hosts": {"type": "object", "additionalProperties": {
             "type": "string", "enum": ["connected", "disconnected"]}},
     }),
+    "Whoami": closed({
+        "user": NAME,
+        "groups": {"type": "array", "items": NAME},
+        "privileges": closed({
+            "CLOUD_CREATE": {"type": "array", "items": NAME},
+            "CLOUD_ADMIN": {"type": "array", "items": NAME},
+        }),
+    }),
     "Catalog": closed({
         "user": NAME,
         "templates": {"type": "array", "items": closed({

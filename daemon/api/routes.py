@@ -220,6 +220,12 @@ async def health(request: web.Request) -> web.Response:
                               "hosts": service.host_states()})
 
 
+async def whoami(request: web.Request) -> web.Response:
+    """GET /v1/whoami: the caller, and where they may create and administer."""
+    refuse_unknown_query(request)
+    return web.json_response(request.app[SERVICE].whoami(peer_identity(request)))
+
+
 async def catalog(request: web.Request) -> web.Response:
     """GET /v1/catalog: the seed's svc_new."""
     return web.json_response(request.app[SERVICE].catalog(peer_identity(request)))
@@ -569,6 +575,7 @@ def make_app() -> web.Application:
     """The aiohttp application; its ``cleanup_ctx`` must provide ``app[SERVICE]``."""
     app = web.Application(middlewares=[errors_middleware], client_max_size=MAX_BODY_BYTES)
     app.router.add_get("/v1/health", health, expect_handler=expect_handler)
+    app.router.add_get("/v1/whoami", whoami, expect_handler=expect_handler)
     app.router.add_get("/v1/catalog", catalog, expect_handler=expect_handler)
     app.router.add_post("/v1/requests", create_request, expect_handler=expect_handler)
     app.router.add_get("/v1/requests", list_requests, expect_handler=expect_handler)

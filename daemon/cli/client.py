@@ -145,6 +145,10 @@ class Client:
         """GET /v1/health."""
         return self.call("GET", "/v1/health")[1]
 
+    def whoami(self) -> dict[str, Any]:
+        """GET /v1/whoami: the caller, and where they may create and administer."""
+        return self.call("GET", "/v1/whoami")[1]
+
     def catalog(self) -> dict[str, Any]:
         """GET /v1/catalog: templates, sizes and resource pools the caller may use."""
         return self.call("GET", "/v1/catalog")[1]

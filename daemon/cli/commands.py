@@ -25,6 +25,7 @@ from daemon.cli.parser import build_parser, command_in, subcommand_parser
 from daemon.cli.render import (
     Timeline,
     render_catalog,
+    render_whoami,
     render_explain,
     render_list,
     render_log,
@@ -55,6 +56,12 @@ def _out(args: argparse.Namespace, data: Any, human: Callable[[Any], str]) -> No
         _print_json(data)
     else:
         print(human(data))
+
+
+def cmd_whoami(client: Client, args: argparse.Namespace) -> int:
+    """``provctl whoami``."""
+    _out(args, client.whoami(), render_whoami)
+    return EXIT_OK
 
 
 def cmd_catalog(client: Client, args: argparse.Namespace) -> int:
@@ -310,7 +317,7 @@ def cmd_display(client: Client, args: argparse.Namespace) -> int:
 
 
 COMMANDS: dict[str, Callable[[Client, argparse.Namespace], int]] = {
-    "catalog": cmd_catalog, "create": cmd_create, "show": cmd_show, "list": cmd_list,
+    "whoami": cmd_whoami, "catalog": cmd_catalog, "create": cmd_create, "show": cmd_show, "list": cmd_list,
     "log": cmd_log, "cancel": cmd_cancel, "start": cmd_operate, "stop": cmd_operate,
     "reboot": cmd_operate, "delete": cmd_operate, "console": cmd_console,
     "display": cmd_display, "explain": cmd_explain,

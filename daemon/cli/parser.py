@@ -99,7 +99,7 @@ def _global_options(parser: argparse.ArgumentParser) -> None:
                         help="print the API's JSON instead of tables")
 
 
-COMMAND_NAMES = ("catalog", "create", "show", "list", "log", "cancel", "start", "stop",
+COMMAND_NAMES = ("whoami", "catalog", "create", "show", "list", "log", "cancel", "start", "stop",
                  "reboot", "delete", "console", "display", "explain", "reconcile",
                  "completion")
 
@@ -168,6 +168,10 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         return sub.add_parser(name, help=summary, description=description,
                               epilog=epilog or None, parents=[common],
                               formatter_class=_Formatter)
+
+    p = add("whoami", "say who you are to provisiond, and where you may create and administer",
+            "Your user and groups as provisiond sees them (the socket's peer credentials),\n"
+            "and the resource pools where you hold CLOUD_CREATE and CLOUD_ADMIN.")
 
     p = add("catalog", "list the templates, sizes and resource pools you may use",
             "List the templates (what gets installed), the sizes (cpus, memory, disk) and "

@@ -65,6 +65,16 @@ def _pool_quota_text(quota: Any) -> str:
     return f"{_quota_text(pool)}; per user {_quota_text(quota['per_user'])}"
 
 
+def render_whoami(me: dict[str, Any]) -> str:
+    """Who the caller is, and the pools of each privilege ("none" where they hold it
+    nowhere)."""
+    privileges = me.get("privileges") or {}
+    return "\n".join([f"user:          {me.get('user')}",
+                      f"groups:        {', '.join(me.get('groups') or []) or '-'}",
+                      *(f"{name + ':':<15}{', '.join(pools) or 'none'}"
+                        for name, pools in privileges.items())])
+
+
 def render_catalog(catalog: dict[str, Any]) -> str:
     """The catalog as three tables: templates, sizes (memory in KiB and MiB), pools."""
     flags = {"ssh_keys": "--ssh-key", "user_data": "--user-data",

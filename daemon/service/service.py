@@ -390,6 +390,13 @@ class Service:
         """A request's log, oldest first."""
         return self.store.get_log(record.id)
 
+    def whoami(self, who: Identity) -> dict[str, Any]:
+        """Who the caller is to provisiond: user, groups, and the resource pools where
+        they hold each privilege (anyone may ask: it tells what they may do)."""
+        return {"user": who.user, "groups": sorted(who.groups),
+                "privileges": {privilege: self.pools_granting(who, privilege)
+                               for privilege in (CLOUD_CREATE, CLOUD_ADMIN)}}
+
     def catalog(self, who: Identity) -> dict[str, Any]:
         """Templates, sizes and the resource pools where the caller may create."""
         pools = self.pools_granting(who, CLOUD_CREATE)

@@ -298,3 +298,16 @@ def test_the_list_filters_by_vm_name(daemon: Daemon) -> None:
     assert daemon.call("GET", "/v1/requests?name=web-3").body["requests"] == []
     for rid in ids.values():
         daemon.wait_terminal(rid)
+
+
+def test_whoami_says_where_the_caller_may_create_and_administer(daemon: Daemon) -> None:
+    # The test configuration: ME creates in rp; OTHER_USER administers it, creates nowhere.
+    me = daemon.call("GET", "/v1/whoami").body
+    other = daemon.call("GET", "/v1/whoami", as_user=OTHER_USER).body
+    assert me["user"] == ME and other["user"] == OTHER_USER
+    assert "rp" in me["privileges"]["CLOUD_CREATE"]
+    assert other["privileges"]["CLOUD_ADMIN"] == sorted(other["privileges"]["CLOUD_ADMIN"])
+    assert "rp" in other["privileges"]["CLOUD_ADMIN"]
+    assert other["privileges"]["CLOUD_CREATE"] == []  # its catalog is a 403
+    assert daemon.call("GET", "/v1/catalog", as_user=OTHER_USER).status == 403
+    assert isinstance(me["groups"], list) and me["groups"] == sorted(me["groups"])

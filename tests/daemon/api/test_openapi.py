@@ -233,6 +233,9 @@ def test_every_answer_matches_the_document(daemon: Daemon, checker: OpenAPICheck
     assert "provisiond_requests" in call("GET", "/metrics").body
     assert call("GET", "/v1/catalog").status == 200
     assert call("GET", "/v1/catalog", as_user=OTHER_USER).status == 403
+    assert call("GET", "/v1/whoami").status == 200
+    assert call("GET", "/v1/whoami", as_user=OTHER_USER).status == 200
+    assert call("GET", "/v1/whoami?x=1").status == 400
 
     # create: new, replayed, refused in every way
     created = call("POST", "/v1/requests", {**small, "name": "web-1"},

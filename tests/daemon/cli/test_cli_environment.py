@@ -72,7 +72,7 @@ def test_another_users_runtime_dir_is_not_quietly_swapped_for_the_system_socket(
 
 
 @pytest.mark.parametrize("argv", [
-    ["catalog"], ["list"], ["show", RID], ["log", RID], ["log", RID, "--follow"],
+    ["whoami"], ["catalog"], ["list"], ["show", RID], ["log", RID], ["log", RID, "--follow"],
     ["create", "-t", "ipxe", "-s", "small", "--wait"], ["cancel", RID],
     ["start", RID, "--wait"], ["delete", RID], ["console", RID], ["display", RID],
     ["explain", "-t", "ipxe", "-s", "small"], ["reconcile"],

@@ -602,6 +602,19 @@ def test_list_sends_each_state_and_prints_the_table_or_raw_json(fake, capsys):
     assert json.loads(out) == {"requests": [FAILED_REQUEST, DONE_REQUEST], "next": None}
 
 
+def test_whoami_prints_the_caller_and_the_pools_of_each_privilege(fake, capsys):
+    me = {"user": "alice", "groups": ["staff"],
+          "privileges": {"CLOUD_CREATE": ["rp", "lab"], "CLOUD_ADMIN": []}}
+    fake.routes[("GET", "/v1/whoami")] = (200, me)
+
+    code, out, _ = run(capsys, "whoami")
+    assert code == 0 and out.splitlines() == [
+        "user:          alice", "groups:        staff", "CLOUD_CREATE:  rp, lab",
+        "CLOUD_ADMIN:   none"]
+    code, out, _ = run(capsys, "whoami", "--json")
+    assert code == 0 and json.loads(out) == me
+
+
 def test_list_quiet_with_json_is_a_json_list_of_ids(fake, capsys):
     fake.routes[("GET", "/v1/requests")] = (200, {"requests": [FAILED_REQUEST, DONE_REQUEST]})
 
