@@ -69,7 +69,6 @@ class VmTrigger(enum.StrEnum):
     PAUSED = "paused"
     RESUMED = "resumed"
     VANISHED = "vanished"
-    DEFINED = "defined"
     HOST_LOST = "host_lost"
     INSTALLER_DONE = "installer_done"
     FAIL = "fail"
@@ -141,9 +140,8 @@ TRANSITIONS: tuple[Transition[VmState], ...] = (
     *(Transition(VmTrigger.VANISHED, s, VmState.VANISHED, "event UNDEFINED (virsh "
                  "undefine, or a rename): its storage is kept")
       for s in (VmState.STOPPED, *_ALIVE, VmState.CRASHED)),
-    Transition(VmTrigger.DEFINED, VmState.VANISHED, VmState.STOPPED,
-               "event DEFINED: its domain defined again"),
-    *(Transition(trigger, VmState.VANISHED, dest, f"looked up: defined again, {seen}")
+    *(Transition(trigger, VmState.VANISHED, dest, f"looked up (after a reconnect, or an "
+                                                  f"event DEFINED): defined again, {seen}")
       for trigger, dest, seen in (
           (VmTrigger.STARTED, VmState.RUNNING, "running"),
           (VmTrigger.PAUSED, VmState.PAUSED, "paused"),

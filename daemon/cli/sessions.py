@@ -79,13 +79,13 @@ def _attach(ws: WebSocket) -> bool:
     stdin = sys.stdin.fileno()
     out = sys.stdout.buffer
     saved = None
-    if os.isatty(stdin):
-        import termios
-        import tty
-
-        saved = termios.tcgetattr(stdin)
-        tty.setraw(stdin)
     try:
+        if os.isatty(stdin):
+            import termios
+            import tty
+
+            saved = termios.tcgetattr(stdin)
+            tty.setraw(stdin)  # in the try: a signal from here on still restores it
         # What came with the handshake's answer is read already: select would not say so.
         for message in ws.messages():
             out.write(message)
@@ -111,11 +111,16 @@ def _attach(ws: WebSocket) -> bool:
                     return True
         return False
     finally:
-        if saved is not None:
-            import termios
+        try:
+            if saved is not None:
+                import termios
 
-            termios.tcsetattr(stdin, termios.TCSADRAIN, saved)
-        ws.close()
+                try:
+                    termios.tcsetattr(stdin, termios.TCSADRAIN, saved)
+                except termios.error:  # the terminal hung up: nothing left to restore
+                    pass
+        finally:
+            ws.close()
 
 
 # --------------------------------------------------------------------------- display

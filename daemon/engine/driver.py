@@ -344,9 +344,11 @@ class Engine:
         self.hosts.lost(host, exc.message)
         live.workflow.records.append_log(live.id, "note", live.state, "host-unreachable",
                                          f"{exc.message}; waiting for host {host}")
+        if forever:  # a cleanup (a cancelled request's rollback too) waits for its host
+            return await self.hosts.wait_up(host, None)
         try:
             return await self.unless_cancelled(live.id, self.hosts.wait_up(
-                host, None if forever else self._host_wait_timeout()))
+                host, self._host_wait_timeout()))
         except RequestCancelled:
             return True  # no more waiting: the loop fails it with the canceller's name
 

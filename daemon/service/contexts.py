@@ -151,3 +151,8 @@ class VmStepContext:
     def now(self) -> float:
         """The clock the records' ``updated_at`` are on."""
         return self._service.clock()
+
+    def look_again(self, host: str) -> None:
+        """Look at the host's VMs soon, as after a reconnect (one look at a time per
+        host; one asked meanwhile runs after it)."""
+        self._service.look_again(host)

@@ -7,8 +7,9 @@ duplicate). Requests in progress, done ones, and failed ones whose rollback is s
 pending are never touched. A volume that some domain uses is never deleted.
 
 A *claim* is listed too when no VM holds it any more: a deleted VM's volume that its
-host could not wipe stays claimed, out of the free set, until an administrator deletes
-the volume by hand; then ``apply`` releases the claim.
+host could not wipe (its driver cannot, or its pool was not running) stays claimed, out
+of the free set. ``apply`` wipes it now if the host can, then releases the claim; or
+releases it once an administrator has deleted the volume by hand.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import re
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Literal
 
+from daemon.virt.calls import GONE, WIPED
 from daemon.virt.domain_xml import VOLUME_PREFIX, domain_uuid_for
 from daemon.errors import ProvisiondError
 from daemon.store import RequestRecord
@@ -84,9 +86,8 @@ async def find_orphans(service: "Service", hosts: list[str]) -> list[Orphan]:
                 why = ("a deleted VM's volume its host could not wipe; kept: its pool is "
                        "not running, so whether the volume is gone is not known")
             elif any(v.name == volume for v in found.volumes):
-                why = ("a deleted VM's volume its host could not wipe; kept: the volume is "
-                       "still there (delete it by hand, e.g. virsh vol-delete "
-                       f"{volume} --pool {pool_name}, then apply again)")
+                why = ("a deleted VM's volume its host could not wipe, still there (wiped "
+                       "by apply if the host can now)")
             else:
                 why = "a deleted VM's volume its host could not wipe, deleted since"
             orphans.append(Orphan(host_name, "claim", volume, request_id, why,
@@ -125,6 +126,14 @@ async def remove_orphans(service: "Service", orphans: list[Orphan]) -> list[Orph
             continue
         try:
             if orphan.kind == "claim" and orphan.pool:
+                if "still there" in orphan.reason:
+                    found = await host.wipe_volume(orphan.pool, orphan.name)
+                    if found not in (WIPED, GONE):
+                        orphan.action = "kept"
+                        orphan.reason += ("; kept: it cannot be wiped there (delete it by "
+                                          f"hand, e.g. virsh vol-delete {orphan.name} "
+                                          f"--pool {orphan.pool}, then apply again)")
+                        continue
                 location = service.storage.location(orphan.host, orphan.pool)
                 service.store.release_claim(location, orphan.pool, orphan.name)
                 service.storage.release(location, orphan.pool, orphan.name)

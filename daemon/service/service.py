@@ -91,6 +91,8 @@ class Service:
         self._background: set[asyncio.Task[None]] = set()
         self.sessions = Sessions(self)
         """The VMs' open consoles and displays."""
+        self._looking: dict[str, bool] = {}
+        """Hosts being looked at again (``look_again``): whether another look was asked."""
         self.force_off_asked: dict[str, str] = {}
         """Stopping VMs a forced stop was asked of, by request id: who asked."""
 
@@ -112,6 +114,29 @@ class Service:
                 task.add_done_callback(self._background.discard)
         pruner = asyncio.create_task(self._prune_every(PRUNE_INTERVAL), name="prune")
         self._background.add(pruner)
+
+    def look_again(self, host: str) -> None:
+        """Look at the host's records soon, as after a reconnect: one look at a time per
+        host, and one asked while it runs runs after it (it may have read before the
+        change it is asked for). The look is a background task, ended with the service."""
+        if host in self._looking:
+            self._looking[host] = True
+            return
+        self._looking[host] = False
+
+        async def look() -> None:
+            try:
+                while True:
+                    self._looking[host] = False
+                    await self.engine.resync(host)
+                    if not self._looking.get(host):
+                        return
+            finally:
+                self._looking.pop(host, None)
+
+        task = asyncio.create_task(look(), name=f"look-{host}")
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def relocate_claims(self) -> None:
         """Claims and reservations recorded under a host's name for storage that is now
@@ -307,6 +332,8 @@ class Service:
         if vm.state == VmState.UNKNOWN:
             raise HostUnreachable(f"host {vm.host} of VM {vm.name} is unreachable: its state "
                                   "is unknown until the host is back")
+        if trigger == VmTrigger.FORCE_OFF and vm.state == VmState.POWERING_OFF:
+            return record  # the forced stop already asked
         if VM_TABLE.destination(vm.state, trigger) is None:
             raise InvalidState(f"VM {vm.name} is {vm.state}: it cannot be "
                                f"{OPERATION_PAST[operation]} now", field="state")
@@ -314,11 +341,12 @@ class Service:
                 self.engine.is_live(vm.id):
             # As virsh destroy after a virsh shutdown: the stop step stops waiting for
             # the guest and moves on to powering-off itself (no second operation).
-            self.force_off_asked[vm.id] = who.user  # in case its step is not waiting yet
+            if vm.id not in self.force_off_asked:  # for its step, if not waiting yet
+                self.engine.after_finished(
+                    vm.id, lambda: self.force_off_asked.pop(vm.id, None))  # never later
+            self.force_off_asked[vm.id] = who.user
             self.engine.events.interrupt(vm.id, ForceOffAsked(who.user))
             return record
-        if trigger == VmTrigger.FORCE_OFF and vm.state == VmState.POWERING_OFF:
-            return record  # the forced stop already asked
         self._check_in_progress(who.user)
         self.engine.fire(self.vms, vm, Outcome(trigger, f"{operation}"
                                                f"{' --force' if force else ''} by {who.user}"))

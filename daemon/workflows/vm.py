@@ -30,7 +30,7 @@ emulator died (not a stop)."""
 
 EVENT_TRIGGERS = {"STARTED": VmTrigger.STARTED, "RESUMED": VmTrigger.RESUMED,
                   "SUSPENDED": VmTrigger.PAUSED, "CRASHED": VmTrigger.CRASHED,
-                  "UNDEFINED": VmTrigger.VANISHED, "DEFINED": VmTrigger.DEFINED}
+                  "UNDEFINED": VmTrigger.VANISHED}
 """A libvirt lifecycle event -> the trigger it fires on a resting VM (STOPPED: see
 ``trigger_of``)."""
 
@@ -90,6 +90,10 @@ class VmContext(Protocol):
 
     def now(self) -> float:
         """The clock the records' ``updated_at`` are on."""
+
+    def look_again(self, host: str) -> None:
+        """Look at the host's VMs soon, as after a reconnect (one look at a time per
+        host; one asked meanwhile runs after it)."""
 
 
 # --------------------------------------------------------------------------- the steps
@@ -273,6 +277,8 @@ def _on_release(config: Config, vm: VmRecord) -> str:
 RESYNC_FIRST_RETRY = 1.0
 RESYNC_MAX_RETRY = 60.0
 """Seconds before a refused look at a host's VMs is tried again, doubling up to the max."""
+RESYNC_ATTEMPTS = 10
+"""Tries of one look (about 6 minutes of them) before it is given up."""
 
 STEPS = {
     VmState.STARTING: start,
@@ -300,6 +306,15 @@ def on_event(ctx: VmContext, event: object, waiting: str | None) -> None:
     """A lifecycle event of a provisiond VM at rest moves it (an operation in progress
     waits for its own events)."""
     if not isinstance(event, DomainEvent) or waiting is not None:
+        return
+    if event.event == "DEFINED":
+        # A vanished VM's domain defined again (virsh define, the end of a rename): it
+        # may be running (undefined while it ran, it went on as a transient domain), so
+        # its host is looked at rather than the VM taken to be shut off.
+        found = ctx.store.find_by_domain_uuid(event.uuid)
+        if found is not None and found.host == event.host and \
+                found.vm_state == VmState.VANISHED:
+            ctx.look_again(event.host)
         return
     trigger = trigger_of(event)
     if trigger is None:
@@ -332,16 +347,26 @@ async def resync(ctx: VmContext, host_name: str) -> None:
     are lost) and move those that changed. A look libvirt refuses is tried again (its
     VMs would stay ``unknown``, refusing every operation, with the host connected); a
     lost host is looked at again when it is back."""
+    try:
+        host = ctx.host(host_name)
+    except ProvisiondError as exc:  # no longer configured: nothing to look at
+        log.warning("cannot look at the VMs on %s: %s", host_name, exc.message)
+        return
     delay = RESYNC_FIRST_RETRY
-    while True:
+    for attempt in range(1, RESYNC_ATTEMPTS + 1):
         asked_at = ctx.now()
         try:
-            states = await ctx.host(host_name).power_states()
+            states = await host.power_states()
             break
         except HostUnreachable as exc:
             log.warning("cannot look at the VMs on %s: %s", host_name, exc.message)
             return
         except VirtError as exc:
+            if attempt == RESYNC_ATTEMPTS:
+                log.warning("cannot look at the VMs on %s: %s; given up after %d tries "
+                            "(the next reconnect or failed operation looks again)",
+                            host_name, exc.message, attempt)
+                return
             log.warning("cannot look at the VMs on %s: %s; trying again in %g s",
                         host_name, exc.message, delay)
             await asyncio.sleep(delay)
@@ -378,10 +403,6 @@ def host_lost(ctx: VmContext, host_name: str, why: str) -> None:
             log.info("VM %s not marked unknown: %s", vm.id, exc.message)
 
 
-_LOOKS: set[asyncio.Task[None]] = set()
-"""The looks after failed operations, running (a reference keeps each alive)."""
-
-
 def failed(ctx: VmContext, vm: VmRecord) -> None:
     """An operation failed: its fail edge put the VM where the table says (a start that
     timed out waiting for STARTED: stopped), not necessarily where its domain is. Once
@@ -389,14 +410,7 @@ def failed(ctx: VmContext, vm: VmRecord) -> None:
     if vm.host is None:
         return
     host = vm.host
-
-    def look() -> None:
-        task = asyncio.get_running_loop().create_task(resync(ctx, host),
-                                                      name=f"vm-look-{vm.id}")
-        _LOOKS.add(task)
-        task.add_done_callback(_LOOKS.discard)
-
-    ctx.after_operation(vm.id, look)
+    ctx.after_operation(vm.id, lambda: ctx.look_again(host))
 
 
 def vm_workflow(ctx: VmContext, records: Any, on_transition: Any) -> Workflow[VmRecord]:

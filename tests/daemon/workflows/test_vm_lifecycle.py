@@ -145,7 +145,7 @@ async def test_a_reused_volume_the_host_cannot_wipe_is_never_handed_on(harness):
     claims = [o for o in orphans if o.kind == "claim"]
     assert [(o.name, o.request_id, o.action) for o in claims] == [
         ("free-15g.qcow2", first.id, "kept")]
-    assert "the volume is still there (delete it by hand" in claims[0].reason
+    assert "it cannot be wiped there (delete it by hand" in claims[0].reason
     h.conn.storagePoolLookupByName("pool-dir").storageVolLookupByName(
         "free-15g.qcow2").delete(0)  # virsh vol-delete
     _hosts, orphans = await h.service.reconcile(CAROL, apply=True)
@@ -323,7 +323,7 @@ def test_a_crash_is_told_from_a_stop_by_the_event_s_detail() -> None:
     assert trigger_of(event("STOPPED", 2)) == VmTrigger.CRASHED   # the guest crashed
     assert trigger_of(event("STOPPED", 5)) == VmTrigger.CRASHED   # QEMU failed
     assert trigger_of(event("SUSPENDED", 0)) == VmTrigger.PAUSED
-    assert trigger_of(event("DEFINED", 0)) == VmTrigger.DEFINED    # moves a vanished VM only
+    assert trigger_of(event("DEFINED", 0)) is None  # a vanished VM's host is looked at
     assert trigger_of(event("SHUTDOWN", 0)) is None
 
 
@@ -344,16 +344,29 @@ async def test_a_running_vm_s_addresses_are_what_libvirt_answers(make_harness):
 async def test_a_forced_stop_while_the_guest_ignores_its_shutdown_forces_it_off(
         make_harness):
     # As virsh shutdown, then virsh destroy: the stop stops waiting for the guest.
-    h = await make_harness(faults={"shutdown": lambda *_a: 0},  # deaf to ACPI
+    import time
+
+    raw: list = []
+
+    def slow_destroy(*_args):
+        time.sleep(0.5)
+        return raw[0].lookupByUUIDString(raw[1]).destroy()
+
+    h = await make_harness(faults={"shutdown": lambda *_a: 0,  # deaf to ACPI
+                                   "destroy": slow_destroy},
                            daemon={"stop_timeout": 600})
     done = await h.run(size="small")
+    raw[:] = [h.conn, domain_uuid_for(done.id)]
     await h.service.operate(ALICE, done.id, "start")
     assert await settle(h, done.id) == VmState.RUNNING
     await h.service.operate(ALICE, done.id, "stop")
     await until(h, done.id, VmState.STOPPING)
     await h.service.operate(CAROL, done.id, "stop", force=True)
     await h.service.operate(CAROL, done.id, "stop", force=True)  # again: the same one
+    await until(h, done.id, VmState.POWERING_OFF)  # its destroy takes 0.5 s
+    await h.service.operate(ALICE, done.id, "stop", force=True)  # and again: no 409
     assert await settle(h, done.id) == VmState.STOPPED  # not after 600 s
+    assert h.service.force_off_asked == {}  # nothing left for a later stop
     assert not h.conn.lookupByUUIDString(domain_uuid_for(done.id)).isActive()
     moves = [(e.to_state, e.trigger) for e in h.store.get_log(done.id)
              if e.kind == "transition"]
@@ -464,3 +477,19 @@ async def test_after_a_failed_operation_the_vm_is_where_its_domain_is(make_harne
     assert [m[:2] for m in moves] == [("stopped", "fail"), ("running", "started")], moves
     assert "STARTED event did not arrive within 0.5 s" in moves[0][2]
     assert "the domain is running" in moves[1][2]
+
+
+async def test_reconcile_wipes_a_kept_volume_once_its_host_can(make_harness):
+    faults: dict = {"unused": "x"}  # the connection wrapped, faults added later
+    h = await make_harness(faults=faults)
+    done = await h.run(size="small")  # the reused free-15g.qcow2
+    await h.service.operate(ALICE, done.id, "delete")
+    await settle(h, done.id)
+    assert ("pool-dir", "free-15g.qcow2") in h.store.claims_on("testhost")  # not wiped
+    faults["wipe"] = lambda *_a: 0  # the host can wipe now (its driver upgraded, say)
+    _hosts, orphans = await h.service.reconcile(CAROL, apply=True)
+    assert [(o.kind, o.name, o.action) for o in orphans] == [
+        ("claim", "free-15g.qcow2", "released")]
+    assert h.store.claims_on("testhost") == {}
+    again = await h.run(size="small")  # and it is offered again
+    assert again.volume_name == "free-15g.qcow2"
