@@ -270,6 +270,16 @@ def wait_healthy(d: Daemon, timeout: float = 20) -> None:
     raise RuntimeError(f"provisiond did not come up:\n{d.log()}")
 
 
+def wait_for_request_log(d: Daemon, request_id: str, trigger: str,
+                         timeout: float = 10) -> None:
+    """Wait until the request's log (the API's) has an entry with this ``trigger``."""
+    deadline = time.monotonic() + timeout
+    while trigger not in [e["trigger"] for e in d.call(
+            "GET", f"/v1/requests/{request_id}/log").body["log"]]:
+        assert time.monotonic() < deadline, d.log()
+        time.sleep(0.05)
+
+
 def wait_for_log(d: Daemon, text: str, timeout: float = 10) -> str:
     """Wait until ``text`` appears in ``d``'s log; return the log."""
     deadline = time.monotonic() + timeout

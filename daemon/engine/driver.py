@@ -58,6 +58,9 @@ class _Live:
     cancelled_by: str | None = None
     cancel_asked: asyncio.Event = field(default_factory=asyncio.Event)
     """Set with ``cancelled_by``: a wait that is not for an event ends at once too."""
+    hurried_by: str | None = None
+    """Who asked its step to stop waiting (``hurry``); it lives as long as the record is
+    driven, so an ask never outlives its operation."""
     unreachable: int = 0
     """How many times in a row its host was reported unreachable (reset by progress)."""
 
@@ -168,6 +171,21 @@ class Engine:
             live.cancelled_by = by_user
         live.cancel_asked.set()
         self.events.interrupt(record_id, RequestCancelled(f"cancelled by {by_user}"))
+
+    def hurry(self, record_id: str, by_user: str, error: BaseException) -> None:
+        """Ask a live record's step to stop waiting (a forced stop of a shutting-down VM):
+        ``error`` is raised into its wait now, and a step not waiting yet finds the ask
+        in ``hurried_by``."""
+        live = self._live.get(record_id)
+        if live is None:
+            return
+        live.hurried_by = by_user
+        self.events.interrupt(record_id, error)
+
+    def hurried_by(self, record_id: str) -> str | None:
+        """Who asked the live record's step to stop waiting, if anyone did."""
+        live = self._live.get(record_id)
+        return live.hurried_by if live is not None else None
 
     async def unless_cancelled(self, record_id: str, awaitable: Awaitable[T]) -> T:
         """Await ``awaitable`` (a step's wait for a host, say); RequestCancelled, and the

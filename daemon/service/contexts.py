@@ -144,9 +144,9 @@ class VmStepContext:
         """Call ``callback`` once the VM's operation in progress has ended."""
         self._service.engine.after_finished(request_id, callback)
 
-    def take_force_off(self, request_id: str) -> str | None:
-        """Who asked for a forced stop of this stopping VM (once), if anyone did."""
-        return self._service.force_off_asked.pop(request_id, None)
+    def forced_off_by(self, request_id: str) -> str | None:
+        """Who asked for a forced stop of this stopping VM, if anyone did."""
+        return self._service.engine.hurried_by(request_id)
 
     def now(self) -> float:
         """The clock the records' ``updated_at`` are on."""

@@ -126,14 +126,13 @@ async def remove_orphans(service: "Service", orphans: list[Orphan]) -> list[Orph
             continue
         try:
             if orphan.kind == "claim" and orphan.pool:
-                if "still there" in orphan.reason:
-                    found = await host.wipe_volume(orphan.pool, orphan.name)
-                    if found not in (WIPED, GONE):
-                        orphan.action = "kept"
-                        orphan.reason += ("; kept: it cannot be wiped there (delete it by "
-                                          f"hand, e.g. virsh vol-delete {orphan.name} "
-                                          f"--pool {orphan.pool}, then apply again)")
-                        continue
+                # Released once nothing of the data is left: wiped now, or gone already.
+                if await host.wipe_volume(orphan.pool, orphan.name) not in (WIPED, GONE):
+                    orphan.action = "kept"
+                    orphan.reason += ("; kept: it cannot be wiped there (delete it by hand, "
+                                      f"e.g. virsh vol-delete {orphan.name} --pool "
+                                      f"{orphan.pool}, then apply again)")
+                    continue
                 location = service.storage.location(orphan.host, orphan.pool)
                 service.store.release_claim(location, orphan.pool, orphan.name)
                 service.storage.release(location, orphan.pool, orphan.name)

@@ -93,8 +93,6 @@ class Service:
         """The VMs' open consoles and displays."""
         self._looking: dict[str, bool] = {}
         """Hosts being looked at again (``look_again``): whether another look was asked."""
-        self.force_off_asked: dict[str, str] = {}
-        """Stopping VMs a forced stop was asked of, by request id: who asked."""
 
     # -- lifecycle
 
@@ -341,11 +339,7 @@ class Service:
                 self.engine.is_live(vm.id):
             # As virsh destroy after a virsh shutdown: the stop step stops waiting for
             # the guest and moves on to powering-off itself (no second operation).
-            if vm.id not in self.force_off_asked:  # for its step, if not waiting yet
-                self.engine.after_finished(
-                    vm.id, lambda: self.force_off_asked.pop(vm.id, None))  # never later
-            self.force_off_asked[vm.id] = who.user
-            self.engine.events.interrupt(vm.id, ForceOffAsked(who.user))
+            self.engine.hurry(vm.id, who.user, ForceOffAsked(who.user))
             return record
         self._check_in_progress(who.user)
         self.engine.fire(self.vms, vm, Outcome(trigger, f"{operation}"

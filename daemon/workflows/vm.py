@@ -85,8 +85,8 @@ class VmContext(Protocol):
     def after_operation(self, request_id: str, callback: Any) -> None:
         """Call ``callback`` once the VM's operation in progress has ended."""
 
-    def take_force_off(self, request_id: str) -> str | None:
-        """Who asked for a forced stop of this stopping VM (once), if anyone did."""
+    def forced_off_by(self, request_id: str) -> str | None:
+        """Who asked for a forced stop of this stopping VM, if anyone did."""
 
     def now(self) -> float:
         """The clock the records' ``updated_at`` are on."""
@@ -146,7 +146,7 @@ async def stop(ctx: VmContext, vm: VmRecord) -> Outcome:
     or at once when a forced stop is asked meanwhile (then through powering-off)."""
     timeout = ctx.config.daemon.stop_timeout
     try:
-        asked = ctx.take_force_off(vm.id)  # asked before this step began to wait
+        asked = ctx.forced_off_by(vm.id)  # asked before this step began to wait
         if asked is not None:
             raise ForceOffAsked(asked)
         before, seen = await _power(ctx, vm, "shutdown", "STOPPED", timeout)
@@ -158,8 +158,6 @@ async def stop(ctx: VmContext, vm: VmRecord) -> Outcome:
     except ForceOffAsked as exc:  # while waiting: the wait was interrupted
         return Outcome(VmTrigger.FORCE_OFF, f"stop --force by {exc.user} while domain "
                                             f"{vm.domain_name} was shutting down")
-    finally:
-        ctx.take_force_off(vm.id)  # an ask that interrupted the wait is answered
     return Outcome(VmTrigger.STOPPED, f"domain {vm.domain_name} did not shut down within "
                                       f"{timeout:g} s: forced off")
 

@@ -8,7 +8,7 @@ import time
 
 import yaml
 
-from harness.daemon import DATA, Daemon, SIZES
+from harness.daemon import DATA, Daemon, SIZES, wait_for_request_log
 
 RELOADED = "configuration reloaded from"
 KEPT = "configuration not reloaded; the old one stays in force"
@@ -94,11 +94,7 @@ def test_a_request_in_flight_across_a_reload_ends_done(make_daemon) -> None:
     d.start()
     rid = d.call("POST", "/v1/requests", {"template": "ipxe", "size": "small",
                                            "resource_pool": "rp"}).body["id"]
-    deadline = time.monotonic() + 10
-    while "host-unreachable" not in [e["trigger"] for e in d.call(
-            "GET", f"/v1/requests/{rid}/log").body["log"]]:
-        assert time.monotonic() < deadline, d.log()
-        time.sleep(0.05)
+    wait_for_request_log(d, rid, "host-unreachable")
     assert d.call("GET", f"/v1/requests/{rid}").body["state"] == "storage-searching"
 
     sizes = d.main.parent / "VmSize.yml"

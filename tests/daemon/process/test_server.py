@@ -10,7 +10,7 @@ import sys
 import threading
 import time
 
-from harness.daemon import Daemon, REPO
+from harness.daemon import Daemon, REPO, wait_for_request_log
 
 LIVE = ("requested", "authorized", "storage-searching", "storage-creating", "defining")
 
@@ -98,11 +98,7 @@ def test_a_request_waiting_for_its_host_is_cancelled_at_once(make_daemon, late_h
     d: Daemon = make_daemon(str(late_host.path), daemon={"host_wait_timeout": 600})
     rid = d.call("POST", "/v1/requests", {"template": "ipxe", "size": "small",
                                           "resource_pool": "rp"}).body["id"]
-    deadline = time.monotonic() + 10
-    while "host-unreachable" not in [e["trigger"] for e in d.call(
-            "GET", f"/v1/requests/{rid}/log").body["log"]]:
-        assert time.monotonic() < deadline, d.log()
-        time.sleep(0.05)
+    wait_for_request_log(d, rid, "host-unreachable")
     assert d.call("POST", f"/v1/requests/{rid}/cancel").status == 202
     final = d.wait_terminal(rid, timeout=10)  # not after host_wait_timeout (600 s)
     assert final["state"] == "failed" and final["reason"].startswith("cancelled by "), final

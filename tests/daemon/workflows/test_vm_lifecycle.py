@@ -366,7 +366,7 @@ async def test_a_forced_stop_while_the_guest_ignores_its_shutdown_forces_it_off(
     await until(h, done.id, VmState.POWERING_OFF)  # its destroy takes 0.5 s
     await h.service.operate(ALICE, done.id, "stop", force=True)  # and again: no 409
     assert await settle(h, done.id) == VmState.STOPPED  # not after 600 s
-    assert h.service.force_off_asked == {}  # nothing left for a later stop
+    assert h.service.engine.hurried_by(done.id) is None  # nothing left for a later stop
     assert not h.conn.lookupByUUIDString(domain_uuid_for(done.id)).isActive()
     moves = [(e.to_state, e.trigger) for e in h.store.get_log(done.id)
              if e.kind == "transition"]
